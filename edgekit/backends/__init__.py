@@ -1,0 +1,1 @@
+"""One module per runtime, each with an Exporter and a Runner; `registry` lists them without importing them."""

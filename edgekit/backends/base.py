@@ -1,0 +1,115 @@
+"""The two interfaces every backend implements, after Polygraphy's loader/runner split.
+
+An Exporter turns the one intermediate form (a verified FP32 ONNX graph, plus calibration ranges when the
+precision needs them) into the files a runtime loads. A Runner loads those files and runs them. The export
+pipeline, the accuracy check and the benchmark harness drive every backend through these two and nothing
+else, so a new runtime is one module and one registry entry.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edgekit.calibrate import CalibrationSet, Ranges
+    from edgekit.onnx_export import OnnxModel
+    from edgekit.targets import Target
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    layout: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"], layout=d.get("layout"))
+
+
+@dataclass
+class ExportResult:
+    """What an exporter wrote into its folder. `details` goes into the manifest under the backend's name."""
+
+    model_file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything an exporter needs, gathered by the pipeline so each backend sees the same inputs."""
+
+    onnx: OnnxModel
+    target: Target
+    precision: str
+    calibration: CalibrationSet | None
+    ranges: Ranges | None
+    out_dir: Path
+    #: the quantization-ready graph the ranges are keyed on (None for float precisions)
+    prepared: Path | None = None
+
+
+class Exporter(abc.ABC):
+    """Settings come in the constructor; the work happens in `export`, which writes only into `out_dir`."""
+
+    #: precisions that need activation ranges computed from a calibration set
+    needs_calibration: tuple[str, ...] = ()
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def export(self, request: ExportRequest) -> ExportResult: ...
+
+
+class Runner(abc.ABC):
+    """load / infer / close, and a context manager. `infer` takes what the source model takes (NCHW float)."""
+
+    def __init__(self, artifact_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> None:
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = manifest
+        self.threads = threads
+
+    @abc.abstractmethod
+    def load(self) -> None: ...
+
+    @abc.abstractmethod
+    def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @property
+    def runtime_version(self) -> str:
+        return "unknown"
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def input_names(self) -> list[str]:
+        return [t["name"] for t in self.manifest["inputs"]]
+
+    def as_feed(self, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(inputs, dict):
+            return inputs
+        names = self.input_names()
+        if len(names) != 1:
+            raise ValueError(f"this model has {len(names)} inputs ({', '.join(names)}); pass a dict")
+        return {names[0]: inputs}

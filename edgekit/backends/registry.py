@@ -1,0 +1,126 @@
+"""The backend registry (after timm's): list it, look entries up by name, and never import a runtime until
+an entry is used. A backend whose runtime is not installed resolves to a stand-in that raises an error
+naming the missing package and the pip extra that provides it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from edgekit.errors import EdgekitError, MissingRuntimeError
+
+
+@dataclass(frozen=True)
+class Requirement:
+    module: str  # import name
+    package: str  # pip name
+    extra: str  # edgekit extra that installs it
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    description: str
+    precisions: tuple[str, ...]
+    exporter: str  # "module:Class"
+    runner: str | None
+    requires: tuple[Requirement, ...]
+    runtime_module: str  # whose version the records carry
+
+
+_BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    if spec.name in _BACKENDS:
+        raise ValueError(f"backend '{spec.name}' is registered twice")
+    _BACKENDS[spec.name] = spec
+    return spec
+
+
+_ORT = Requirement("onnxruntime", "onnxruntime", "core")
+
+register_backend(
+    BackendSpec(
+        name="onnxruntime",
+        description="ONNX Runtime (CPU): fp32, static QDQ int8, dynamic int8",
+        precisions=("fp32", "int8", "dynamic-int8"),
+        exporter="edgekit.backends.onnxruntime:OrtExporter",
+        runner="edgekit.backends.onnxruntime:OrtRunner",
+        requires=(_ORT,),
+        runtime_module="onnxruntime",
+    )
+)
+register_backend(
+    BackendSpec(
+        name="ort-mobile",
+        description="ONNX Runtime Mobile: .ort model plus required_operators.config for a reduced build",
+        precisions=("fp32", "int8"),
+        exporter="edgekit.backends.ort_mobile:OrtMobileExporter",
+        runner="edgekit.backends.ort_mobile:OrtMobileRunner",
+        requires=(_ORT,),
+        runtime_module="onnxruntime",
+    )
+)
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def get_spec(name: str) -> BackendSpec:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise EdgekitError(f"unknown backend '{name}'; known backends: {', '.join(backend_names())}") from None
+
+
+def backend_precisions(name: str) -> tuple[str, ...]:
+    return get_spec(name).precisions
+
+
+def missing_requirement(name: str) -> Requirement | None:
+    """The first requirement of `name` that is not importable here, or None when all are."""
+    for req in get_spec(name).requires:
+        if importlib.util.find_spec(req.module) is None:
+            return req
+    return None
+
+
+def runtime_installed(name: str) -> bool:
+    return missing_requirement(name) is None
+
+
+def _load(dotted: str) -> type:
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _check_installed(name: str) -> None:
+    req = missing_requirement(name)
+    if req is not None:
+        raise MissingRuntimeError(name, req.package, req.extra)
+
+
+def exporter_class(name: str) -> type:
+    _check_installed(name)
+    return _load(get_spec(name).exporter)
+
+
+def runner_class(name: str) -> type:
+    spec = get_spec(name)
+    if spec.runner is None:
+        raise EdgekitError(f"backend '{name}' has no runner on this machine")
+    _check_installed(name)
+    return _load(spec.runner)
+
+
+def runtime_version(name: str) -> str | None:
+    spec = get_spec(name)
+    try:
+        mod = importlib.import_module(spec.runtime_module)
+    except ImportError:
+        return None
+    return getattr(mod, "__version__", "unknown")

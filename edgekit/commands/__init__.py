@@ -1,0 +1,22 @@
+"""One module per `edgekit` subcommand. Each defines `register(subparsers)` and imports nothing heavy at
+module level: the CLI imports every module here to build its parser, and `edgekit --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DATA_HELP = "DATA is a .npz (array x, optional labels y), a .npy, or zoo:digits[:train|:test]"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2, like every other edgekit error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def log(msg: str) -> None:
+    """Progress lines go to stderr so stdout stays the command's result."""
+    print(f"edgekit: {msg}", file=sys.stderr, flush=True)

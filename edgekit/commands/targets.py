@@ -1,0 +1,46 @@
+"""`edgekit targets`: the target profiles, their backend and precisions, and whether the runtime is here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.backends import registry
+    from edgekit.targets import list_targets
+
+    rows = []
+    for t in list_targets():
+        missing = registry.missing_requirement(t.backend)
+        rows.append({
+            "name": t.name, "backend": t.backend, "device_class": t.device_class, "precisions": list(t.precisions),
+            "default_precision": t.default_precision, "installed": missing is None,
+            "missing": None if missing is None else f"pip install 'edgekit[{missing.extra}]'",
+            "device": t.device, "source": t.source,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ("target", "backend", "class", "precisions (default*)", "runtime here")
+    table = [
+        (r["name"], r["backend"], r["device_class"],
+         ", ".join(p + ("*" if p == r["default_precision"] else "") for p in r["precisions"]),
+         "yes" if r["installed"] else f"no: {r['missing']}")
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "targets", help="list targets, their backend and precisions, and whether the runtime is installed here",
+        description="List the target profiles: the built-in ones and those in the folders named by "
+                    "$EDGEKIT_TARGET_PATH (colon-separated; a user file shadows a built-in of the same name).",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)

@@ -1,0 +1,221 @@
+"""The export pipeline: model -> verified ONNX -> (ranges, once) -> backend files -> accuracy check ->
+manifest, written atomically.
+
+`ExportPipeline` keeps the verified ONNX, the quantization-ready graph, the ranges and the reference
+outputs between exports of the same model, so exporting to many targets calibrates once per
+(data, method) and every backend's artifact is checked against the same FP32 outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
+from edgekit.backends import registry
+from edgekit.backends.base import Exporter, ExportRequest
+from edgekit.calibrate import (
+    DEFAULT_MAX_SAMPLES,
+    CalibrationSet,
+    Ranges,
+    check_matches,
+    compute_ranges,
+    load_data,
+    prepare_for_quantization,
+    resolve_method,
+)
+from edgekit.errors import EdgekitError
+from edgekit.metrics import compare
+from edgekit.models import SourceModel, load_model
+from edgekit.onnx_export import OnnxModel, export_to_onnx, reference_outputs
+from edgekit.targets import Target, load_target
+
+_VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow", "ai-edge-litert", "onnx2tf",
+              "torchao", "tensorrt")
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"edgekit": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def default_out(src: SourceModel, target: Target, precision: str) -> Path:
+    return Path(f"{src.name}-{target.name}-{precision}")
+
+
+def run_batched(runner, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed."""
+    shape = runner.manifest["inputs"][0]["shape"]
+    step = shape[0] if shape and isinstance(shape[0], int) else batch
+    parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+class ExportPipeline:
+    """Exports one model to any number of targets; the ONNX, ranges and references are made once."""
+
+    def __init__(self, model: Any, input_shape: tuple[int, ...] | str | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.src = load_model(model, input_shape)
+        self.log = log or (lambda _msg: None)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-export-")
+        self.workdir = Path(self._tmp.name)
+        self._onnx: OnnxModel | None = None
+        self._prepared: Path | None = None
+        self._ranges: dict[tuple[str, str, str], Ranges] = {}
+        self._references: dict[str, list[np.ndarray]] = {}
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> ExportPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shared intermediates -------------------------------------------------------------------------
+    def onnx(self, target: Target, real_inputs: np.ndarray | None) -> OnnxModel:
+        if self._onnx is None or not target.opset_min <= self._onnx.opset <= target.opset_max:
+            self.log(f"exporting {self.src.spec} to ONNX and checking it against the FP32 reference")
+            path = self.workdir / f"fp32-opset{target.opset_max}.onnx"
+            self._onnx = export_to_onnx(self.src, path, opset_range=(target.opset_min, target.opset_max),
+                                        real_inputs=real_inputs)
+            self._prepared = None
+        return self._onnx
+
+    def prepared(self) -> Path:
+        if self._prepared is None:
+            assert self._onnx is not None
+            self._prepared = prepare_for_quantization(self._onnx.path, self.workdir / "prepared.onnx")
+        return self._prepared
+
+    def ranges(self, cset: CalibrationSet, method: str, options: dict[str, Any]) -> Ranges:
+        key = (cset.sha256, method, repr(sorted(options.items())))
+        if key not in self._ranges:
+            self.log(f"calibrating: {method} ranges from {cset.count} samples of {cset.source}")
+            self._ranges[key] = compute_ranges(self.prepared(), cset, method, options)
+        return self._ranges[key]
+
+    def reference(self, data: CalibrationSet) -> list[np.ndarray]:
+        if data.sha256 not in self._references:
+            self._references[data.sha256] = reference_outputs(self.src, data.x)
+        return self._references[data.sha256]
+
+    # -- one export -----------------------------------------------------------------------------------
+    def export(
+        self, target: str | Target, precision: str | None = None, *, calib: str | CalibrationSet | None = None,
+        calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
+        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
+        out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
+    ) -> Artifact:
+        """Validate everything first (nothing is written on bad input), then build the artifact."""
+        tgt = target if isinstance(target, Target) else load_target(target)
+        precision = tgt.check_precision(precision)
+        out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
+        check_destination(out_path, force)
+        exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
+        needs_ranges = precision in exporter.needs_calibration
+        method, method_opts = resolve_method(calib_method, calib_options)
+
+        cset = self._calibration(calib, calib_samples, needs_ranges, precision)
+        evalset = self._evaluation(eval_data, cset)
+
+        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
+        ranges = self.ranges(cset, method, method_opts) if needs_ranges and cset is not None else None
+
+        with staging(out_path, force) as stage:
+            self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
+            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage,
+                                    self.prepared() if needs_ranges else None)
+            result = exporter.export(request)
+            manifest: dict[str, Any] = {
+                "manifest_version": 1,
+                "edgekit_version": __version__,
+                "created": now_iso(),
+                "target": tgt.name,
+                "backend": tgt.backend,
+                "precision": precision,
+                "model_file": result.model_file,
+                "model": {"source": self.src.spec, "kind": self.src.kind, "input_shape": list(self.src.input_shape)},
+                "inputs": [t.to_json() for t in result.inputs],
+                "outputs": [t.to_json() for t in result.outputs],
+                "target_profile": {"device": tgt.device, "device_class": tgt.device_class, "cpu_arch": tgt.cpu_arch,
+                                   "input_layout": tgt.input_layout, "source": tgt.source},
+                "onnx_export": {"opset": onnx_model.opset, "producer": onnx_model.producer, **onnx_model.check},
+                "backend_details": result.details,
+            }
+            if ranges is not None:
+                ranges.save(stage / "calibration_ranges.json")
+                manifest["calibration"] = {**ranges.calibration, "method": ranges.method,
+                                           "options": ranges.options, "ranges_file": "calibration_ranges.json",
+                                           "tensors": len(ranges.tensors)}
+            else:
+                manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no activation ranges"}
+            manifest["verification"] = self._verify(stage, manifest, evalset)
+            manifest["tool_versions"] = tool_versions()
+            manifest = write_manifest(stage, manifest)
+        self.log(f"wrote {out_path}")
+        return Artifact(out_path, manifest)
+
+    def _calibration(self, calib, samples, needs_ranges: bool, precision: str) -> CalibrationSet | None:
+        if calib is None and self.src.spec.startswith("zoo:digits"):
+            calib = "zoo:digits"
+        if calib is None:
+            if needs_ranges:
+                raise EdgekitError(
+                    f"precision '{precision}' needs calibration data: "
+                    "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
+                )
+            return None
+        cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
+        check_matches(cset, self.src.input_shape, "calibration set")
+        if needs_ranges and cset.count < 1:
+            raise EdgekitError(f"calibration set '{cset.source}' is empty")
+        return cset
+
+    def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:
+        if eval_data is None and cset is not None and cset.source == "zoo:digits:train":
+            eval_data = "zoo:digits:test"
+        if eval_data is None:
+            return cset
+        evalset = eval_data if isinstance(eval_data, CalibrationSet) else load_data(eval_data, max_samples=None)
+        check_matches(evalset, self.src.input_shape, "evaluation set")
+        return evalset
+
+    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None) -> dict[str, Any]:
+        """Run the new artifact with its own runner and compare with the FP32 reference."""
+        if evalset is None:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((32, *self.src.input_shape[1:]), dtype=np.float32)
+            evalset = CalibrationSet(x, None, "random normal (no --calib or --eval given)", {}, 32, "all 32")
+        self.log(f"checking the artifact against FP32 on {evalset.count} samples of {evalset.source}")
+        reference = self.reference(evalset)[0]
+        runner = registry.runner_class(manifest["backend"])(stage, manifest)
+        with runner:
+            got = run_batched(runner, evalset.x)[0]
+        result = compare(reference, got, evalset.y)
+        result.update({"reference": manifest["onnx_export"].get("reference", "torch fp32"),
+                       "data": evalset.source, "data_sha256": evalset.sha256,
+                       "runtime": runner.runtime_version})
+        return result
+
+
+def export_model(model: Any, target: str | Target, precision: str | None = None, *,
+                 input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> Artifact:
+    """One export: `edgekit export` as a function. See ExportPipeline.export for the keyword arguments."""
+    with ExportPipeline(model, input_shape) as pipeline:
+        return pipeline.export(target, precision, **kwargs)
+

@@ -1,0 +1,211 @@
+"""torch -> ONNX, the one intermediate form every backend starts from, checked against torch before use.
+
+The check runs the exported graph in ONNX Runtime on seeded random inputs and, when given, real ones, and
+fails the export naming the output whose error is over tolerance: a wrong graph found here costs seconds,
+found on a device it costs days.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import TensorSpec
+from edgekit.errors import EdgekitError
+from edgekit.models import SourceModel
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
+
+
+@dataclass
+class OnnxModel:
+    path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    producer: str
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+def _dims(value_info) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        out.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return tuple(out)
+
+
+def describe(model_or_path, layout: str | None = "NCHW") -> tuple[list[TensorSpec], list[TensorSpec], int]:
+    """Graph inputs (initializers excluded), outputs and the default-domain opset of an ONNX model."""
+    import onnx
+
+    model = model_or_path
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model_or_path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+
+    def spec(vi, lay):
+        return TensorSpec(vi.name, _dims(vi), _ONNX_DTYPES.get(vi.type.tensor_type.elem_type, "unknown"), lay)
+
+    inputs = [spec(vi, layout if len(_dims(vi)) == 4 else None) for vi in model.graph.input if vi.name not in inits]
+    outputs = [spec(vi, None) for vi in model.graph.output]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return inputs, outputs, opset
+
+
+def _torch_outputs(fn, x: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = fn(torch.from_numpy(np.ascontiguousarray(x)))
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    elif isinstance(out, dict):
+        out = tuple(out.values())
+    return [o.detach().float().numpy() for o in out]
+
+
+def reference_outputs(src: SourceModel, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+    """FP32 reference outputs for a batch: torch for torch models, ONNX Runtime for a given .onnx."""
+    if src.kind == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(src.onnx_path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        static_batch = sess.get_inputs()[0].shape[0]
+        step = static_batch if isinstance(static_batch, int) else batch
+        parts = [sess.run(None, {name: x[i : i + step]}) for i in range(0, len(x), step)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    fn = src.torch_callable()
+    if src.kind == "exported-program":  # a .pt2 program guards its example's batch size
+        batch = src.input_shape[0]
+    parts = [_torch_outputs(fn, x[i : i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress lines and warnings a user did not ask for."""
+    buf = io.StringIO()
+    level = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger("torch.onnx").setLevel(level)
+
+
+def _export_torch(src: SourceModel, path: Path, opset: int | None) -> str:
+    import torch
+
+    target = src.exported if src.kind == "exported-program" else src.module
+    shape = src.input_shape
+    errors: list[str] = []
+    # Dynamic batch first so the artifact can be benchmarked at several batch sizes; a program that
+    # hard-codes its batch falls back to the static shape.
+    attempts: list[tuple[str, Any]] = []
+    if src.kind == "torch":
+        attempts.append(("dynamic batch", ({0: torch.export.Dim("batch", min=1, max=4096)},)))
+    attempts.append(("static shape", None))
+    for label, dynamic_shapes in attempts:
+        example = torch.randn(2 if dynamic_shapes else shape[0], *shape[1:])
+        try:
+            with _quiet():
+                program = torch.onnx.export(
+                    target, (example,), dynamo=True, external_data=False, opset_version=opset,
+                    input_names=["input"], dynamic_shapes=dynamic_shapes, verbose=False,
+                )
+                program.save(str(path))
+            return label
+        except Exception as exc:  # try the next form, report all if none works
+            errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise EdgekitError(f"torch.onnx.export failed for model '{src.spec}': {'; '.join(errors)}")
+
+
+def _copy_onnx(src: SourceModel, path: Path, opset_range: tuple[int, int]) -> str:
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(src.onnx_path))  # pulls external data in, so the copy is self-contained
+    _, _, opset = describe(model)
+    lo, hi = opset_range
+    if not lo <= opset <= hi:
+        want = min(max(opset, lo), hi)
+        try:
+            model = version_converter.convert_version(model, want)
+        except Exception as exc:
+            raise EdgekitError(
+                f"{src.onnx_path} has opset {opset}, outside the target's range {lo}-{hi}, "
+                f"and converting it to {want} failed: {exc}"
+            ) from None
+    onnx.save(model, str(path))
+    return f"copied from {src.onnx_path}"
+
+
+def verify_against_reference(
+    src: SourceModel, onnx_path: Path, *, real_inputs: np.ndarray | None = None,
+    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0, random_samples: int = 8,
+) -> dict[str, Any]:
+    """Max abs error per output on random (and real) inputs; raises naming the output over tolerance."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+    out_names = [o.name for o in sess.get_outputs()]
+    static_batch = sess.get_inputs()[0].shape[0]
+    rng = np.random.default_rng(seed)
+    sets = {"random": rng.standard_normal((random_samples, *src.input_shape[1:]), dtype=np.float32)}
+    if real_inputs is not None and len(real_inputs):
+        sets["real"] = np.asarray(real_inputs[:64], dtype=np.float32)
+    report: dict[str, Any] = {"atol": atol, "rtol": rtol, "max_abs_err": {}, "inputs": {}}
+    for label, x in sets.items():
+        ref = reference_outputs(src, x) if src.kind != "onnx" else None
+        step = static_batch if isinstance(static_batch, int) else len(x)
+        parts = [sess.run(None, {in_name: x[i : i + step]}) for i in range(0, len(x), step)]
+        got = [np.concatenate([p[k] for p in parts]) for k in range(len(out_names))]
+        report["inputs"][label] = len(x)
+        if ref is None:
+            continue
+        if len(ref) != len(got):
+            raise EdgekitError(f"ONNX export has {len(got)} outputs but the torch model returns {len(ref)}")
+        for name, r, g in zip(out_names, ref, got, strict=True):
+            err = float(np.max(np.abs(r.astype(np.float64) - g))) if r.size else 0.0
+            limit = atol + rtol * float(np.max(np.abs(r))) if r.size else atol
+            report["max_abs_err"][name] = max(err, report["max_abs_err"].get(name, 0.0))
+            if not err <= limit:
+                raise EdgekitError(
+                    f"ONNX export does not match torch: output '{name}' max abs error {err:.3g} "
+                    f"> tolerance {limit:.3g} on {label} inputs"
+                )
+    report["reference"] = "torch fp32" if src.kind != "onnx" else "the given ONNX file (no torch model)"
+    return report
+
+
+def export_to_onnx(
+    src: SourceModel, path: Path, *, opset_range: tuple[int, int] = (17, 21),
+    real_inputs: np.ndarray | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+) -> OnnxModel:
+    """Write one self-contained .onnx for `src` at `path` and check it against the FP32 reference."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if src.kind == "onnx":
+        how = _copy_onnx(src, path, opset_range)
+    else:
+        how = _export_torch(src, path, None)
+        _, _, opset = describe(path)
+        if not opset_range[0] <= opset <= opset_range[1]:
+            how = _export_torch(src, path, opset_range[1])
+    inputs, outputs, opset = describe(path)
+    check = verify_against_reference(src, path, real_inputs=real_inputs, atol=atol, rtol=rtol)
+    check["how"] = how
+    return OnnxModel(path, inputs, outputs, opset, "torch.onnx.export (dynamo)" if src.kind != "onnx" else how, check)
+

@@ -1,0 +1,18 @@
+"""Where the built-in data folders (targets/, calibration/) live.
+
+In a source checkout or editable install they are the repository's top-level folders; in a wheel they are
+copied to edgekit/_data/ (see pyproject.toml's force-include).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def builtin_dir(name: str) -> Path:
+    for candidate in (_PKG / "_data" / name, _PKG.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"edgekit's built-in '{name}' folder is missing (looked in {_PKG / '_data'})")

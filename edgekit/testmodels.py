@@ -1,0 +1,73 @@
+"""Small architectures and data for tests and benchmarks: models unlike the digits CNN (3-channel input,
+residual connections, depthwise-separable convolutions, a >= 1 M-parameter variant) and a labelled
+3x32x32 data set made from scikit-learn's digits, so exports are checked on trained, confident models
+without downloading anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit import zoo
+
+
+def digits_rgb(part: str, size: int = 32) -> zoo.Split:
+    """Digits upsampled (nearest) to size x size with three differently scaled channels, normalised."""
+    split = zoo.digits_split(part)
+    base = split.x[:, 0]  # N x 16 x 16 in [-1, 1]
+    rep = size // base.shape[-1]
+    img = base.repeat(rep, axis=1).repeat(rep, axis=2)
+    x = np.stack([img, 0.8 * img + 0.1, -0.6 * img], axis=1).astype(np.float32)
+    return zoo.Split(x, split.y)
+
+
+def _ds_block(cin: int, cout: int, stride: int):
+    """Depthwise 3x3 + pointwise 1x1, each with BN and ReLU; residual when shapes allow."""
+    from torch import nn
+
+    class DSBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                                    nn.BatchNorm2d(cin), nn.ReLU())
+            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.residual = stride == 1 and cin == cout
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            y = self.pw(self.dw(x))
+            return self.act(y + x if self.residual else y)
+
+    return DSBlock()
+
+
+def resdw_net(widths: tuple[int, ...] = (16, 32, 64), head: int = 0, num_classes: int = 10, in_ch: int = 3):
+    """Stem conv, depthwise-separable stages (stride 2, then a residual block each), optional MLP head."""
+    from torch import nn
+
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    cin = widths[0]
+    for w in widths[1:]:
+        layers += [_ds_block(cin, w, 2), _ds_block(w, w, 1)]
+        cin = w
+    mlp: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if head:
+        mlp += [nn.Linear(cin, head), nn.ReLU()]
+        cin = head
+    mlp.append(nn.Linear(cin, num_classes))
+    return nn.Sequential(*layers, *mlp)
+
+
+def small_resdw():
+    """About 10 k parameters: residual and depthwise convolutions, 1x3x32x32 input."""
+    return resdw_net((16, 32, 64))
+
+
+def large_resdw():
+    """About 1.3 M parameters, most of them in wide pointwise layers at low resolution."""
+    return resdw_net((32, 64, 128, 512, 512), head=512)
+
+
+def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
+    """A few epochs on digits_rgb so outputs are confident, as a real student's would be."""
+    return zoo.train_classifier(model, digits_rgb("train", size), epochs=epochs, seed=seed, lr=3e-3)

@@ -1,0 +1,190 @@
+"""The embedded default: scikit-learn's digits (shipped inside the package, no download), a teacher CNN and a
+student CNN with under 1/8 of its parameters.
+
+Input size: the 8x8 digits are upsampled (nearest, 2x) to 1x16x16 so the convolutions have some spatial
+extent to work on; pixels are scaled from 0..16 to [0, 1] and then normalised with mean 0.5, std 0.5.
+Trained weights are cached (keyed by seed and recipe version) so repeated exports do not retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT_SHAPE = (1, 1, 16, 16)
+NUM_CLASSES = 10
+SPLIT_SEED = 0
+TEST_FRACTION = 0.25
+RECIPE_VERSION = 1
+PREPROCESSING = {
+    "source": "sklearn.datasets.load_digits (8x8, 0..16)",
+    "resize": "nearest 8x8 -> 16x16",
+    "scale": "x / 16",
+    "normalize": {"mean": 0.5, "std": 0.5},
+    "layout": "NCHW",
+    "dtype": "float32",
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # float32, N x 1 x 16 x 16
+    y: np.ndarray  # int64, N
+
+
+def preprocess(images_8x8: np.ndarray) -> np.ndarray:
+    """0..16 pixel values of shape (N, 8, 8) -> normalised float32 (N, 1, 16, 16)."""
+    x = images_8x8.astype(np.float32) / 16.0
+    x = x.repeat(2, axis=1).repeat(2, axis=2)
+    x = (x - 0.5) / 0.5
+    return x[:, None, :, :].astype(np.float32)
+
+
+def digits_split(part: str) -> Split:
+    """The fixed train/test split (stratified, seed 0, 25% test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if part not in ("train", "test"):
+        raise ValueError(f"digits split must be 'train' or 'test', not {part!r}")
+    digits = load_digits()
+    x = preprocess(digits.images)
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return Split(x_tr, y_tr) if part == "train" else Split(x_te, y_te)
+
+
+def _conv_bn(cin: int, cout: int, **kw):
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _cnn(widths: tuple[int, int, int]):
+    from torch import nn
+
+    a, b, c = widths
+
+    class DigitsCNN(nn.Module):
+        """conv-bn-relu x3 with two 2x2 max-pools, global average pool, linear classifier."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                _conv_bn(1, a), _conv_bn(a, b), nn.MaxPool2d(2), _conv_bn(b, c), nn.MaxPool2d(2)
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Linear(c, NUM_CLASSES)
+
+        def forward(self, x):
+            f = self.pool(self.features(x)).flatten(1)
+            return self.classifier(f)
+
+    return DigitsCNN()
+
+
+TEACHER_WIDTHS = (32, 64, 128)
+STUDENT_WIDTHS = (8, 16, 32)
+
+
+def teacher_untrained() -> torch.nn.Module:
+    return _cnn(TEACHER_WIDTHS)
+
+
+def student_untrained() -> torch.nn.Module:
+    return _cnn(STUDENT_WIDTHS)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgekit"
+    )
+    return Path(root) / "zoo"
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_classifier(
+    model: torch.nn.Module, split: Split, *, epochs: int = 15, lr: float = 3e-3, seed: int = 0,
+    batch_size: int = 64, progress: bool = False, desc: str = "train",
+) -> torch.nn.Module:
+    """Plain supervised training (AdamW, cosine LR); deterministic on CPU for a given seed."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x = torch.from_numpy(split.x)
+    y = torch.from_numpy(split.y)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    epoch_iter = range(epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc=desc, unit="epoch", leave=False)
+    model.train()
+    for _ in epoch_iter:
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def accuracy(model: torch.nn.Module, split: Split) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.from_numpy(split.x)).argmax(1).numpy()
+    return float((pred == split.y).mean())
+
+
+def _trained(kind: str, seed: int, progress: bool) -> torch.nn.Module:
+    import torch
+
+    factory = {"teacher": teacher_untrained, "student": student_untrained}[kind]
+    key = hashlib.sha256(f"{kind}-{seed}-{RECIPE_VERSION}-{torch.__version__}".encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits-{kind}-{key}.pt"
+    model = factory()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(seed)
+    model = factory()
+    train_classifier(model, digits_split("train"), seed=seed, progress=progress, desc=f"digits {kind}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model.eval()
+
+
+def digits_teacher(seed: int = 0, progress: bool = False) -> torch.nn.Module:
+    """The trained teacher (about 94 k parameters); trains in a few seconds on first use, then cached."""
+    return _trained("teacher", seed, progress)
+
+
+def digits_student(seed: int = 0, progress: bool = False) -> torch.nn.Module:
+    """The trained student (about 6 k parameters, under 1/8 of the teacher), trained alone on labels."""
+    return _trained("student", seed, progress)
+
+
+ZOO_MODELS = {"digits-teacher": digits_teacher, "digits-student": digits_student}

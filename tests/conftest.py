@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated zoo cache, the CLI run in-process, and user models built by the tests
+themselves (saved as .onnx and .pt2, with 3x32x32 input, residual and depthwise layers)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zoo_cache(tmp_path_factory):
+    """Zoo weights are trained once per test session, never read from the user's cache."""
+    os.environ["EDGEKIT_CACHE"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    yield
+
+
+@dataclass
+class CliResult:
+    rc: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
+    """`edgekit ARGS` in this process (fast); argparse's SystemExit becomes the exit code."""
+    from edgekit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+    finally:
+        os.chdir(old)
+    return CliResult(rc, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@dataclass
+class UserModels:
+    small_onnx: Path
+    large_pt2: Path
+    calib: Path  # .npz with x and y, digits_rgb train split
+    eval: Path  # .npz with x and y, digits_rgb test split
+    small_params: int
+    large_params: int
+
+
+@pytest.fixture(scope="session")
+def user_models(tmp_path_factory) -> UserModels:
+    """A trained ~10 k-parameter model given as .onnx and a trained ~1.2 M-parameter one as .pt2."""
+    import torch
+
+    from edgekit import testmodels, zoo
+
+    root = tmp_path_factory.mktemp("user-models")
+    torch.manual_seed(0)
+    small = testmodels.train_on_digits_rgb(testmodels.small_resdw(), epochs=15)
+    torch.manual_seed(1)
+    large = testmodels.train_on_digits_rgb(testmodels.large_resdw(), epochs=4)
+    example = torch.randn(1, 3, 32, 32)
+    onnx_path = root / "small_resdw.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(small, (example,), str(onnx_path), dynamo=True, external_data=False)
+    pt2_path = root / "large_resdw.pt2"
+    torch.export.save(torch.export.export(large, (example,)), str(pt2_path))
+    train, test = testmodels.digits_rgb("train"), testmodels.digits_rgb("test")
+    np.savez(root / "calib.npz", x=train.x, y=train.y)
+    np.savez(root / "eval.npz", x=test.x, y=test.y)
+    return UserModels(onnx_path, pt2_path, root / "calib.npz", root / "eval.npz",
+                      zoo.count_params(small), zoo.count_params(large))
+
+
+def no_partial_left(folder: Path) -> bool:
+    """True when an export left no staging folder behind."""
+    return not any(p.name.startswith(".") and ".partial-" in p.name for p in folder.iterdir())

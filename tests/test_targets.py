@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import list_targets, load_target, load_target_file, target_names
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_builtin_target_is_valid(name):
+    t = load_target(name)
+    assert t.name == name and t.default_precision in t.precisions
+    assert t.opset_min <= t.opset_max
+
+
+def test_foundation_targets_exist():
+    assert {"x86-server-cpu", "raspberry-pi-5", "android-ort-mobile"} <= set(target_names())
+
+
+VALID = """
+name = "my-board"
+description = "a board"
+device = "board"
+backend = "onnxruntime"
+device_class = "edge-cpu"
+cpu_arch = "aarch64"
+precisions = ["fp32", "int8"]
+default_precision = "int8"
+memory_budget_mb = 512
+opset = [17, 21]
+"""
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('device_class = "edge-cpu"', 'device_class = "tpu"'),
+     "field 'device_class' must be one of gpu, cpu, npu, edge-cpu, mcu (got 'tpu')"),
+    (lambda s: s.replace('backend = "onnxruntime"', 'backend = "openvino"'), "field 'backend' names unknown backend"),
+    (lambda s: s.replace('default_precision = "int8"', 'default_precision = "fp16"'), "field 'default_precision'"),
+    (lambda s: s.replace('memory_budget_mb = 512\n', ''), "missing required field 'memory_budget_mb'"),
+    (lambda s: s.replace('opset = [17, 21]', 'opset = [21, 17]'), "field 'opset' must be [min, max]"),
+    (lambda s: s.replace('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int3"]'),
+     "field 'precisions' has 'int3'"),
+    (lambda s: s + "colour = 'red'\n", "unknown field(s) colour"),
+    (lambda s: s.replace('memory_budget_mb = 512', 'memory_budget_mb = "lots"'),
+     "field 'memory_budget_mb' must be a int"),
+])
+def test_validation_errors_name_file_and_field(tmp_path, edit, message):
+    path = tmp_path / "my-board.toml"
+    path.write_text(edit(VALID))
+    with pytest.raises(EdgekitError) as err:
+        load_target_file(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_user_folder_adds_targets(tmp_path, monkeypatch, cli):
+    (tmp_path / "my-board.toml").write_text(VALID)
+    monkeypatch.setenv("EDGEKIT_TARGET_PATH", str(tmp_path))
+    assert "my-board" in {t.name for t in list_targets()}
+    assert load_target(str(tmp_path / "my-board.toml")).cpu_arch == "aarch64"
+    r = cli("targets", "--json")
+    rows = {row["name"]: row for row in json.loads(r.out)}
+    assert rows["my-board"]["installed"] is True
+
+
+def test_targets_command_lists_backend_precisions_and_runtime(cli):
+    r = cli("targets")
+    assert r.rc == 0
+    header, *rows = r.out.strip().splitlines()
+    assert "backend" in header and "runtime here" in header
+    x86 = next(row for row in rows if row.startswith("x86-server-cpu"))
+    assert "onnxruntime" in x86 and "int8*" in x86 and x86.rstrip().endswith("yes")
