@@ -120,17 +120,21 @@ class ExportPipeline:
         calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
         calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
+        backend: str | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact."""
         tgt = target if isinstance(target, Target) else load_target(target)
+        if backend is not None:
+            tgt = tgt.with_backend(backend)
         precision = tgt.check_precision(precision)
         out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
-        needs_ranges = precision in exporter.needs_calibration
+        needs_data = precision in exporter.needs_calibration
+        needs_ranges = precision in exporter.uses_ranges
         method, method_opts = resolve_method(calib_method, calib_options)
 
-        cset = self._calibration(calib, calib_samples, needs_ranges, precision)
+        cset = self._calibration(calib, calib_samples, needs_data, precision)
         evalset = self._evaluation(eval_data, cset)
 
         onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
@@ -162,19 +166,22 @@ class ExportPipeline:
                 manifest["calibration"] = {**ranges.calibration, "method": ranges.method,
                                            "options": ranges.options, "ranges_file": "calibration_ranges.json",
                                            "tensors": len(ranges.tensors)}
+            elif needs_data and cset is not None:
+                method_used = result.details.get("calibration_method", f"{tgt.backend} converter")
+                manifest["calibration"] = {**cset.provenance(), "method": method_used}
             else:
-                manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no activation ranges"}
+                manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
             manifest["verification"] = self._verify(stage, manifest, evalset)
             manifest["tool_versions"] = tool_versions()
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
 
-    def _calibration(self, calib, samples, needs_ranges: bool, precision: str) -> CalibrationSet | None:
+    def _calibration(self, calib, samples, needs_data: bool, precision: str) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):
             calib = "zoo:digits"
         if calib is None:
-            if needs_ranges:
+            if needs_data:
                 raise EdgekitError(
                     f"precision '{precision}' needs calibration data: "
                     "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
@@ -182,7 +189,7 @@ class ExportPipeline:
             return None
         cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
-        if needs_ranges and cset.count < 1:
+        if needs_data and cset.count < 1:
             raise EdgekitError(f"calibration set '{cset.source}' is empty")
         return cset
 

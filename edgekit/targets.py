@@ -39,6 +39,23 @@ class Target:
     input_layout: str = "NCHW"
     backend_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: other backends this device also runs: backend name -> the fields that differ from the default
+    alternatives: dict[str, Target] = field(default_factory=dict)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return (self.backend, *self.alternatives)
+
+    def with_backend(self, backend: str) -> Target:
+        """This device as run by another of its backends (`edgekit export --backend NAME`)."""
+        if backend == self.backend:
+            return self
+        if backend not in self.alternatives:
+            raise EdgekitError(
+                f"target '{self.name}' has no backend '{backend}'; available: {self.backend} (default)"
+                + "".join(f", {b}" for b in self.alternatives)
+            )
+        return self.alternatives[backend]
 
     def check_precision(self, precision: str | None) -> str:
         """Return the precision to use, or raise naming the ones this target supports."""
@@ -71,8 +88,10 @@ def _choice(data: dict[str, Any], key: str, choices: tuple[str, ...], where: str
 
 _KNOWN_FIELDS = {
     "name", "description", "device", "backend", "device_class", "precisions", "default_precision",
-    "cpu_arch", "memory_budget_mb", "opset", "input_layout", "backend_options",
+    "cpu_arch", "memory_budget_mb", "opset", "input_layout", "backend_options", "alternatives",
 }
+# what an [alternatives.BACKEND] table may set; everything else is the device's and stays the same
+_ALTERNATIVE_FIELDS = {"description", "precisions", "default_precision", "opset", "input_layout", "backend_options"}
 
 
 def parse_target(data: dict[str, Any], source: str) -> Target:
@@ -111,6 +130,24 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
     options = data.get("backend_options", {})
     if not isinstance(options, dict):
         raise EdgekitError(f"{source}: field 'backend_options' must be a table")
+    alternatives: dict[str, Target] = {}
+    raw_alts = data.get("alternatives", {})
+    if not isinstance(raw_alts, dict):
+        raise EdgekitError(f"{source}: field 'alternatives' must be a table of [alternatives.BACKEND] tables")
+    for alt_backend, alt in raw_alts.items():
+        where = f"{source} [alternatives.{alt_backend}]"
+        if not isinstance(alt, dict):
+            raise EdgekitError(f"{where}: must be a table")
+        extra = sorted(set(alt) - _ALTERNATIVE_FIELDS)
+        if extra:
+            raise EdgekitError(f"{where}: field(s) {', '.join(extra)} cannot differ between backends; "
+                               f"allowed: {', '.join(sorted(_ALTERNATIVE_FIELDS))}")
+        if alt_backend == backend:
+            raise EdgekitError(f"{where}: '{alt_backend}' is already the default backend")
+        merged = {k: v for k, v in data.items() if k not in ("alternatives", "backend_options")}
+        merged.update(alt)
+        merged["backend"] = alt_backend
+        alternatives[alt_backend] = parse_target(merged, where)
     return Target(
         name=name,
         description=_require(data, "description", str, source),
@@ -126,6 +163,7 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
         input_layout=_choice(data, "input_layout", LAYOUTS, source, default="NCHW"),
         backend_options=dict(options),
         source=source,
+        alternatives=alternatives,
     )
 
 

@@ -71,3 +71,21 @@ def test_targets_command_lists_backend_precisions_and_runtime(cli):
     assert "backend" in header and "runtime here" in header
     x86 = next(row for row in rows if row.startswith("x86-server-cpu"))
     assert "onnxruntime" in x86 and "int8*" in x86 and x86.rstrip().endswith("yes")
+
+
+def test_alternative_backend_is_picked_with_backend_flag(tmp_path, monkeypatch, cli):
+    (tmp_path / "my-board.toml").write_text(VALID + '\n[alternatives.ort-mobile]\nprecisions = ["fp32"]\n'
+                                            'default_precision = "fp32"\n[alternatives.ort-mobile.backend_options]\n'
+                                            'target_platform = "arm"\n')
+    monkeypatch.setenv("EDGEKIT_TARGET_PATH", str(tmp_path))
+    t = load_target("my-board")
+    assert t.backends == ("onnxruntime", "ort-mobile")
+    alt = t.with_backend("ort-mobile")
+    assert alt.backend == "ort-mobile" and alt.precisions == ("fp32",) and alt.memory_budget_mb == 512
+    with pytest.raises(EdgekitError, match="has no backend 'tflite'; available: onnxruntime \\(default\\), ort-mobile"):
+        t.with_backend("tflite")
+    r = cli("export", "zoo:digits-student", "-t", "my-board", "--backend", "ort-mobile", "--out", tmp_path / "a")
+    assert r.rc == 0, r.err
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["backend"] == "ort-mobile"
+    r = cli("export", "zoo:digits-student", "-t", "my-board", "-b", "ort-mobile", "-p", "int8", "--out", tmp_path / "b")
+    assert r.rc == 2 and "supported: fp32" in r.err and not (tmp_path / "b").exists()

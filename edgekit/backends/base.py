@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 if TYPE_CHECKING:
     from edgekit.calibrate import CalibrationSet, Ranges
     from edgekit.onnx_export import OnnxModel
@@ -65,10 +67,20 @@ class ExportRequest:
 class Exporter(abc.ABC):
     """Settings come in the constructor; the work happens in `export`, which writes only into `out_dir`."""
 
-    #: precisions that need activation ranges computed from a calibration set
+    #: precisions that need a calibration set (e.g. int8 for TFLite's representative dataset)
     needs_calibration: tuple[str, ...] = ()
+    #: precisions that also need the shared activation ranges computed by edgekit (a subset of the above)
+    uses_ranges: tuple[str, ...] = ()
+    #: keyword options the constructor accepts (`edgekit export --backend-option KEY=VALUE`)
+    option_names: tuple[str, ...] = ()
 
     def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            accepted = ", ".join(self.option_names) or "none"
+            raise EdgekitError(
+                f"{type(self).__name__} has no option(s) {', '.join(unknown)}; it accepts: {accepted}"
+            )
         self.options = options
 
     @abc.abstractmethod

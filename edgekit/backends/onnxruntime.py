@@ -87,6 +87,7 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
 
 class OrtExporter(Exporter):
     needs_calibration = ("int8",)
+    uses_ranges = ("int8",)
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx

@@ -65,6 +65,49 @@ register_backend(
     )
 )
 
+# --- TFLite / LiteRT (issue 3) ---------------------------------------------------------------------------
+register_backend(
+    BackendSpec(
+        name="tflite",
+        description="TFLite on the LiteRT runtime: full-integer int8, fp16 weights, dynamic-range int8",
+        precisions=("fp32", "fp16", "int8", "dynamic-int8"),
+        exporter="edgekit.backends.tflite:TfliteExporter",
+        runner="edgekit.backends.tflite:LiteRTRunner",
+        requires=(
+            Requirement("tensorflow", "tensorflow", "tflite"),
+            Requirement("onnx2tf", "onnx2tf", "tflite"),
+            Requirement("ai_edge_litert", "ai-edge-litert", "tflite"),
+        ),
+        runtime_module="ai_edge_litert",
+    )
+)
+
+# --- TensorRT (issue 4): the Q/DQ / fp16 ONNX is made everywhere; the engine only where tensorrt + CUDA exist
+register_backend(
+    BackendSpec(
+        name="tensorrt",
+        description="TensorRT: explicit Q/DQ int8, fp16, mixed; .engine built where TensorRT and a GPU exist",
+        precisions=("fp32", "fp16", "int8", "mixed"),
+        exporter="edgekit.backends.tensorrt:TensorRTExporter",
+        runner="edgekit.backends.tensorrt:TensorRTRunner",
+        requires=(_ORT,),
+        runtime_module="onnxruntime",
+    )
+)
+
+# --- Huawei Ascend (issue 4): a stub by design; compiles with atc when it is on PATH ---------------------
+register_backend(
+    BackendSpec(
+        name="ascend",
+        description="Huawei Ascend (stub): ONNX + atc command + AIPP config; compiled only where atc exists",
+        precisions=("fp32", "fp16", "mixed"),
+        exporter="edgekit.backends.ascend:AscendExporter",
+        runner="edgekit.backends.ascend:AscendOnnxRunner",
+        requires=(_ORT,),
+        runtime_module="onnxruntime",
+    )
+)
+
 
 def backend_names() -> list[str]:
     return sorted(_BACKENDS)

@@ -44,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.targets import load_target
 
     target = load_target(args.target)  # fail fast on a bad target before loading the model
+    if args.backend:
+        target = target.with_backend(args.backend)
     target.check_precision(args.precision)
+    exporter_options = parse_options(args.backend_option, "--backend-option")
+    if args.require_engine:
+        exporter_options["require_engine"] = True
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         art = pipeline.export(
             target, args.precision, calib=args.calib, calib_method=args.calib_method,
             calib_options=parse_options(args.calib_option), calib_samples=args.calib_samples,
-            eval_data=args.eval, out=args.out, force=args.force,
+            eval_data=args.eval, out=args.out, force=args.force, exporter_options=exporter_options,
         )
     print_artifact(art)
     return 0
@@ -71,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--target", "-t", required=True, help="target name (see `edgekit targets`) or a .toml file")
     p.add_argument("--precision", "-p", help="fp32, int8, dynamic-int8, ... (default: the target's default)")
+    p.add_argument("--backend", "-b", help="one of the target's other backends (`edgekit targets` lists them), "
+                   "e.g. tflite on raspberry-pi-5; default: the target's first backend")
     p.add_argument("--calib", metavar="DATA", help="calibration data for int8 (default for zoo models: zoo:digits)")
     p.add_argument("--calib-method", default="minmax", metavar="M",
                    help="minmax (default), entropy, percentile, or a recipe name/.toml from calibration/")
@@ -82,5 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "held-out split for zoo data, else the calibration data)")
     p.add_argument("--input-shape", metavar="NxCxHxW", help="model input shape, e.g. 1x3x224x224")
     p.add_argument("--out", "-o", help="artifact folder (default: ./MODEL-TARGET-PRECISION)")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option for the backend's exporter (repeatable); an unknown one lists those accepted")
+    p.add_argument("--require-engine", action="store_true",
+                   help="fail unless the device engine itself is built here (TensorRT .engine, Ascend .om)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(func=run)

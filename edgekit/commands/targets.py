@@ -17,14 +17,14 @@ def run(args: argparse.Namespace) -> int:
             "name": t.name, "backend": t.backend, "device_class": t.device_class, "precisions": list(t.precisions),
             "default_precision": t.default_precision, "installed": missing is None,
             "missing": None if missing is None else f"pip install 'edgekit[{missing.extra}]'",
-            "device": t.device, "source": t.source,
+            "device": t.device, "source": t.source, "other_backends": list(t.alternatives),
         })
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     headers = ("target", "backend", "class", "precisions (default*)", "runtime here")
     table = [
-        (r["name"], r["backend"], r["device_class"],
+        (r["name"], r["backend"] + "".join(f" (+{b})" for b in r["other_backends"]), r["device_class"],
          ", ".join(p + ("*" if p == r["default_precision"] else "") for p in r["precisions"]),
          "yes" if r["installed"] else f"no: {r['missing']}")
         for r in rows
