@@ -34,7 +34,7 @@ from edgekit.calibrate import (
 from edgekit.errors import EdgekitError
 from edgekit.metrics import compare
 from edgekit.models import SourceModel, load_model
-from edgekit.onnx_export import OnnxModel, export_to_onnx, reference_outputs
+from edgekit.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
 from edgekit.targets import Target, load_target
 
 _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow", "ai-edge-litert", "onnx2tf",
@@ -134,11 +134,21 @@ class ExportPipeline:
         needs_ranges = precision in exporter.uses_ranges
         method, method_opts = resolve_method(calib_method, calib_options)
 
-        cset = self._calibration(calib, calib_samples, needs_data, precision)
+        cset = self._calibration(calib, calib_samples)
+        if needs_data and cset is None and not source_is_quantized(self.src):
+            raise EdgekitError(
+                f"precision '{precision}' needs calibration data: "
+                "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
+            )
         evalset = self._evaluation(eval_data, cset)
-
         onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
-        ranges = self.ranges(cset, method, method_opts) if needs_ranges and cset is not None else None
+        if onnx_model.quantization is not None and needs_ranges:
+            # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration
+            needs_data = needs_ranges = False
+        if needs_data and cset is None:
+            raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
+                               "complete Q/DQ quantization: pass --calib DATA")
+        ranges = self.ranges(cset, method, method_opts) if needs_ranges else None
 
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
@@ -166,6 +176,9 @@ class ExportPipeline:
                 manifest["calibration"] = {**ranges.calibration, "method": ranges.method,
                                            "options": ranges.options, "ranges_file": "calibration_ranges.json",
                                            "tensors": len(ranges.tensors)}
+            elif onnx_model.quantization is not None:
+                manifest["calibration"] = {"method": onnx_model.quantization,
+                                           "source": "ranges fixed in the model's Q/DQ nodes (no PTQ calibration)"}
             elif needs_data and cset is not None:
                 method_used = result.details.get("calibration_method", f"{tgt.backend} converter")
                 manifest["calibration"] = {**cset.provenance(), "method": method_used}
@@ -177,20 +190,13 @@ class ExportPipeline:
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
 
-    def _calibration(self, calib, samples, needs_data: bool, precision: str) -> CalibrationSet | None:
+    def _calibration(self, calib, samples) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):
             calib = "zoo:digits"
         if calib is None:
-            if needs_data:
-                raise EdgekitError(
-                    f"precision '{precision}' needs calibration data: "
-                    "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
-                )
             return None
         cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
-        if needs_data and cset.count < 1:
-            raise EdgekitError(f"calibration set '{cset.source}' is empty")
         return cset
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:

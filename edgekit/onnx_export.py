@@ -34,6 +34,34 @@ class OnnxModel:
     opset: int
     producer: str
     check: dict[str, Any] = field(default_factory=dict)
+    #: how the graph was quantized before edgekit saw it (QAT, a user's own Q/DQ), None for a float graph
+    quantization: str | None = None
+
+
+QUANTIZATION_METADATA_KEY = "edgekit.quantization"
+
+
+def quantization_of(path: Path) -> str | None:
+    """'qat' (or whatever the producer recorded) when the graph already holds Q/DQ nodes, else None."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return None
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta.get(QUANTIZATION_METADATA_KEY, "pre-quantized (Q/DQ nodes in the given model)")
+
+
+def source_is_quantized(src: SourceModel) -> bool:
+    """Whether the model already carries quantization (torchao's convert_pt2e ops, or Q/DQ in an ONNX file),
+    so int8 needs no post-training calibration. Cheap: no export is run."""
+    if src.kind == "onnx":
+        return quantization_of(src.onnx_path) is not None
+    holder = src.exported if src.kind == "exported-program" else src.module
+    graph = getattr(holder, "graph", None)
+    if graph is None:
+        return False
+    return any("quantize_per" in str(getattr(n, "target", "")) for n in graph.nodes)
 
 
 def _dims(value_info) -> tuple[int | str, ...]:
@@ -207,5 +235,6 @@ def export_to_onnx(
     inputs, outputs, opset = describe(path)
     check = verify_against_reference(src, path, real_inputs=real_inputs, atol=atol, rtol=rtol)
     check["how"] = how
-    return OnnxModel(path, inputs, outputs, opset, "torch.onnx.export (dynamo)" if src.kind != "onnx" else how, check)
+    producer = "torch.onnx.export (dynamo)" if src.kind != "onnx" else how
+    return OnnxModel(path, inputs, outputs, opset, producer, check, quantization_of(path))
 
