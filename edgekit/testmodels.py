@@ -68,6 +68,20 @@ def large_resdw():
     return resdw_net((32, 64, 128, 512, 512), head=512)
 
 
+def plain_cnn(widths: tuple[int, ...] = (32, 64, 64, 128, 128, 256, 256), num_classes: int = 10):
+    """Plain 3x3 conv-BN-ReLU stack (stride 2 where the width grows), ~1.2 M parameters by default: the
+    GEMM-bound kind of network where int8 kernels pay off most."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    cin = 3
+    for w in widths:
+        stride = 2 if w > cin and cin != 3 else 1
+        layers += [nn.Conv2d(cin, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        cin = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
 def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
     """A few epochs on digits_rgb so outputs are confident, as a real student's would be."""
     return zoo.train_classifier(model, digits_rgb("train", size), epochs=epochs, seed=seed, lr=3e-3)

@@ -1,0 +1,132 @@
+"""ONNX Runtime int8 vs fp32 on x86-server-cpu, for test-built models of >= 1 M parameters.
+
+Exports two models through edgekit's own pipeline at fp32 and int8 — `testmodels.plain_cnn` (3x3 convs,
+GEMM-bound) and `testmodels.large_resdw` (depthwise-separable with residuals) — and times the artifacts
+with their own Runners, i.e. with the session settings a deployment gets from the manifest, interleaved in
+round-robin blocks so machine drift touches all alike. For reference it also times the int8 graph with
+`session.x64quantprecision=0`: ONNX Runtime's u8s8 fast path, which saturates on x86 CPUs without VNNI and
+is therefore not what edgekit ships. Writes benchmarks/results/ort_int8_vs_fp32.json and .md. Compare
+ratios, not absolute numbers: the machines here are shared.
+
+Usage: python benchmarks/ort_int8_vs_fp32.py [--size 64] [--blocks 15] [--iters 20] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _time_block(runner, x: np.ndarray, iters: int) -> list[float]:
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        runner.infer(x)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def measure(name: str, model, size: int, blocks: int, iters: int, threads: int) -> dict:
+    from edgekit import testmodels, zoo
+    from edgekit.artifact import Artifact
+    from edgekit.calibrate import CalibrationSet
+    from edgekit.export import ExportPipeline
+
+    data = testmodels.digits_rgb("train", size=size)
+    calib = CalibrationSet(data.x[:128], data.y[:128], f"digits_rgb {size}px (train)", {}, len(data.x), "first 128")
+    x = data.x[:1]
+    shape = (1, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp, ExportPipeline(model, shape) as pipeline:
+        arts = {p: pipeline.export("x86-server-cpu", p, calib=calib, out=Path(tmp) / p) for p in ("fp32", "int8")}
+        fast = copy.deepcopy(arts["int8"].manifest)
+        fast["backend_details"]["session_config"]["session.x64quantprecision"] = "0"
+        variants = {"fp32": arts["fp32"], "int8": arts["int8"], "int8 u8s8 fast path (reference only)":
+                    Artifact(arts["int8"].path, fast)}
+        runners = {k: a.runner(threads=threads) for k, a in variants.items()}
+        for r in runners.values():
+            r.load()
+            _time_block(r, x, 10)  # warm-up
+        samples: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(blocks):
+            for k, r in runners.items():
+                samples[k] += _time_block(r, x, iters)
+        rows = {}
+        for k, a in variants.items():
+            s = sorted(samples[k])
+            rows[k] = {"p50_ms": statistics.median(s), "mean_ms": statistics.fmean(s),
+                       "p90_ms": s[int(0.9 * (len(s) - 1))], "min_ms": s[0], "runs": len(s),
+                       "model_bytes": a.model_path.stat().st_size,
+                       "agreement_vs_fp32": a.manifest["verification"]["agreement"]}
+        rows["int8 u8s8 fast path (reference only)"]["agreement_vs_fp32"] = None
+    return {"model": name, "params": zoo.count_params(model), "input_shape": list(shape), "results": rows,
+            "speedup_int8_over_fp32_p50": rows["fp32"]["p50_ms"] / rows["int8"]["p50_ms"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
+    ap.add_argument("--blocks", type=int, default=15, help="round-robin blocks (default 15)")
+    ap.add_argument("--iters", type=int, default=20, help="timed runs per block (default 20)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    args = ap.parse_args()
+
+    import torch
+
+    from edgekit import testmodels
+
+    models = {"testmodels.plain_cnn": testmodels.plain_cnn, "testmodels.large_resdw": testmodels.large_resdw}
+    runs = []
+    for name, factory in models.items():
+        torch.manual_seed(0)
+        runs.append(measure(name, factory().eval(), args.size, args.blocks, args.iters, args.threads))
+    record = {"benchmark": "ort_int8_vs_fp32", "target": "x86-server-cpu", "threads": args.threads,
+              "host": {"machine": platform.machine(), "cpu": _cpu_model(), "isa": _cpu_flags(),
+                       "python": platform.python_version()},
+              "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ort_int8_vs_fp32.json").write_text(json.dumps(record, indent=2) + "\n")
+    md = ["# ONNX Runtime int8 vs fp32 (x86-server-cpu)", "",
+          f"CPU: {_cpu_model()} ({', '.join(_cpu_flags()) or 'no AVX2'}); {args.threads} thread(s), batch 1, "
+          f"{args.blocks} interleaved blocks of {args.iters} runs per variant.", ""]
+    for run in runs:
+        md += [f"## {run['model']}: {run['params']:,} parameters, input {'x'.join(map(str, run['input_shape']))}",
+               "", "| variant | p50 ms | mean ms | p90 ms | size KiB |", "|---|---:|---:|---:|---:|"]
+        for k, r in run["results"].items():
+            md.append(f"| {k} | {r['p50_ms']:.3f} | {r['mean_ms']:.3f} | {r['p90_ms']:.3f} | "
+                      f"{r['model_bytes'] / 1024:.0f} |")
+        md += ["", f"int8 (as shipped) speed-up over fp32, p50: **{run['speedup_int8_over_fp32_p50']:.2f}x**", ""]
+    (RESULTS / "ort_int8_vs_fp32.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
