@@ -153,7 +153,7 @@ class ExportPipeline:
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage,
-                                    self.prepared() if needs_ranges else None)
+                                    self.prepared() if needs_ranges else None, self.src)
             result = exporter.export(request)
             manifest: dict[str, Any] = {
                 "manifest_version": 1,

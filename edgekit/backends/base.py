@@ -19,6 +19,7 @@ from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
     from edgekit.calibrate import CalibrationSet, Ranges
+    from edgekit.models import SourceModel
     from edgekit.onnx_export import OnnxModel
     from edgekit.targets import Target
 
@@ -62,6 +63,8 @@ class ExportRequest:
     out_dir: Path
     #: the quantization-ready graph the ranges are keyed on (None for float precisions)
     prepared: Path | None = None
+    #: the model the user gave, for backends that need more than the ONNX graph (the torch eager baseline)
+    source: SourceModel | None = None
 
 
 class Exporter(abc.ABC):

@@ -7,6 +7,7 @@ converted with ONNX Runtime's own tool for the target's platform.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,7 @@ class OrtMobileExporter(Exporter):
         with tempfile.TemporaryDirectory(prefix="edgekit-ortm-") as tmp:
             onnx_dir = Path(tmp) / "onnx"
             onnx_dir.mkdir()
-            staged = ExportRequest(request.onnx, request.target, request.precision, request.calibration,
-                                   request.ranges, onnx_dir, request.prepared)
+            staged = dataclasses.replace(request, out_dir=onnx_dir)
             onnx_result = OrtExporter().export(staged)
             cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
                    str(onnx_dir / onnx_result.model_file), "--output_dir", str(request.out_dir),

@@ -108,6 +108,19 @@ register_backend(
     )
 )
 
+# --- torch eager FP32 (issue 6): the benchmark baseline, an artifact like the others ---------------------
+register_backend(
+    BackendSpec(
+        name="torch-eager",
+        description="PyTorch eager FP32 (a torch.export .pt2 of the source model): the benchmark baseline",
+        precisions=("fp32",),
+        exporter="edgekit.backends.torch_eager:TorchEagerExporter",
+        runner="edgekit.backends.torch_eager:TorchEagerRunner",
+        requires=(Requirement("torch", "torch", "core"),),
+        runtime_module="torch",
+    )
+)
+
 
 def backend_names() -> list[str]:
     return sorted(_BACKENDS)

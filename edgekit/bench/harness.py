@@ -1,0 +1,529 @@
+"""What `edgekit bench` measures, and in which order.
+
+Each artifact gets a fresh worker process on the device (its memory is its own) that loads it once: cold
+start = load + first inference. The harness then times all artifacts *interleaved*: for each batch size,
+`rounds` rounds, and in every round each artifact runs one block (artifact A, B, C, A, B, C, ...), so slow
+drift of the machine (thermal state, a neighbour's load, frequency scaling) touches every artifact alike
+instead of whichever happened to run last. Before its first block an artifact warms up (by count and by
+time, like benchmark_model); every block starts with one untimed inference, because the other workers ran
+in between and evicted its caches. After all blocks, each worker reports its peak memory and runs the
+evaluation inputs, and the harness compares those outputs with the FP32 reference (`edgekit.metrics`,
+the same definition the export check uses).
+
+The FP32 reference, in order of preference:
+1. `reference=` (`--reference ART`): an artifact, typically the torch-eager or an fp32 export;
+2. the model named in the artifact's manifest (`model.source`: zoo name, .pt2, .onnx, package:factory),
+   loaded here with `edgekit.models.load_model`, run as the export check runs it (torch, or ONNX Runtime
+   for an .onnx source), so bench and export report the same agreement;
+3. when that cannot be loaded here, an fp32 artifact of the same source in this run;
+otherwise agreement and SQNR are null and the record says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bench import records as rec
+from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
+from edgekit.errors import EdgekitError
+
+# Defaults follow TFLite's benchmark_model: warm-up of >= 1 run and >= 0.5 s, then >= 50 runs and >= 1 s,
+# at most 150 s per artifact and batch size. Threads default to 1 so runtimes compare on equal terms.
+DEFAULT_WARMUP = 1
+DEFAULT_WARMUP_SECONDS = 0.5
+DEFAULT_ITERS = 50
+DEFAULT_MIN_SECONDS = 1.0
+DEFAULT_MAX_SECONDS = 150.0
+DEFAULT_ROUNDS = 5
+DEFAULT_THREADS = 1
+RANDOM_EVAL_SAMPLES = 64
+_LOAD_TIMEOUT_S = 900.0
+_SLACK_S = 300.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How long and how to measure; validated at construction, so a bad value fails before any work."""
+
+    warmup: int = DEFAULT_WARMUP
+    warmup_seconds: float = DEFAULT_WARMUP_SECONDS
+    iters: int = DEFAULT_ITERS
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    rounds: int = DEFAULT_ROUNDS
+    batches: tuple[int, ...] = (1,)
+    threads: int = DEFAULT_THREADS  # 0: the runtime's own default
+    eval_samples: int | None = None  # cap on evaluation samples (None: all)
+    seed: int = 0
+    #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
+    interleave: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.warmup >= 0, f"--warmup must be >= 0 (got {self.warmup})"),
+            (self.warmup_seconds >= 0, f"--warmup-seconds must be >= 0 (got {self.warmup_seconds})"),
+            (self.iters >= 1, f"--iters must be >= 1 (got {self.iters})"),
+            (self.min_seconds >= 0, f"--min-seconds must be >= 0 (got {self.min_seconds})"),
+            (self.max_seconds > 0, f"--max-seconds must be > 0 (got {self.max_seconds})"),
+            (self.max_seconds >= self.min_seconds,
+             f"--max-seconds ({self.max_seconds}) must be >= --min-seconds ({self.min_seconds})"),
+            (self.rounds >= 1, f"--rounds must be >= 1 (got {self.rounds})"),
+            (len(self.batches) >= 1 and all(b >= 1 for b in self.batches),
+             f"--batch sizes must be positive integers (got {list(self.batches)})"),
+            (self.threads >= 0, f"--threads must be >= 0, 0 for the runtime's default (got {self.threads})"),
+            (self.eval_samples is None or self.eval_samples >= 1,
+             f"--eval-samples must be >= 1 (got {self.eval_samples})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgekitError(message)
+        object.__setattr__(self, "batches", tuple(sorted(dict.fromkeys(self.batches))))
+
+    def settings(self) -> dict[str, Any]:
+        return {"warmup_min_iters": self.warmup, "warmup_min_seconds": self.warmup_seconds,
+                "min_iters": self.iters, "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
+                "rounds": self.rounds, "interleaved": self.interleave}
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,8' -> (1, 8)."""
+    try:
+        batches = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        batches = ()
+    if not batches or any(b < 1 for b in batches):
+        raise EdgekitError(f"malformed --batch '{text}': expected positive integers separated by commas, e.g. 1,8")
+    return batches
+
+
+@dataclass
+class EvalSet:
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str
+
+    @property
+    def key(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(str(self.x.shape).encode())
+        h.update(np.ascontiguousarray(self.x).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Job:
+    """One artifact's measurement as it progresses; `error` set means it is out (and reported as failed)."""
+
+    index: int
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    channel: WorkerChannel | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+    warmups: dict[int, tuple[int, float]] = field(default_factory=dict)
+    times: dict[int, list[int]] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    memory: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evalset: EvalSet | None = None
+    outputs: list[np.ndarray] | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+
+@dataclass
+class BenchResult:
+    records: list[dict[str, Any]]
+    failures: list[tuple[str, str]]  # (artifact, message)
+    config: BenchConfig
+    device: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _fixed_batch(manifest: dict[str, Any]) -> int | None:
+    dim = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _model_bytes(manifest: dict[str, Any]) -> int:
+    """The model file plus files that belong to it by name (e.g. model.onnx.data external weights)."""
+    main = manifest["model_file"]
+    return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main
+                   or name.startswith(main + ".")))
+
+
+class Harness:
+    """One `run_bench` call. Split into steps so each is small; see the module docstring for the order."""
+
+    def __init__(self, paths: Sequence[str | Path], config: BenchConfig, device: Device,
+                 eval_data: str | None, reference: str | Path | None, progress: bool,
+                 log: Callable[[str], None]) -> None:
+        self.config = config
+        self.device = device
+        self.log = log
+        self.progress = progress
+        self.jobs = [Job(i, Path(p)) for i, p in enumerate(paths)]
+        self.eval_data = eval_data
+        self.reference_path = Path(reference) if reference is not None else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-bench-host-")
+        self.tmp = Path(self._tmp.name)
+        self._staged_eval: dict[str, str] = {}
+        self._references: dict[tuple[str, str], tuple[list[np.ndarray] | None, str]] = {}
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def fail(self, job: Job, message: str) -> None:
+        job.error = message
+        self.log(f"bench: {job.path}: error: {message}")
+        if job.channel is not None:
+            with contextlib.suppress(Exception):  # the worker is already gone: nothing left to release
+                job.channel.close()
+            job.channel = None
+
+    def active(self) -> list[Job]:
+        return [j for j in self.jobs if j.ok]
+
+    def ask(self, job: Job, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """One request to the job's worker; a failure fails this artifact only and returns None."""
+        assert job.channel is not None
+        try:
+            return job.channel.request(message, timeout=timeout)
+        except WorkerError as exc:
+            what = {"load": "cannot load it", "time": "failed while running",
+                    "eval": "failed on the evaluation inputs"}.get(message["cmd"], f"'{message['cmd']}' failed")
+            self.fail(job, f"{what}: {exc}")
+            return None
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def check_artifacts(self) -> None:
+        from edgekit.artifact import load_artifact
+
+        for job in self.jobs:
+            try:
+                art = load_artifact(job.path)
+                job.manifest = art.manifest
+                if not (job.manifest.get("model") or {}).get("input_shape"):
+                    raise EdgekitError(f"artifact {job.path}: manifest.json lacks model.input_shape")
+                if len(job.manifest["inputs"]) != 1:
+                    raise EdgekitError(f"artifact {job.path} has {len(job.manifest['inputs'])} inputs; "
+                                       "bench feeds models with one input")
+            except EdgekitError as exc:
+                self.fail(job, str(exc))
+                continue
+            fixed = _fixed_batch(job.manifest)
+            for b in self.config.batches:
+                if fixed is not None and b != fixed:
+                    job.skipped[b] = f"the artifact's input has a fixed batch of {fixed}"
+                else:
+                    job.batches.append(b)
+            for b, why in job.skipped.items():
+                self.log(f"bench: {job.path}: batch {b} skipped: {why}")
+
+    def choose_eval_sets(self) -> None:
+        from edgekit.calibrate import check_matches, load_data
+
+        given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
+        cache: dict[str, Any] = {}
+        for job in self.active():
+            shape = tuple(job.manifest["model"]["input_shape"])
+            if given is not None:
+                try:
+                    check_matches(given, shape, "evaluation set")
+                except EdgekitError as exc:
+                    self.fail(job, str(exc))
+                    continue
+                job.evalset = EvalSet(given.x, given.y, given.source)
+                continue
+            # no --eval: the data the export was checked on when it can be read here, else seeded noise
+            spec = str((job.manifest.get("verification") or {}).get("data", ""))
+            if spec.startswith("zoo:") or (spec.endswith((".npz", ".npy")) and Path(spec).is_file()):
+                try:
+                    if spec not in cache:
+                        cache[spec] = load_data(spec, max_samples=self.config.eval_samples)
+                    check_matches(cache[spec], shape, "evaluation set")
+                    job.evalset = EvalSet(cache[spec].x, cache[spec].y, cache[spec].source)
+                    continue
+                except EdgekitError:
+                    pass
+            rng = np.random.default_rng(self.config.seed)
+            x = rng.standard_normal((RANDOM_EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
+            job.evalset = EvalSet(x, None, f"random normal, {RANDOM_EVAL_SAMPLES} samples (seed "
+                                           f"{self.config.seed}; pass --eval DATA for real data)")
+
+    def start_workers(self, jobs: list[Job], bar) -> None:
+        for job in [j for j in jobs if j.ok]:
+            bar.set_postfix_str(f"load {job.name}")
+            try:
+                job.channel = self.device.open_worker()
+            except EdgekitError as exc:
+                self.fail(job, str(exc))
+                bar.update(1)
+                continue
+            hello = self.ask(job, {"cmd": "hello"}, timeout=_LOAD_TIMEOUT_S)
+            if hello is None:
+                continue
+            job.env = hello["env"]
+            first = job.batches[0] if job.batches else _fixed_batch(job.manifest) or 1
+            load = self.ask(job, {"cmd": "load", "artifact": self.device.stage(job.path), "batch": first,
+                                  "threads": self.config.threads, "seed": self.config.seed},
+                            timeout=_LOAD_TIMEOUT_S)
+            if load is not None:
+                job.load = load
+            bar.update(1)
+
+    def time_all(self, jobs: list[Job], bar) -> None:
+        cfg = self.config
+        block_iters = math.ceil(cfg.iters / cfg.rounds)
+        block_min = cfg.min_seconds / cfg.rounds
+        block_max = cfg.max_seconds / cfg.rounds
+        for b in cfg.batches:
+            for r in range(cfg.rounds):
+                for job in [j for j in jobs if j.ok and b in j.batches]:
+                    bar.set_postfix_str(f"batch {b} round {r + 1}/{cfg.rounds} {job.name}")
+                    if r == 0 and (cfg.warmup or cfg.warmup_seconds):
+                        warm = self.ask(job, {"cmd": "time", "batch": b, "min_iters": cfg.warmup,
+                                              "min_seconds": cfg.warmup_seconds, "max_seconds": cfg.max_seconds,
+                                              "prime": 0}, timeout=cfg.max_seconds + _SLACK_S)
+                        if warm is None:
+                            continue
+                        job.warmups[b] = (len(warm["times_ns"]), warm["seconds"])
+                    reply = self.ask(job, {"cmd": "time", "batch": b, "min_iters": block_iters,
+                                           "min_seconds": block_min, "max_seconds": block_max, "prime": 1},
+                                     timeout=block_max + _SLACK_S)
+                    if reply is not None:
+                        job.times.setdefault(b, []).extend(reply["times_ns"])
+                        job.seconds[b] = job.seconds.get(b, 0.0) + reply["seconds"]
+                    bar.update(1)
+            # batch sizes run in increasing order, so this peak is the peak of the largest batch so far
+            for job in [j for j in jobs if j.ok and b in j.batches]:
+                mem = self.ask(job, {"cmd": "memory"}, timeout=60)
+                if mem is not None:
+                    job.memory[b] = mem
+
+    def run_evaluation(self, jobs: list[Job], bar) -> None:
+        for job in [j for j in jobs if j.ok]:
+            bar.set_postfix_str(f"eval {job.name}")
+            assert job.evalset is not None
+            key = job.evalset.key
+            if key not in self._staged_eval:
+                local = self.tmp / f"eval-{key}.npy"
+                np.save(local, job.evalset.x)
+                self._staged_eval[key] = self.device.stage(local)
+            remote_out = self.device.scratch(f"outputs-{job.index}.npz")
+            reply = self.ask(job, {"cmd": "eval", "inputs": self._staged_eval[key], "outputs": remote_out},
+                             timeout=_LOAD_TIMEOUT_S)
+            if reply is not None:
+                local_out = self.device.fetch(remote_out, self.tmp)
+                with np.load(local_out) as data:
+                    job.outputs = [data[f"out{i}"] for i in range(len(data.files))]
+            bar.update(1)
+
+    def close_workers(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.channel is not None:
+                job.channel.close()
+                job.channel = None
+
+    # -- references and comparison --------------------------------------------------------------------
+    def _reference_artifact_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
+        from edgekit.artifact import load_artifact
+        from edgekit.export import run_batched
+
+        assert self.reference_path is not None
+        label = f"reference artifact {self.reference_path}"
+        for job in self.jobs:
+            if job.ok and job.outputs is not None and job.path.resolve() == self.reference_path.resolve() \
+                    and job.evalset is not None and job.evalset.key == evalset.key:
+                return job.outputs, label
+        try:
+            art = load_artifact(self.reference_path)
+            with art.runner(self.config.threads or None) as runner:
+                return run_batched(runner, evalset.x), label
+        except Exception as exc:  # e.g. its inputs do not fit this artifact's evaluation data
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None, f"unavailable: {label} could not run here ({reason})"
+
+    def _source_outputs(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
+        from edgekit.models import load_model
+        from edgekit.onnx_export import reference_outputs
+
+        source = str(job.manifest["model"].get("source", ""))
+        assert job.evalset is not None
+        try:
+            src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
+            how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
+            return reference_outputs(src, job.evalset.x), f"FP32 source model {source} ({how})"
+        except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        for other in self.jobs:
+            if (other.ok and other.outputs is not None and other.manifest.get("precision") == "fp32"
+                    and other.manifest["model"].get("source") == source and other.evalset is not None
+                    and other.evalset.key == job.evalset.key):
+                return other.outputs, f"fp32 artifact {other.path} (source model not loadable here: {reason})"
+        return None, f"unavailable: source model {source} not loadable here ({reason}) and no fp32 artifact of it"
+
+    def reference_for(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
+        assert job.evalset is not None
+        key = (str(self.reference_path) if self.reference_path else str(job.manifest["model"].get("source")),
+               job.evalset.key)
+        if key not in self._references:
+            if self.reference_path is not None:
+                self._references[key] = self._reference_artifact_outputs(job.evalset)
+            else:
+                self._references[key] = self._source_outputs(job)
+        return self._references[key]
+
+    def compare_all(self) -> None:
+        from edgekit.metrics import compare
+
+        for job in self.active():
+            if job.outputs is None or job.evalset is None:
+                continue
+            ref, label = self.reference_for(job)
+            ev = job.evalset
+            quality: dict[str, Any] = {"data": ev.source, "samples": len(ev.x), "labels": ev.y is not None,
+                                       "reference": label}
+            if ref is not None and ref[0].shape != job.outputs[0].shape:
+                quality["reference"] = (f"unusable: {label} gives outputs of shape {list(ref[0].shape)}, "
+                                        f"the artifact {list(job.outputs[0].shape)}")
+                ref = None
+            if ref is not None:
+                cmp = compare(ref[0], job.outputs[0], ev.y)
+                quality.update({"agreement": cmp["agreement"], "sqnr_db": cmp["sqnr_db"],
+                                "max_abs_err": cmp["max_abs_err"], "accuracy": cmp.get("accuracy"),
+                                "reference_accuracy": cmp.get("reference_accuracy")})
+            elif ev.y is not None:
+                from edgekit.metrics import accuracy
+
+                quality["accuracy"] = accuracy(job.outputs[0], ev.y)
+            if ref is None:
+                self.log(f"bench: {job.path}: no FP32 reference, agreement and SQNR left empty: {quality['reference']}")
+            job.quality = quality
+
+    # -- records --------------------------------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        from edgekit import __version__
+        from edgekit.artifact import now_iso
+
+        stamp = now_iso()
+        bases = []
+        for job in self.jobs:
+            m = job.manifest
+            base = rec.empty_record()
+            base.update({
+                "artifact": str(job.path), "name": job.name, "target": m.get("target"),
+                "backend": m.get("backend"), "precision": m.get("precision"),
+                "model": (m.get("model") or {}).get("source"),
+                "device": {"kind": self.device.kind, "name": self.device.name,
+                           **{k: v for k, v in job.env.items() if k != "versions"}},
+                "runtime": job.load.get("runtime"), "runtime_version": job.load.get("runtime_version"),
+                "runtime_versions": job.env.get("versions"), "threads": self.config.threads,
+                "model_bytes": _model_bytes(m) if m else None,
+                "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
+                "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,
+            })
+            bases.append((job, base))
+        out = []
+        for b in self.config.batches:  # batch-major, so a table reads one batch size at a time
+            for job, base in bases:
+                if not job.ok:
+                    continue
+                r = dict(base, batch=b)
+                if b in job.skipped or not job.times.get(b):
+                    r.update(status="skipped", error=job.skipped.get(b, "no timings"))
+                else:
+                    r.update(self._measured(job, b))
+                out.append(r)
+        # an artifact that could not be measured gets one record, whatever the batch sizes, after the others
+        out += [dict(base, status="error", error=job.error) for job, base in bases if not job.ok]
+        return out
+
+    def _measured(self, job: Job, b: int) -> dict[str, Any]:
+        lat = rec.latency_summary(job.times[b])
+        mem = job.memory.get(b, {})
+        warm_n, warm_s = job.warmups.get(b, (0, 0.0))
+        q = job.quality
+        return {
+            "status": "ok", "error": None, "warmup": warm_n, "warmup_seconds": round(warm_s, 4),
+            "iters": len(job.times[b]), "measured_seconds": round(job.seconds[b], 4), "latency_ms": lat,
+            "throughput_per_s": b * 1e3 / lat["mean"],
+            "cold_start_ms": job.load["cold_start_ms"], "load_ms": job.load["load_ms"],
+            "first_inference_ms": job.load["first_inference_ms"],
+            "peak_rss_mb": mem.get("peak_rss_mb"), "rss_before_load_mb": job.load["rss_before_load_mb"],
+            "peak_rss_method": mem.get("method"),
+            "accuracy": q.get("accuracy"), "agreement": q.get("agreement"), "sqnr_db": q.get("sqnr_db"),
+            "eval": {k: v for k, v in q.items() if k not in ("accuracy", "agreement", "sqnr_db")},
+        }
+
+    # -- the whole call -------------------------------------------------------------------------------
+    def run(self) -> BenchResult:
+        from tqdm import tqdm
+
+        try:
+            self.check_artifacts()
+            self.choose_eval_sets()
+            if self.reference_path is not None:
+                from edgekit.artifact import load_artifact
+
+                load_artifact(self.reference_path)  # a bad reference is a bad call: fail before measuring
+            n_active = len(self.active())
+            blocks = sum(self.config.rounds for j in self.active() for _ in j.batches)
+            with tqdm(total=2 * n_active + blocks, desc="bench", unit="step", file=sys.stderr,
+                      disable=None if self.progress else True, leave=False, dynamic_ncols=True) as bar:
+                # interleaved: every worker lives through all rounds; sequential: one artifact at a time
+                groups = [self.active()] if self.config.interleave else [[j] for j in self.active()]
+                for group in groups:
+                    try:
+                        self.start_workers(group, bar)
+                        self.time_all(group, bar)
+                        self.run_evaluation(group, bar)
+                    finally:
+                        self.close_workers(group)
+            self.compare_all()
+            records = self.records()
+        finally:
+            self._tmp.cleanup()
+        failures = [(str(j.path), j.error or "") for j in self.jobs if not j.ok]
+        return BenchResult(records, failures, self.config, self.device.name)
+
+
+def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None, *, device: str | Device = "local",
+              eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> BenchResult:
+    """Benchmark artifacts on a device, interleaved; one record per artifact and batch size.
+
+    A corrupt or unloadable artifact fails alone: its records have status "error", the others are measured,
+    and `BenchResult.failures` lists what failed. Bad settings, data or devices raise EdgekitError at once.
+    """
+    if not artifacts:
+        raise EdgekitError("no artifacts to benchmark: name at least one artifact folder")
+    config = config or BenchConfig()
+    dev = make_device(device)
+    started = time.monotonic()
+    with dev:
+        result = Harness(artifacts, config, dev, eval_data, reference, progress, log or (lambda _m: None)).run()
+    if log is not None:
+        log(f"bench: {len(artifacts)} artifact(s) on {dev.name} in {time.monotonic() - started:.1f} s")
+    return result

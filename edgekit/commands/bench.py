@@ -1,0 +1,98 @@
+"""`edgekit bench`: latency, memory, size and accuracy of artifacts, each in its own process, interleaved."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgekit.commands import DATA_HELP, log
+
+# kept equal to edgekit.bench.harness's defaults (not imported: this module must stay light for --help)
+_WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0, 150.0, 5, 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.bench import report
+    from edgekit.bench.devices import make_device
+    from edgekit.bench.harness import BenchConfig, parse_batches, run_bench
+    from edgekit.errors import EdgekitError
+
+    config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
+                         min_seconds=args.min_seconds, max_seconds=args.max_seconds, rounds=args.rounds,
+                         batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
+                         interleave=not args.sequential)
+    device = make_device(args.device)  # an unknown device fails before anything is loaded
+    if args.plot:
+        report.check_plot_support()
+    result = run_bench(args.artifacts, config, device=device, eval_data=args.eval, reference=args.reference,
+                       progress=not args.no_progress, log=log)
+    print(report.table(result.records, baseline=args.baseline or args.reference))
+    written = []
+    if args.json:
+        written.append(report.write_json(result.records, args.json))
+    if args.csv:
+        written.append(report.write_csv(result.records, args.csv))
+    if args.markdown:
+        path = args.markdown
+        with open(path, "w") as f:
+            f.write(report.markdown(result.records, baseline=args.baseline or args.reference) + "\n")
+        written.append(path)
+    if args.plot:
+        written.append(report.write_plot(result.records, args.plot))
+    for path in written:
+        log(f"wrote {path}")
+    if result.failures:
+        names = ", ".join(path for path, _ in result.failures)
+        raise EdgekitError(f"{len(result.failures)} of {len(args.artifacts)} artifact(s) could not be measured "
+                           f"({names}); the others were measured and reported")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark artifacts: latency, throughput, cold start, peak memory, size, accuracy",
+        description="Benchmark artifact folders (from `edgekit export`). Each artifact runs in a fresh worker "
+                    "process (peak memory = peak RSS while loading and running minus the RSS before loading; "
+                    "cold start = load + first inference). Several artifacts are timed interleaved, in rounds, "
+                    "so machine drift touches all alike. Agreement (top-1) and SQNR are always measured against "
+                    "the FP32 reference: --reference ART, else the source model named in the manifest; with "
+                    "labelled --eval data, top-1 accuracy too. Accuracy and agreement are fractions in [0, 1].",
+        epilog=f"Defaults follow TFLite's benchmark_model: warm-up >= {_WARMUP} run and >= {_WARMUP_S} s, then "
+               f">= {_ITERS} runs and >= {_MIN_S} s per artifact and batch size (at most {_MAX_S:.0f} s), in "
+               f"{_ROUNDS} interleaved rounds, {_THREADS} thread. {DATA_HELP}; without --eval, the data the "
+               "export was checked on when it can be read here, else seeded random inputs. Exit code 2 when "
+               "any artifact could not be measured (the others are still reported). Example: edgekit bench "
+               "art-fp32 art-int8 --eval zoo:digits:test --batch 1,8 --json results.json --plot pareto.png",
+    )
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s)")
+    p.add_argument("--eval", metavar="DATA", help="evaluation data; with labels y, top-1 accuracy is reported")
+    p.add_argument("--eval-samples", type=int, metavar="N", help="use at most N evaluation samples (default: all)")
+    p.add_argument("--reference", metavar="ART", help="FP32 reference artifact for agreement/SQNR (default: the "
+                   "source model in each manifest, e.g. zoo:digits-student run in torch)")
+    p.add_argument("--baseline", metavar="ART", help="artifact the speed-up column is relative to (default: "
+                   "--reference, else the torch-eager artifact when one is measured)")
+    p.add_argument("--batch", default="1", metavar="B[,B...]",
+                   help="batch sizes, e.g. 1,8 (default 1); throughput is reported per batch size")
+    p.add_argument("--threads", type=int, default=_THREADS, metavar="N",
+                   help=f"intra-op threads given to every runtime (default {_THREADS}; 0: the runtime's default)")
+    p.add_argument("--warmup", type=int, default=_WARMUP, metavar="N",
+                   help=f"warm-up runs at least (default {_WARMUP})")
+    p.add_argument("--warmup-seconds", type=float, default=_WARMUP_S, metavar="S",
+                   help=f"warm-up seconds at least (default {_WARMUP_S})")
+    p.add_argument("--iters", type=int, default=_ITERS, metavar="N",
+                   help=f"timed runs at least, per artifact and batch size (default {_ITERS})")
+    p.add_argument("--min-seconds", type=float, default=_MIN_S, metavar="S",
+                   help=f"timed seconds at least, per artifact and batch size (default {_MIN_S})")
+    p.add_argument("--max-seconds", type=float, default=_MAX_S, metavar="S",
+                   help=f"stop timing after S seconds even if --iters is not reached (default {_MAX_S:.0f})")
+    p.add_argument("--rounds", type=int, default=_ROUNDS, metavar="R",
+                   help=f"interleaved rounds the timed runs are split into (default {_ROUNDS})")
+    p.add_argument("--sequential", action="store_true",
+                   help="one artifact at a time instead of interleaved (only one model in memory, for small "
+                        "devices; drift is then not spread over all artifacts)")
+    p.add_argument("--device", default="local", metavar="DEVICE", help="where to run: local (default)")
+    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
+    p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
+    p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of latency vs accuracy with the Pareto front")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
