@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -97,6 +98,9 @@ def _from_zoo(spec: str) -> SourceModel:
 def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
     import torch
 
+    # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
+    with contextlib.suppress(ImportError):
+        import torch.ao.quantization.fx._decomposed
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:

@@ -52,8 +52,13 @@ def float_weights(model) -> list[str]:
 
 
 def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, Any],
-                        nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
-    """Static QDQ quantization of `prepared` with precomputed `ranges`; returns what the manifest records."""
+                        nodes_to_exclude: list[str] | None = None,
+                        extra_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Static QDQ quantization of `prepared` with precomputed `ranges`; returns what the manifest records.
+
+    `extra_options` go to ONNX Runtime's quantizer as they are (e.g. TensorRT's rules: `QuantizeBias: False`);
+    they are recorded in the returned dict when given.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -62,7 +67,7 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
     symmetric_act = bool(options.get("activation_symmetric", False))
     per_channel = bool(options.get("per_channel", True))
     reduce_range = bool(options.get("reduce_range", False))
-    extra = {"ActivationSymmetric": symmetric_act, "WeightSymmetric": True}
+    extra = {"ActivationSymmetric": symmetric_act, "WeightSymmetric": True, **(extra_options or {})}
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-q-") as tmp:
         cache = Path(tmp) / "ranges.json"
@@ -82,7 +87,32 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
         "per_channel": per_channel,
         "reduce_range": reduce_range,
         "nodes_kept_float": list(nodes_to_exclude or []),
+        **({"quantizer_options": dict(extra_options)} if extra_options else {}),
     }
+
+
+def copy_prequantized(src: Path, dest: Path, how: str) -> dict[str, Any]:
+    """A graph that already holds Q/DQ (QAT) is the int8 model: copied, with any float weight still behind a
+    QuantizeLinear folded to an integer initializer. Returns what the manifest records (the formats read
+    back from the graph, not assumed)."""
+    import onnx
+
+    from edgekit.onnx_export import fold_constant_quantize
+
+    model = onnx.load(str(src))
+    folded = fold_constant_quantize(model)
+    onnx.save(model, str(dest))
+    inits = {t.name: t for t in model.graph.initializer}
+    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
+    act_types, per_channel = set(), False
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
+            act_types.add(names.get(inits[node.input[2]].data_type, "other"))
+        if node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            per_channel = per_channel or (len(inits[node.input[1]].dims) == 1 and inits[node.input[1]].dims[0] > 1)
+    return {"format": "QDQ", "source": how, "calibration": "none (ranges fixed in the model's Q/DQ nodes)",
+            "activation_types": sorted(act_types), "per_channel_weights": per_channel,
+            "folded_weight_quantize": len(folded)}
 
 
 class OrtExporter(Exporter):
@@ -99,9 +129,12 @@ class OrtExporter(Exporter):
             shutil.copyfile(request.onnx.path, out)
             details["graph_optimization_level"] = options.get("graph_optimization_level", "all")
         elif request.precision == "int8":
-            if request.ranges is None or request.prepared is None:
-                raise EdgekitError("int8 needs calibration ranges; pass --calib DATA")
-            details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
+            if request.onnx.quantization is not None:  # QAT / the user's own Q/DQ: the graph is the int8 model
+                details["quantization"] = copy_prequantized(request.onnx.path, out, request.onnx.quantization)
+            else:
+                if request.ranges is None or request.prepared is None:
+                    raise EdgekitError("int8 needs calibration ranges; pass --calib DATA")
+                details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
         elif request.precision == "dynamic-int8":
             from onnxruntime.quantization import quantize_dynamic
 
