@@ -188,3 +188,137 @@ def digits_student(seed: int = 0, progress: bool = False) -> torch.nn.Module:
 
 
 ZOO_MODELS = {"digits-teacher": digits_teacher, "digits-student": digits_student}
+
+
+# --- A tiny vision transformer pair on digits, so attention-map and hidden-state distillation run for real. ---
+#
+# 16x16 input cut into 4x4 patches: 16 patch tokens plus a class token. Each attention block routes its
+# softmax probabilities through an `nn.Identity` named `attn_map`, so a forward hook on
+# `blocks.{i}.attn.attn_map` sees the (batch, heads, tokens, tokens) maps without changing the numerics.
+# Teacher and student have the same head count and token count, so their maps compare head by head.
+
+VIT_RECIPE_VERSION = 1
+VIT_TEACHER = {"dim": 64, "depth": 4, "heads": 4, "mlp": 128}
+VIT_STUDENT = {"dim": 32, "depth": 2, "heads": 4, "mlp": 48}
+VIT_PATCH = 4
+
+
+def _vit(dim: int, depth: int, heads: int, mlp: int):
+    import torch
+    from torch import nn
+
+    tokens = (INPUT_SHAPE[2] // VIT_PATCH) * (INPUT_SHAPE[3] // VIT_PATCH) + 1
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = heads
+            self.scale = (dim // heads) ** -0.5
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+            self.attn_map = nn.Identity()  # tap point for attention distillation
+
+        def forward(self, x):
+            b, n, d = x.shape
+            qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = self.attn_map(((q @ k.transpose(-2, -1)) * self.scale).softmax(-1))
+            return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = Attention()
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class DigitsViT(nn.Module):
+        """Patch embedding, class token, learned positions, pre-norm blocks, linear head on the class token."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch_embed = nn.Conv2d(INPUT_SHAPE[1], dim, VIT_PATCH, stride=VIT_PATCH)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.pos_embed = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, NUM_CLASSES)
+
+        def forward(self, x):
+            x = self.patch_embed(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+            x = self.norm(self.blocks(x))
+            return self.head(x[:, 0])
+
+    return DigitsViT()
+
+
+def vit_teacher_untrained() -> torch.nn.Module:
+    return _vit(**VIT_TEACHER)
+
+
+def vit_student_untrained() -> torch.nn.Module:
+    return _vit(**VIT_STUDENT)
+
+
+VIT_EPOCHS = 30
+VIT_LR = 2e-3
+
+
+def digits_vit_teacher(seed: int = 0, progress: bool = False) -> torch.nn.Module:
+    """The trained ViT teacher (about 137 k parameters); cached like the CNN pair."""
+    import torch
+
+    key = hashlib.sha256(f"vit-teacher-{seed}-{VIT_RECIPE_VERSION}-{torch.__version__}".encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits-vit-teacher-{key}.pt"
+    model = vit_teacher_untrained()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(seed)
+    model = vit_teacher_untrained()
+    train_classifier(model, digits_split("train"), epochs=VIT_EPOCHS, lr=VIT_LR, seed=seed, progress=progress,
+                     desc="digits vit teacher")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model.eval()
+
+
+ZOO_MODELS["digits-vit-teacher"] = digits_vit_teacher
+
+#: untrained architectures by zoo name: what `edgekit distill --student zoo:NAME` starts from
+ZOO_ARCHITECTURES = {
+    "digits-teacher": teacher_untrained,
+    "digits-student": student_untrained,
+    "digits-vit-teacher": vit_teacher_untrained,
+    "digits-vit-student": vit_student_untrained,
+}
+
+
+@dataclass(frozen=True)
+class ZooPair:
+    """A teacher (trained, cached) and the untrained student architecture distilled from it."""
+
+    teacher: str  # key of ZOO_MODELS
+    student: str  # key of ZOO_ARCHITECTURES
+    #: default feature/attention/hidden layer pairs (student layer, teacher layer) for this pair
+    attention: tuple[tuple[str, str], ...] = ()
+    hidden: tuple[tuple[str, str], ...] = ()
+
+
+ZOO_PAIRS = {
+    "digits-cnn": ZooPair("digits-teacher", "digits-student"),
+    "digits-vit": ZooPair(
+        "digits-vit-teacher", "digits-vit-student",
+        attention=(("blocks.0.attn.attn_map", "blocks.1.attn.attn_map"),
+                   ("blocks.1.attn.attn_map", "blocks.3.attn.attn_map")),
+        hidden=(("blocks.0", "blocks.1"), ("blocks.1", "blocks.3")),
+    ),
+}

@@ -1,0 +1,60 @@
+"""Knowledge distillation: composable losses, schedules, a DDP-ready trainer and the metrics of each stage.
+
+    from edgekit.distill import DistillConfig, TrainConfig, distill
+    result = distill(teacher, student, train, test, loss=DistillConfig(alpha=0.9, temperature=1),
+                     config=TrainConfig(epochs=20), baseline=True)
+    result.metrics["retention"], result.metrics["student_alone_accuracy"]
+"""
+
+from edgekit.distill.losses import (
+    AttentionMSE,
+    DistillationLoss,
+    DistillConfig,
+    FeatureMSE,
+    HiddenCosine,
+    LayerPair,
+    kd_loss,
+    soft_target_kl,
+)
+from edgekit.distill.metrics import count_macs, count_params, linear_cka, penultimate_features, stage_metrics
+from edgekit.distill.schedules import (
+    ConstantAlpha,
+    ConstantTemperature,
+    LearnableTemperatureConfig,
+    LinearAlpha,
+    StagedTemperature,
+    parse_alpha,
+    parse_temperature,
+)
+from edgekit.distill.stage import StageResult, distill
+from edgekit.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
+
+__all__ = [
+    "AttentionMSE",
+    "ConstantAlpha",
+    "ConstantTemperature",
+    "Data",
+    "DistillConfig",
+    "DistillationLoss",
+    "FeatureMSE",
+    "HiddenCosine",
+    "LayerPair",
+    "LearnableTemperatureConfig",
+    "LinearAlpha",
+    "StageResult",
+    "StagedTemperature",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "accuracy_on",
+    "count_macs",
+    "count_params",
+    "distill",
+    "kd_loss",
+    "linear_cka",
+    "parse_alpha",
+    "parse_temperature",
+    "penultimate_features",
+    "soft_target_kl",
+    "stage_metrics",
+]
