@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     exporter_options = parse_options(args.backend_option, "--backend-option")
     if args.require_engine:
         exporter_options["require_engine"] = True
+    if args.allow_float_fallback:
+        exporter_options["allow_float_fallback"] = True
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
@@ -93,5 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an option for the backend's exporter (repeatable); an unknown one lists those accepted")
     p.add_argument("--require-engine", action="store_true",
                    help="fail unless the device engine itself is built here (TensorRT .engine, Ascend .om)")
+    p.add_argument("--allow-float-fallback", action="store_true",
+                   help="int8 (tflite): keep ops that have no int8 kernel in float instead of failing; the manifest "
+                        "lists them")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(func=run)

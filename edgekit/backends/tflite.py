@@ -1,0 +1,314 @@
+"""TFLite backend on the LiteRT runtime: full-integer int8, fp16 weights, dynamic-range int8 and fp32.
+
+Conversion: the verified FP32 ONNX goes through onnx2tf (which also turns the layout to NHWC) and
+TensorFlow's TFLiteConverter (see tflite_convert). For int8 the representative dataset is the pipeline's
+calibration set, the same samples with the same preprocessing every backend uses, transposed to NHWC; the
+converter computes its own min/max ranges from it, so this backend needs none of edgekit's ORT ranges.
+
+Full integer means: int8 weights and activations, int8 input and output tensors, builtin int8 kernels only.
+TensorFlow's converter quietly keeps an op in float when it has no int8 kernel, so the written file is read
+back and every op still computing in float is named; that fails the export unless the user allowed float
+fallback, in which case the manifest lists those ops.
+
+The runner takes what the torch model takes (NCHW float), transposes to the model's layout and quantizes
+with the input tensor's own scale and zero point, then dequantizes (and transposes back) the outputs, so
+accuracy checks compare like with like. `raw_io=True` feeds and returns the model's own tensors (int8 NHWC
+for a full-integer model), as an app on the device would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner, TensorSpec
+from edgekit.errors import EdgekitError
+
+PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
+#: below this many samples the converter's min/max ranges are too noisy to ship
+MIN_CALIBRATION_SAMPLES = 10
+MODEL_FILE = "model.tflite"
+_LAYOUT_NAMES = {3: ("NCW", "NWC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
+
+
+def _layout(ndim: int, perm: list[int] | None) -> str | None:
+    names = _LAYOUT_NAMES.get(ndim)
+    if names is None:
+        return None
+    return names[1] if perm else names[0]
+
+
+def _dims(signature: tuple[int, ...], source: tuple[int | str, ...], perm: list[int] | None) -> tuple[int | str, ...]:
+    """TFLite's shape signature with its dynamic dimensions (-1) named as in the ONNX model."""
+    named = [source[p] for p in perm] if perm else list(source)
+    out: list[int | str] = []
+    for k, d in enumerate(signature):
+        if d >= 0:
+            out.append(int(d))
+        else:
+            name = named[k] if k < len(named) and isinstance(named[k], str) else "N" if k == 0 else f"d{k}"
+            out.append(name)
+    return tuple(out)
+
+
+def _readable(tensor_name: str) -> str:
+    """TFLite tensor names carry tf-keras scopes (model_3/tf.math.sin/Sin;...): keep the first op path."""
+    first = tensor_name.split(";")[0]
+    return first.split("/", 1)[1] if first.startswith("model") and "/" in first else first
+
+
+class TfliteExporter(Exporter):
+    """ONNX -> .tflite. Options (target backend_options, or `--backend-option`): per_channel (weights, default
+    true), allow_float_fallback (int8: keep ops without an int8 kernel in float instead of failing), xnnpack
+    (recorded for the runner, default true)."""
+
+    needs_calibration = ("int8",)
+    uses_ranges = ()
+    option_names = ("allow_float_fallback", "per_channel", "xnnpack")
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        precision = request.precision
+        if precision not in PRECISIONS:
+            raise EdgekitError(f"the tflite backend has no precision '{precision}'; it offers {', '.join(PRECISIONS)}")
+        options = {**request.target.backend_options, **self.options}
+        allow_fallback = bool(options.get("allow_float_fallback", False))
+        per_channel = bool(options.get("per_channel", True))
+        xnnpack = bool(options.get("xnnpack", True))
+        onnx_inputs = request.onnx.inputs
+        if len(onnx_inputs) != 1:
+            names = ", ".join(t.name for t in onnx_inputs)
+            raise EdgekitError(f"the tflite backend exports models with one input; this one has {len(onnx_inputs)} "
+                               f"({names}): export it with --backend onnxruntime or wrap it to take one tensor")
+        source_in = onnx_inputs[0]
+        calibration = None
+        if precision == "int8":
+            cset = request.calibration
+            if cset is None:
+                raise EdgekitError("tflite int8 needs calibration data for its representative dataset: "
+                                   "pass --calib DATA (.npz with x, .npy, or zoo:digits)")
+            if cset.count < MIN_CALIBRATION_SAMPLES:
+                raise EdgekitError(f"calibration set '{cset.source}' has {cset.count} sample(s); tflite int8 "
+                                   f"needs at least {MIN_CALIBRATION_SAMPLES} (a few hundred is better): pass "
+                                   f"--calib with more samples or raise --calib-samples")
+            calibration = cset.x
+        keep_nchw = [source_in.name] if request.target.input_layout == "NCHW" else []
+
+        from edgekit.backends import tflite_convert
+        from edgekit.backends.tflite_inspect import read_tflite
+
+        conv = tflite_convert.convert(
+            request.onnx.path, precision, input_shape=tuple(source_in.shape), calibration=calibration,
+            keep_nchw_inputs=keep_nchw, per_channel=per_channel, allow_float_fallback=allow_fallback,
+        )
+        summary = read_tflite(conv.tflite)
+        float_ops = [{"op": f["op"], "tensor": _readable(f["output"])} for f in summary.float_ops()]
+        if precision == "int8":
+            self._check_full_integer(summary, float_ops, allow_fallback)
+        (request.out_dir / MODEL_FILE).write_bytes(conv.tflite)
+
+        in_perm = conv.input_perm
+        if len(summary.outputs) != len(request.onnx.outputs):
+            raise EdgekitError(f"the .tflite model has {len(summary.outputs)} output(s) but the ONNX model has "
+                               f"{len(request.onnx.outputs)}: onnx2tf changed the graph's outputs")
+        io_in = [self._io(source_in, summary.inputs[0], in_perm)]
+        io_out = []
+        for spec, t in zip(request.onnx.outputs, summary.outputs, strict=True):
+            perm = tflite_convert.layout_perm(tuple(spec.shape), t.signature)
+            io_out.append(self._io(spec, t, perm))
+        inputs = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], d["layout"]) for d in io_in]
+        outputs = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], d["layout"]) for d in io_out]
+        versions = tflite_convert.versions()
+        details: dict[str, Any] = {
+            "precision": precision,
+            "converter": f"onnx2tf {versions['onnx2tf']} + tf.lite.TFLiteConverter "
+                         f"(tensorflow {versions['tensorflow']})",
+            "converter_versions": versions,
+            "onnx_simplified": conv.onnx_simplified,
+            "input_layout": io_in[0]["layout"] or "as ONNX",
+            "inputs": io_in,
+            "outputs": io_out,
+            "input_quantization": {"scale": io_in[0]["scale"], "zero_point": io_in[0]["zero_point"]},
+            "output_quantization": [{"scale": d["scale"], "zero_point": d["zero_point"]} for d in io_out],
+            "ops": summary.op_counts(),
+            "float_ops": float_ops if precision == "int8" else [],
+            "allow_float_fallback": allow_fallback,
+            "quantization": self._quantization(precision, per_channel),
+            "runtime": {"interpreter": "ai_edge_litert.interpreter.Interpreter", "xnnpack": xnnpack},
+        }
+        if precision == "int8":
+            details["calibration_method"] = (
+                "TFLite converter min/max over the representative dataset "
+                f"({'per-channel' if per_channel else 'per-tensor'} int8 weights, per-tensor int8 activations)"
+            )
+            details["representative_dataset"] = {"samples": len(calibration), "batch": 1,
+                                                 "layout": io_in[0]["layout"] or "as ONNX",
+                                                 "transpose_from_source": in_perm}
+        return ExportResult(MODEL_FILE, inputs, outputs, details)
+
+    @staticmethod
+    def _check_full_integer(summary, float_ops: list[dict[str, str]], allow_fallback: bool) -> None:
+        if float_ops and not allow_fallback:
+            where = ", ".join(f"{f['op']} (at '{f['tensor']}')" for f in float_ops[:4])
+            more = f" and {len(float_ops) - 4} more" if len(float_ops) > 4 else ""
+            raise EdgekitError(
+                f"int8 (full integer) was asked, but {len(float_ops)} op(s) could not be made int8 by TFLite's "
+                f"converter and stayed in float: {where}{more}; pass --allow-float-fallback to keep them in float "
+                f"(the manifest lists them), or export --precision fp16 or dynamic-int8"
+            )
+        bad = [f"{t.name} is {t.dtype}" for t in (*summary.inputs, *summary.outputs) if t.dtype != "int8"]
+        if bad and not allow_fallback:
+            raise EdgekitError(f"int8 conversion did not give int8 input/output tensors ({'; '.join(bad)}); "
+                               f"pass --allow-float-fallback to accept that")
+
+    @staticmethod
+    def _io(spec: TensorSpec, t, perm: list[int] | None) -> dict[str, Any]:
+        return {
+            "name": spec.name, "tflite_name": t.name, "dtype": t.dtype,
+            "shape": list(_dims(t.signature, tuple(spec.shape), perm)),
+            "layout": _layout(len(t.signature), perm), "source_layout": _layout(len(spec.shape), None),
+            "transpose_from_source": perm, "scale": t.scale, "zero_point": t.zero_point,
+        }
+
+    @staticmethod
+    def _quantization(precision: str, per_channel: bool) -> dict[str, Any]:
+        weights = f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}"
+        return {
+            "fp32": {"weights": "float32", "activations": "float32"},
+            "fp16": {"weights": "float16 (dequantized to float32 at load unless a GPU delegate runs fp16)",
+                     "activations": "float32"},
+            "dynamic-int8": {"weights": weights, "activations": "float32, quantized on the fly by hybrid kernels"},
+            "int8": {"weights": weights, "activations": "int8 asymmetric per-tensor", "bias": "int32",
+                     "inference_input_type": "int8", "inference_output_type": "int8",
+                     "ops": "TFLITE_BUILTINS_INT8"},
+        }[precision]
+
+
+class LiteRTRunner(Runner):
+    """ai_edge_litert's Interpreter, XNNPACK on by default; `threads` = the interpreter's num_threads.
+
+    `infer` takes the source model's input (NCHW float) and returns float outputs in the source layout.
+    With `raw_io=True` it takes and returns the .tflite model's own tensors (e.g. int8 NHWC) untouched;
+    `quantize_input` and `dequantize_output` convert between the two for users who do that themselves.
+    Batches: a model with a dynamic batch is resized to the batch given; a fixed-batch one runs in chunks.
+    """
+
+    def __init__(self, artifact_dir: Path, manifest: dict[str, Any], threads: int | None = None, *,
+                 raw_io: bool = False, xnnpack: bool | None = None) -> None:
+        super().__init__(artifact_dir, manifest, threads)
+        self.raw_io = raw_io
+        details = manifest.get("backend_details", {})
+        self.xnnpack = details.get("runtime", {}).get("xnnpack", True) if xnnpack is None else xnnpack
+        self._io_in: list[dict[str, Any]] = details.get("inputs", [])
+        self._io_out: list[dict[str, Any]] = details.get("outputs", [])
+        self.interpreter: Any = None
+
+    def load(self) -> None:
+        from edgekit.backends.tflite_convert import quiet
+
+        path = self.artifact_dir / self.manifest["model_file"]
+        with quiet() as cap:  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+            resolver = OpResolverType.AUTO if self.xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            try:
+                self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads or None,
+                                               experimental_op_resolver_type=resolver)
+                self.interpreter.allocate_tensors()
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else cap.error_line(type(exc).__name__)
+                raise EdgekitError(f"LiteRT cannot load {path}: {reason}") from None
+        self._refresh()
+        if len(self._inputs) != 1:
+            raise EdgekitError(f"{path} has {len(self._inputs)} inputs; the tflite runner runs one-input models")
+        self._resizable = int(self._inputs[0]["shape_signature"][0]) == -1
+
+    def _refresh(self) -> None:
+        self._inputs = self.interpreter.get_input_details()
+        self._outputs = self.interpreter.get_output_details()
+
+    # -- conversions between the source model's tensors and the .tflite model's ----------------------
+    def _perm(self, which: list[dict[str, Any]], k: int) -> list[int] | None:
+        return which[k].get("transpose_from_source") if k < len(which) else None
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Source-layout float input -> the model's input tensor (layout, then int8 with its scale/zero point)."""
+        x = np.asarray(x)
+        perm = self._perm(self._io_in, 0)
+        if perm and x.ndim == len(perm):
+            x = x.transpose(perm)
+        detail = self._inputs[0]
+        dtype = np.dtype(detail["dtype"])
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = detail["quantization"]
+            info = np.iinfo(dtype)
+            q = np.round(x.astype(np.float32) / np.float32(scale)) + zero
+            return np.clip(q, info.min, info.max).astype(dtype)
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def dequantize_output(self, y: np.ndarray, k: int = 0) -> np.ndarray:
+        """The model's k-th output tensor -> float32 in the source model's layout."""
+        detail = self._outputs[k]
+        if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+            scale, zero = detail["quantization"]
+            y = (y.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+        perm = self._perm(self._io_out, k)
+        if perm and y.ndim == len(perm):
+            y = y.transpose(np.argsort(perm))
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    # -- running -------------------------------------------------------------------------------------
+    def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.interpreter is None:
+            raise EdgekitError("the tflite runner is not loaded: call load() or use it as a context manager")
+        if isinstance(inputs, dict):
+            names = self.input_names()
+            if len(inputs) != 1 or names[0] not in inputs:
+                raise EdgekitError(f"this model takes one input named '{names[0]}'; got {', '.join(inputs) or 'none'}")
+            inputs = inputs[names[0]]
+        x = np.asarray(inputs)
+        if self.raw_io:
+            want = np.dtype(self._inputs[0]["dtype"])
+            if x.dtype != want:
+                raise EdgekitError(f"raw_io feeds the model's own input tensor ({want}, "
+                                   f"{self._io_in[0].get('layout') if self._io_in else 'its layout'}); got {x.dtype}")
+            return self._run(x)
+        outs = self._run(self.quantize_input(x))
+        return [self.dequantize_output(y, k) for k, y in enumerate(outs)]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        shape = tuple(int(d) for d in self._inputs[0]["shape"])
+        if x.shape != shape and self._resizable and x.shape[1:] == shape[1:]:
+            try:
+                self.interpreter.resize_tensor_input(self._inputs[0]["index"], list(x.shape))
+                self.interpreter.allocate_tensors()
+                self._refresh()
+                shape = x.shape
+            except Exception:  # some graphs pin their batch inside (Reshape): run in chunks instead
+                self._resizable = False
+        if x.shape == shape:
+            return self._invoke(x)
+        step = shape[0]
+        if x.shape[1:] != shape[1:] or step < 1 or len(x) % step:
+            raise EdgekitError(f"input of shape {list(x.shape)} does not fit the .tflite model's input "
+                               f"{list(shape)} ({self._io_in[0].get('layout') if self._io_in else ''} layout)")
+        parts = [self._invoke(x[i : i + step]) for i in range(0, len(x), step)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def _invoke(self, x: np.ndarray) -> list[np.ndarray]:
+        self.interpreter.set_tensor(self._inputs[0]["index"], np.ascontiguousarray(x))
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(o["index"]) for o in self._outputs]
+
+    def close(self) -> None:
+        self.interpreter = None
+
+    @property
+    def runtime_version(self) -> str:
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version("ai-edge-litert")
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
