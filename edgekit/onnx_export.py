@@ -58,13 +58,16 @@ def quantization_of(path: Path) -> str | None:
 
 
 def _session(path: Path):
-    """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime):
-    without `session.x64quantprecision` int8 kernels saturate on x86 CPUs without VNNI, and a quantized
-    graph's check or reference would measure that saturation instead of the graph."""
+    """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime): on x86
+    CPUs without VNNI the int8 kernels saturate unless `session.x64quantprecision` is set, and a quantized
+    graph's check would measure that saturation instead of the graph."""
     import onnxruntime as ort
 
+    from edgekit.backends.onnxruntime import effective_session_config
+
     opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.x64quantprecision", "1")
+    for key, value in effective_session_config().items():
+        opts.add_session_config_entry(key, value)
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
@@ -127,6 +130,32 @@ def fold_constant_quantize(model) -> list[str]:
     return folded
 
 
+def unshare_initializers(model) -> int:
+    """Give every node its own copy of an initializer another node also reads, in place; returns the copies.
+
+    torch's exporter shares one zero-point initializer between several DequantizeLinear nodes, and ONNX
+    Runtime 1.32 with `session.x64quantprecision=1` then refuses the graph ("AddInitializedOrtValue Attempt
+    to replace the existing tensor"). Separate copies change no numerics."""
+    import onnx
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                t = onnx.TensorProto()
+                t.CopyFrom(inits[name])
+                t.name = f"{name}__{node.name or node.op_type}_{i}"
+                model.graph.initializer.append(t)
+                node.input[i] = t.name
+                copies += 1
+            seen.add(name)
+    return copies
+
+
 def mark_quantized(path: Path, label: str) -> list[str]:
     """Record how the graph was quantized (metadata `edgekit.quantization`) and fold constant weight
     quantization; the exporters then skip post-training calibration for it."""
@@ -134,6 +163,7 @@ def mark_quantized(path: Path, label: str) -> list[str]:
 
     model = onnx.load(str(path))
     folded = fold_constant_quantize(model)
+    unshare_initializers(model)
     meta = {p.key: p for p in model.metadata_props}
     if QUANTIZATION_METADATA_KEY in meta:
         meta[QUANTIZATION_METADATA_KEY].value = label
@@ -249,24 +279,63 @@ def _export_torch(src: SourceModel, path: Path, opset: int | None) -> str:
     raise EdgekitError(f"torch.onnx.export failed for model '{src.spec}': {'; '.join(errors)}")
 
 
-def _copy_onnx(src: SourceModel, path: Path, opset_range: tuple[int, int]) -> str:
-    import onnx
+def strip_debug_info(model) -> int:
+    """Drop per-node debug metadata (the dynamo exporter's stack traces, FX node text, name scopes) and doc
+    strings. They hold the exporting machine's source paths, have no meaning to any runtime, and were more
+    than a third of the digits student's file: an artifact should not ship them. Returns bytes saved."""
+    before = model.ByteSize()
+
+    def clean(graph) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean(attr.g)
+                for sub in attr.graphs:
+                    clean(sub)
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            del vi.metadata_props[:]
+            vi.doc_string = ""
+        graph.doc_string = ""
+
+    clean(model.graph)
+    return before - model.ByteSize()
+
+
+def _to_opset_range(model, opset_range: tuple[int, int], what: str):
+    """`model` converted into the target's opset range with ONNX's version converter, or a clear error."""
     from onnx import version_converter
 
-    model = onnx.load(str(src.onnx_path))  # pulls external data in, so the copy is self-contained
     _, _, opset = describe(model)
     lo, hi = opset_range
-    if not lo <= opset <= hi:
-        want = min(max(opset, lo), hi)
-        try:
-            model = version_converter.convert_version(model, want)
-        except Exception as exc:
-            raise EdgekitError(
-                f"{src.onnx_path} has opset {opset}, outside the target's range {lo}-{hi}, "
-                f"and converting it to {want} failed: {exc}"
-            ) from None
-    onnx.save(model, str(path))
+    if lo <= opset <= hi:
+        return model
+    want = min(max(opset, lo), hi)
+    try:
+        return version_converter.convert_version(model, want)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"{what} has opset {opset}, outside the target's range {lo}-{hi}, and converting it "
+                           f"to {want} failed: {first}") from None
+
+
+def _copy_onnx(src: SourceModel, path: Path, opset_range: tuple[int, int]) -> str:
+    import onnx
+
+    model = onnx.load(str(src.onnx_path))  # pulls external data in, so the copy is self-contained
+    onnx.save(_to_opset_range(model, opset_range, str(src.onnx_path)), str(path))
     return f"copied from {src.onnx_path}"
+
+
+def _tidy_export(path: Path, opset_range: tuple[int, int], spec: str) -> None:
+    """After torch's exporter: no debug metadata, and the opset the target takes (torch may not emit every
+    opset a target asks for; ONNX's converter bridges the gap or the export fails naming both)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    strip_debug_info(model)
+    onnx.save(_to_opset_range(model, opset_range, f"the ONNX export of '{spec}'"), str(path))
 
 
 def verify_against_reference(
@@ -320,6 +389,7 @@ def export_to_onnx(
         _, _, opset = describe(path)
         if not opset_range[0] <= opset <= opset_range[1]:
             how = _export_torch(src, path, opset_range[1])
+        _tidy_export(path, opset_range, src.spec)
         if source_is_quantized(src):  # torchao Q/DQ: keep them, say so, and compare with a quantized tolerance
             folded = mark_quantized(path, quantization_label(src))
             rtol = max(rtol, QUANTIZED_RTOL)

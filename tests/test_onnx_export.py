@@ -46,3 +46,14 @@ def test_parse_input_shape(text, shape):
 def test_parse_input_shape_rejects(text):
     with pytest.raises(EdgekitError, match="malformed --input-shape"):
         parse_input_shape(text)
+
+
+def test_export_ships_no_debug_metadata_and_honours_the_opset_range(tmp_path):
+    """torch's exporter stores stack traces (with this machine's paths) on every node; artifacts must not."""
+    src = load_model(_mlp(0), (1, 3, 2, 2))
+    m = export_to_onnx(src, tmp_path / "m.onnx", opset_range=(17, 18))
+    model = onnx.load(str(m.path))
+    assert all(len(n.metadata_props) == 0 and not n.doc_string for n in model.graph.node)
+    assert __file__.encode() not in m.path.read_bytes()
+    assert m.opset == 18  # torch emits a newer opset by default: converted into the target's range
+    onnx.checker.check_model(model)
