@@ -422,10 +422,17 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
           source: str = "results") -> Judgement:
     """Apply the accuracy budget to the records measured on `target`; the fastest survivor (p50) wins."""
     _check_drop(max_accuracy_drop)
-    parsed = [parse_record(r, i, source) for i, r in enumerate(records)]
+    ignored: list[tuple[str, str]] = []
+    parsed = []
+    for i, r in enumerate(records):
+        status = r.get("status", "ok")  # records without a status (hand-written results) count as measured
+        if status != "ok":  # a failed or skipped measurement has no numbers to judge
+            label = str(r.get("artifact") or f"record {i}")
+            ignored.append((label, f"status {status}" + (f": {r['error']}" if r.get("error") else "")))
+            continue
+        parsed.append(parse_record(r, i, source))
     # a device's other backends (target.alternatives) may offer precisions its default backend lacks
     offered = {p for t in (target, *target.alternatives.values()) for p in t.precisions}
-    ignored: list[tuple[str, str]] = []
     mine: list[Record] = []
     eager: list[Record] = []
     for r in parsed:

@@ -438,3 +438,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli, board, tmp_path, make_args, m
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_failed_and_skipped_bench_records_are_ignored_not_judged():
+    records = [rec("m-fp32", "fp32", 10.0, 0.95), rec("m-int8", "int8", 2.0, 0.95),
+               {**rec("m-fp16", "fp16", 1.0, 0.95), "status": "error", "error": "worker died"},
+               {**rec("m-int8", "int8", 1.0, 0.95), "status": "skipped", "batch": 8}]
+    j = judge(records, GPU_SERVER)
+    assert j.chosen.artifact == "m-int8" and j.chosen.p50_ms == 2.0
+    assert ("m-fp16", "status error: worker died") in j.ignored
+    assert ("m-int8", "status skipped") in j.ignored
