@@ -81,6 +81,8 @@ def _torchao():
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("torchao").setLevel(logging.ERROR)
+            # torch's own logger (a handler holding the real stderr) warns about torchao's enum registrations
+            logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
             import torchao.quantization.pt2e as pt2e
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
             from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
