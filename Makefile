@@ -12,6 +12,7 @@ quickstart: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/edgekit quickstart --out $(QUICKSTART_OUT) --force
 
 test: $(STAMP)
+	-@sh scripts/ensure-sshd.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -2,14 +2,16 @@
 harness only ever talks to a `WorkerChannel` (requests and replies of the worker protocol, see worker.py)
 and to the four file methods below, so a new kind of device is one class and one `register_device_kind`.
 
-`--device local` is the only kind today. Issue 9 adds the others without touching the measuring code:
+Kinds (`--device`):
 
-- ssh (`--device ssh:user@host`): `open_worker` returns `PipeWorker(["ssh", host, "python3", "-m",
-  "edgekit.bench.worker"])` (the protocol is plain stdin/stdout, so it runs over ssh unchanged); `stage`
-  copies the artifact folder with scp/rsync into a remote temporary folder; `fetch` copies outputs back.
-- adb (`--device adb:SERIAL`): `stage` is `adb push`, `fetch` is `adb pull`, and `open_worker` returns a
-  channel for whatever speaks the protocol on the phone (Python under Termux through `adb shell`, or an
-  adapter that turns `time` requests into runs of a native runner and parses its timings).
+- `local`: this machine (LocalDevice, below).
+- `ssh://USER@HOST[:PORT]` (edgekit.bench.ssh): the same worker runs on the board under its own Python, fed
+  through the system `ssh`; files travel over ssh too and are checked by sha256 on arrival.
+- `adb://SERIAL` (edgekit.bench.adb): a phone; TFLite's native `benchmark_model` measures there and its
+  output is parsed into the same record. It overrides `Device.bench` instead of speaking the protocol.
+- a NAME declared in the devices file (edgekit.bench.device_config), e.g. `lab-pi5`.
+
+Kind modules are imported only when a device of that kind is asked for, so `edgekit --help` stays light.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -161,6 +163,13 @@ class Device(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def bench(self, artifacts: Sequence[str | Path], config: Any, **kwargs: Any) -> Any:
+        """Measure artifacts here and return a `BenchResult`. Devices that speak the worker protocol use the
+        harness (this default); a device that measures with a native tool (adb + benchmark_model) overrides it."""
+        from edgekit.bench.harness import run_bench
+
+        return run_bench(artifacts, config, device=self, **kwargs)
+
     def measure(self, artifact: str | Path, config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
         """Benchmark one artifact here and return its records (one per batch size): the device as a
         function from artifact to record. Several artifacts should go through `run_bench` together, which
@@ -204,10 +213,28 @@ class LocalDevice(Device):
             self._scratch = None
 
 
-DeviceFactory = Callable[[str], Device]
-_DEVICE_KINDS: dict[str, DeviceFactory] = {"local": LocalDevice}
-#: kinds that are planned, so asking for them says when rather than "unknown"
-_PLANNED = {"ssh": "ssh:USER@HOST", "adb": "adb:SERIAL"}
+DeviceFactory = Callable[..., Device]
+
+
+def _lazy(target: str) -> DeviceFactory:
+    """A factory that imports its module on first use ("module:Class")."""
+
+    def factory(address: str, **options: Any) -> Device:
+        import importlib
+
+        module, _, cls = target.partition(":")
+        return getattr(importlib.import_module(module), cls)(address, **options)
+
+    return factory
+
+
+_DEVICE_KINDS: dict[str, DeviceFactory] = {
+    "local": LocalDevice,
+    "ssh": _lazy("edgekit.bench.ssh:SshDevice"),
+    "adb": _lazy("edgekit.bench.adb:AdbDevice"),
+}
+#: options a kind accepts from the command line (others are not passed to it)
+_KIND_OPTIONS = {"adb": ("benchmark_model",)}
 
 
 def register_device_kind(kind: str, factory: DeviceFactory) -> None:
@@ -221,16 +248,26 @@ def device_kinds() -> list[str]:
     return sorted(_DEVICE_KINDS)
 
 
-def make_device(spec: str | Device) -> Device:
-    """'local', or KIND:ADDRESS for a registered kind (issue 9 adds ssh:USER@HOST and adb:SERIAL)."""
+def make_device(spec: str | Device, **options: Any) -> Device:
+    """'local', KIND://ADDRESS or KIND:ADDRESS for a registered kind (ssh://USER@HOST[:PORT], adb://SERIAL), or
+    the NAME of a device in the devices file. `options` (e.g. benchmark_model=PATH) go to the kinds that take
+    them and override the devices file. Nothing is contacted here: a device connects when it is entered."""
     if isinstance(spec, Device):
         return spec
-    kind, _, address = str(spec).partition(":")
-    factory = _DEVICE_KINDS.get(kind)
+    text = str(spec).strip()
+    kind, sep, address = text.partition(":")
+    factory = _DEVICE_KINDS.get(kind) if sep or kind == "local" else None
     if factory is not None:
-        return factory(address)
-    if kind in _PLANNED:
-        raise EdgekitError(f"device kind '{kind}' ({_PLANNED[kind]}) is not available yet; "
-                           f"available: {', '.join(device_kinds())}")
-    raise EdgekitError(f"unknown device '{spec}'; available kinds: {', '.join(device_kinds())}")
+        given = {k: v for k, v in options.items() if v is not None and k in _KIND_OPTIONS.get(kind, ())}
+        return factory(address, **given) if given else factory(address)
+    from edgekit.bench import device_config
 
+    entry = device_config.lookup(text)
+    if entry is not None:
+        kind = entry.kind
+        given = {k: v for k, v in options.items() if v is not None and k in _KIND_OPTIONS.get(kind, ())}
+        return _DEVICE_KINDS[kind]("", **{**entry.options(), **given, "name": entry.name})
+    known = device_config.names()
+    named = f"; named devices in {device_config.describe_location()}: {', '.join(known) if known else '(none)'}"
+    raise EdgekitError(f"unknown device '{spec}'; available kinds: {', '.join(device_kinds())} (e.g. local, "
+                       f"ssh://USER@HOST[:PORT], adb://SERIAL){named}")

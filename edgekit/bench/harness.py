@@ -285,8 +285,14 @@ class Harness:
             if hello is None:
                 continue
             job.env = hello["env"]
+            try:  # a remote device's transfer can fail for one artifact (hash mismatch, runtime missing there)
+                staged = self.device.stage(job.path)
+            except EdgekitError as exc:
+                self.fail(job, str(exc))
+                bar.update(1)
+                continue
             first = job.batches[0] if job.batches else _fixed_batch(job.manifest) or 1
-            load = self.ask(job, {"cmd": "load", "artifact": self.device.stage(job.path), "batch": first,
+            load = self.ask(job, {"cmd": "load", "artifact": staged, "batch": first,
                                   "threads": self.config.threads, "seed": self.config.seed},
                             timeout=_LOAD_TIMEOUT_S)
             if load is not None:
@@ -327,17 +333,20 @@ class Harness:
             bar.set_postfix_str(f"eval {job.name}")
             assert job.evalset is not None
             key = job.evalset.key
-            if key not in self._staged_eval:
-                local = self.tmp / f"eval-{key}.npy"
-                np.save(local, job.evalset.x)
-                self._staged_eval[key] = self.device.stage(local)
-            remote_out = self.device.scratch(f"outputs-{job.index}.npz")
-            reply = self.ask(job, {"cmd": "eval", "inputs": self._staged_eval[key], "outputs": remote_out},
-                             timeout=_LOAD_TIMEOUT_S)
-            if reply is not None:
-                local_out = self.device.fetch(remote_out, self.tmp)
-                with np.load(local_out) as data:
-                    job.outputs = [data[f"out{i}"] for i in range(len(data.files))]
+            try:
+                if key not in self._staged_eval:
+                    local = self.tmp / f"eval-{key}.npy"
+                    np.save(local, job.evalset.x)
+                    self._staged_eval[key] = self.device.stage(local)
+                remote_out = self.device.scratch(f"outputs-{job.index}.npz")
+                reply = self.ask(job, {"cmd": "eval", "inputs": self._staged_eval[key], "outputs": remote_out},
+                                 timeout=_LOAD_TIMEOUT_S)
+                if reply is not None:
+                    local_out = self.device.fetch(remote_out, self.tmp)
+                    with np.load(local_out) as data:
+                        job.outputs = [data[f"out{i}"] for i in range(len(data.files))]
+            except EdgekitError as exc:  # moving files to or from a remote device failed for this artifact
+                self.fail(job, str(exc))
             bar.update(1)
 
     def close_workers(self, jobs: list[Job]) -> None:

@@ -43,7 +43,7 @@ def _sqnr(r: dict[str, Any]) -> str:
 def baseline_for(records: Sequence[dict[str, Any]], rec: dict[str, Any], baseline: str | None = None):
     """The record `rec` is compared with: same model and batch, from the baseline artifact or backend."""
     for r in ok_records(records):
-        if r["batch"] != rec["batch"] or r.get("model") != rec.get("model"):
+        if r["batch"] != rec["batch"] or r.get("model") != rec.get("model") or _device(r) != _device(rec):
             continue
         if baseline is not None:
             if Path(r["artifact"]).resolve() == Path(baseline).resolve():
@@ -61,13 +61,27 @@ def speedup(records: Sequence[dict[str, Any]], rec: dict[str, Any], baseline: st
     return base["latency_ms"]["p50"] / rec["latency_ms"]["p50"]
 
 
+def _device(r: dict[str, Any]) -> str | None:
+    d = r.get("device")
+    return d.get("name") if isinstance(d, dict) else None
+
+
+def device_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Distinct device names in first-seen order (a device column appears when there are several)."""
+    return list(dict.fromkeys(n for n in (_device(r) for r in records) if n))
+
+
 def _rows(records: Sequence[dict[str, Any]], baseline: str | None) -> tuple[list[str], list[list[str]]]:
-    headers = ["artifact", "backend", "precision", "batch", "thr", "p50 ms", "p90 ms", "p99 ms", "mean±std ms",
-               "items/s", "cold ms", "peak MB", "size KiB", "accuracy", "agreement", "SQNR dB", "speed-up"]
+    several = len(device_names(records)) > 1
+    headers = ["artifact", *(["device"] if several else []), "backend", "precision", "batch", "thr", "p50 ms",
+               "p90 ms", "p99 ms", "mean±std ms", "items/s", "cold ms", "peak MB", "size KiB", "accuracy",
+               "agreement", "SQNR dB", "speed-up"]
     rows = []
     for r in records:
-        head = [r.get("name") or Path(r["artifact"]).name, r.get("backend") or "?", r.get("precision") or "?",
-                "-" if r.get("batch") is None else str(r["batch"]), str(r["threads"])]
+        head = [r.get("name") or Path(r["artifact"]).name, *([_device(r) or "?"] if several else []),
+                r.get("backend") or "?", r.get("precision") or "?",
+                "-" if r.get("batch") is None else str(r["batch"]),
+                "-" if r.get("threads") is None else str(r["threads"])]
         if r.get("status") != "ok":
             rows.append([*head, f"{(r.get('status') or 'error').upper()}: {r.get('error')}"])
             continue
@@ -90,8 +104,13 @@ def table(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str
     lines = []
     measured = ok_records(records)
     if measured:
-        d, s = measured[0]["device"], measured[0].get("settings", {})
-        lines.append(f"device {d.get('name')}: {d.get('cpu_model')}, {d.get('cores')} cores, {d.get('os')}")
+        seen: set[str | None] = set()
+        for r in measured:  # one line per device, in the order the devices were given
+            if _device(r) not in seen:
+                seen.add(_device(r))
+                d = r["device"]
+                lines.append(f"device {d.get('name')}: {d.get('cpu_model')}, {d.get('cores')} cores, {d.get('os')}")
+        s = measured[0].get("settings", {})
         how = "interleaved rounds" if s.get("interleaved") else "rounds, one artifact at a time"
         lines.append(f"warm-up >= {s.get('warmup_min_iters')} runs and >= {s.get('warmup_min_seconds')} s; "
                      f">= {s.get('min_iters')} runs and >= {s.get('min_seconds')} s per artifact and batch, in "

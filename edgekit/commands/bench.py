@@ -11,39 +11,58 @@ _WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0,
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.bench import report
+    from edgekit.bench import multi, report
     from edgekit.bench.devices import make_device
-    from edgekit.bench.harness import BenchConfig, parse_batches, run_bench
+    from edgekit.bench.harness import BenchConfig, parse_batches
     from edgekit.errors import EdgekitError
 
     config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
                          min_seconds=args.min_seconds, max_seconds=args.max_seconds, rounds=args.rounds,
                          batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
                          interleave=not args.sequential)
-    device = make_device(args.device)  # an unknown device fails before anything is loaded
+    # every device is resolved before anything is loaded or contacted: a typo fails at once
+    devices = [make_device(spec, benchmark_model=args.benchmark_model) for spec in (args.device or ["local"])]
+    names = [d.name for d in devices]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgekitError(f"device(s) given more than once: {', '.join(twice)}")
     if args.plot:
         report.check_plot_support()
-    result = run_bench(args.artifacts, config, device=device, eval_data=args.eval, reference=args.reference,
-                       progress=not args.no_progress, log=log)
-    print(report.table(result.records, baseline=args.baseline or args.reference))
+    for note in multi.target_notes(devices, args.artifacts):
+        log(f"bench: {note}")
+    runs = multi.bench_devices(args.artifacts, config, devices, eval_data=args.eval, reference=args.reference,
+                               progress=not args.no_progress, log=log)
+    failed = [r for r in runs if not r.ok]
+    if len(failed) == len(runs):
+        if len(runs) == 1:
+            raise EdgekitError(failed[0].error or "the device failed")
+        for r in failed:
+            log(f"bench: device {r.device.name}: error: {r.error}")
+        raise EdgekitError(f"all {len(runs)} devices failed; nothing was measured")
+    for r in failed:
+        log(f"bench: device {r.device.name}: error: {r.error}")
+    records = multi.all_records(runs, args.artifacts)
+    print(report.table(records, baseline=args.baseline or args.reference))
     written = []
     if args.json:
-        written.append(report.write_json(result.records, args.json))
+        written.append(report.write_json(records, args.json))
     if args.csv:
-        written.append(report.write_csv(result.records, args.csv))
+        written.append(report.write_csv(records, args.csv))
     if args.markdown:
         path = args.markdown
         with open(path, "w") as f:
-            f.write(report.markdown(result.records, baseline=args.baseline or args.reference) + "\n")
+            f.write(report.markdown(records, baseline=args.baseline or args.reference) + "\n")
         written.append(path)
     if args.plot:
-        written.append(report.write_plot(result.records, args.plot))
+        written.append(report.write_plot(records, args.plot))
     for path in written:
         log(f"wrote {path}")
-    if result.failures:
-        names = ", ".join(path for path, _ in result.failures)
-        raise EdgekitError(f"{len(result.failures)} of {len(args.artifacts)} artifact(s) could not be measured "
-                           f"({names}); the others were measured and reported")
+    failures = [(r.device.name, path) for r in runs if r.ok for path, _ in r.result.failures]
+    if failures:
+        names_ = ", ".join(path if len(runs) == 1 else f"{path} on {dev}" for dev, path in failures)
+        total = len(args.artifacts) * sum(r.ok for r in runs)
+        raise EdgekitError(f"{len(failures)} of {total} artifact(s) could not be measured "
+                           f"({names_}); the others were measured and reported")
     return 0
 
 
@@ -60,7 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                f">= {_ITERS} runs and >= {_MIN_S} s per artifact and batch size (at most {_MAX_S:.0f} s), in "
                f"{_ROUNDS} interleaved rounds, {_THREADS} thread. {DATA_HELP}; without --eval, the data the "
                "export was checked on when it can be read here, else seeded random inputs. Exit code 2 when "
-               "any artifact could not be measured (the others are still reported). Example: edgekit bench "
+               "any artifact could not be measured (the others are still reported). Devices: local, "
+               "ssh://USER@HOST[:PORT] (the board needs Python >= 3.11, numpy and the runtime package), "
+               "adb://SERIAL (TFLite artifacts, with --benchmark-model), or a NAME from the devices file "
+               "($EDGEKIT_DEVICES, default ~/.config/edgekit/devices.toml); several --device run in parallel "
+               "and give one table with a device column; a device that fails as a whole gives one error line, "
+               "exit code 2 only when every device failed. Example: edgekit bench "
                "art-fp32 art-int8 --eval zoo:digits:test --batch 1,8 --json results.json --plot pareto.png",
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s)")
@@ -89,7 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sequential", action="store_true",
                    help="one artifact at a time instead of interleaved (only one model in memory, for small "
                         "devices; drift is then not spread over all artifacts)")
-    p.add_argument("--device", default="local", metavar="DEVICE", help="where to run: local (default)")
+    p.add_argument("--device", action="append", metavar="DEVICE",
+                   help="where to run: local (default), ssh://USER@HOST[:PORT][?python=...&key=...&workdir=...], "
+                        "adb://SERIAL, or a NAME from the devices file; repeat for several devices")
+    p.add_argument("--benchmark-model", metavar="PATH",
+                   help="TFLite's benchmark_model binary built for the phone, pushed to adb devices")
     p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")

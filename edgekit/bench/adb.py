@@ -1,0 +1,242 @@
+"""`--device adb://SERIAL`: measure a TFLite artifact on an Android phone with TFLite's `benchmark_model`.
+
+A phone has no Python for the worker, so this device measures with the native tool instead: it pushes the
+.tflite and the `benchmark_model` binary the user points at (`--benchmark-model PATH`, or benchmark_model
+= PATH in the devices file; an Android build for the phone's ABI) into a fresh folder under
+/data/local/tmp, checks the model's sha256 there, runs the tool through `adb -s SERIAL shell` with the
+bench settings mapped onto its flags, parses its output (benchmark_model.py) into the same record, and
+removes the folder in every case. What the record cannot have from the tool is null and said so: p90/p99
+(the tool keeps no per-run times), accuracy/agreement (the tool runs random inputs); memory is the tool's
+own figure, which it calls APPROXIMATE, and `peak_rss_method` says so.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekit.bench import benchmark_model
+from edgekit.bench import records as rec
+from edgekit.bench.devices import Device, WorkerChannel
+from edgekit.errors import EdgekitError
+
+DEFAULT_WORKDIR = "/data/local/tmp"
+_ENV_SCRIPT = ("echo model=$(getprop ro.product.model); echo manufacturer=$(getprop ro.product.manufacturer); "
+               "echo release=$(getprop ro.build.version.release); echo sdk=$(getprop ro.build.version.sdk); "
+               "echo abi=$(getprop ro.product.cpu.abi); echo soc=$(getprop ro.soc.model); "
+               "echo cores=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo); "
+               "echo mem_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d ' ' -f 2); "
+               "echo hardware=$(grep -m1 -E '^(Hardware|model name)' /proc/cpuinfo | cut -d: -f2-)")
+_NO_SPACE = ("No space left on device", "ENOSPC")
+
+
+class AdbDevice(Device):
+    """A phone behind adb, measured with benchmark_model. Nothing is contacted until `bench` runs."""
+
+    kind = "adb"
+
+    def __init__(self, address: str = "", *, serial: str | None = None, benchmark_model: str | None = None,
+                 target: str | None = None, workdir: str | None = None, adb: str | None = None,
+                 timeout: float | str | None = None, name: str | None = None) -> None:
+        super().__init__(address)
+        self.serial = (serial or address.removeprefix("//")).strip()
+        if not self.serial or any(c.isspace() for c in self.serial):
+            raise EdgekitError(f"device kind 'adb' needs a serial: --device adb://SERIAL (see `adb devices`); "
+                               f"got '{address}'")
+        if not benchmark_model:
+            raise EdgekitError("device kind 'adb' runs TFLite's benchmark_model on the phone and needs its binary: "
+                               "pass --benchmark-model PATH (an Android build for the phone's ABI, e.g. "
+                               "android_aarch64_benchmark_model) or set benchmark_model for the device in the "
+                               "devices file")
+        self.benchmark_model = Path(benchmark_model).expanduser()
+        if not self.benchmark_model.is_file():
+            raise EdgekitError(f"benchmark_model binary {self.benchmark_model} not found")
+        self.target = target
+        self.workdir = (workdir or DEFAULT_WORKDIR).rstrip("/")
+        self.adb = adb or "adb"
+        self.timeout = float(timeout) if timeout else 60.0
+        self._name = name
+        self.remote_dir: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name or f"adb://{self.serial}"
+
+    # -- adb --------------------------------------------------------------------------------------------
+    def adb_argv(self, *args: str) -> list[str]:
+        exe = shutil.which(self.adb)
+        if exe is None:
+            raise EdgekitError(f"'{self.adb}' not found; install Android platform-tools (Debian: apt install adb) "
+                               "or set adb = PATH for the device in the devices file")
+        return [exe, "-s", self.serial, *args]
+
+    def call(self, *args: str, doing: str, timeout: float | None = None) -> str:
+        """Run one adb command; its stdout, or EdgekitError naming the device, what was done and why."""
+        try:
+            proc = subprocess.run(self.adb_argv(*args), capture_output=True, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgekitError(f"{self.name}: {doing} did not finish within {timeout or self.timeout:.0f} s") from None
+        out = proc.stdout.decode(errors="replace")
+        err = proc.stderr.decode(errors="replace")
+        text = (err + "\n" + out).strip()
+        if any(s in text for s in _NO_SPACE):
+            raise EdgekitError(f"{self.name} is out of disk space in {self.workdir} while {doing}")
+        if proc.returncode != 0:
+            last = text.splitlines()[-1] if text else "no message"
+            if ("not found" in text and "device" in text) or "unauthorized" in text or "offline" in text:
+                raise EdgekitError(f"{self.name}: {last}; check `adb devices` (is the phone connected, authorized "
+                                   "for USB debugging, and is this its serial?)")
+            raise EdgekitError(f"{self.name}: {doing} failed (exit status {proc.returncode}): {last}")
+        return out
+
+    def shell(self, command: str, *, doing: str, timeout: float | None = None) -> str:
+        return self.call("shell", command, doing=doing, timeout=timeout)
+
+    # -- the Device interface: files only; workers are not used on a phone ------------------------------
+    def open_worker(self) -> WorkerChannel:
+        raise EdgekitError(f"{self.name} measures with benchmark_model, not the Python worker; use `edgekit bench` "
+                           "or AdbDevice.bench")
+
+    def _dir(self) -> str:
+        if self.remote_dir is None:
+            remote = f"{self.workdir}/edgekit-bench-{uuid.uuid4().hex[:12]}"
+            self.shell(f"mkdir -p {shlex.quote(remote)}", doing="making a working folder")
+            self.remote_dir = remote
+        return self.remote_dir
+
+    def stage(self, local: Path) -> str:
+        local = Path(local)
+        remote = f"{self._dir()}/{local.name}"
+        self.call("push", str(local), remote, doing=f"pushing {local.name}", timeout=self.timeout + 600)
+        return remote
+
+    def scratch(self, name: str) -> str:
+        return f"{self._dir()}/{name}"
+
+    def fetch(self, remote: str, local_dir: Path) -> Path:
+        dest = Path(local_dir) / Path(remote).name
+        self.call("pull", remote, str(dest), doing=f"pulling {Path(remote).name}")
+        return dest
+
+    def close(self) -> None:
+        if self.remote_dir is not None:
+            remote, self.remote_dir = self.remote_dir, None
+            try:
+                self.shell(f"rm -rf {shlex.quote(remote)}", doing="removing the working folder")
+            except EdgekitError as exc:
+                import sys
+
+                print(f"edgekit: warning: {exc}; remove {remote} on {self.name} by hand", file=sys.stderr)
+
+    # -- measuring --------------------------------------------------------------------------------------
+    def check_sha256(self, remote: str, expected: str) -> None:
+        out = self.shell(f"sha256sum {shlex.quote(remote)}", doing="hashing the pushed model")
+        got = out.split()[0] if out.split() else ""
+        if len(got) != 64:
+            raise EdgekitError(f"{self.name}: cannot check the pushed model (sha256sum answered {out.strip()[:60]!r})")
+        if got != expected:
+            raise EdgekitError(f"{self.name}: '{Path(remote).name}' arrived with sha256 {got[:12]}…, expected "
+                               f"{expected[:12]}… (the transfer corrupted it); it was not measured")
+
+    def environment(self) -> dict[str, Any]:
+        """What the records say about the phone: read on the phone with getprop and /proc."""
+        fields = dict(line.split("=", 1) for line in self.shell(_ENV_SCRIPT, doing="reading the phone's "
+                      "properties").splitlines() if "=" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        cores = fields.get("cores", "")
+        mem = fields.get("mem_kb", "")
+        model = " ".join(p for p in (fields.get("manufacturer"), fields.get("model")) if p) or self.serial
+        return {"host": model, "serial": self.serial,
+                "cpu_model": fields.get("soc") or fields.get("hardware") or fields.get("abi") or "unknown",
+                "cores": int(cores) if cores.isdigit() else None, "physical_cores": None,
+                "os": f"Android {fields.get('release', '?')} (SDK {fields.get('sdk', '?')})",
+                "arch": fields.get("abi"), "memory_mb": round(int(mem) / 1024, 1) if mem.isdigit() else None}
+
+    def command(self, graph: str, tool: str, config: Any) -> str:
+        """benchmark_model's command line for the bench settings (same warm-up/run rules: at least N runs
+        and S seconds, at most max_seconds)."""
+        flags = {"graph": graph, "num_threads": config.threads or -1, "warmup_runs": config.warmup,
+                 "warmup_min_secs": config.warmup_seconds, "num_runs": config.iters,
+                 "min_secs": config.min_seconds, "max_secs": config.max_seconds}
+        return " ".join([shlex.quote(tool), *(f"--{k}={shlex.quote(str(v))}" for k, v in flags.items())])
+
+    def bench(self, artifacts: Sequence[str | Path], config: Any, *, eval_data: str | None = None,
+              reference: str | Path | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> Any:
+        """Measure each TFLite artifact with benchmark_model; one record per artifact (its own batch)."""
+        from edgekit.bench.harness import BenchConfig, BenchResult
+
+        log = log or (lambda _m: None)
+        config = config or BenchConfig()
+        if not artifacts:
+            raise EdgekitError("no artifacts to benchmark: name at least one artifact folder")
+        state = self.call("get-state", doing="looking for the phone").strip()
+        if state != "device":
+            raise EdgekitError(f"{self.name} is '{state}', not ready; check `adb devices`")
+        records: list[dict[str, Any]] = []
+        failures: list[tuple[str, str]] = []
+        try:
+            env = self.environment()
+            tool = self.stage(self.benchmark_model)
+            self.shell(f"chmod 755 {shlex.quote(tool)}", doing="making benchmark_model executable")
+            for path in artifacts:
+                record = self._one(Path(path), tool, env, config, log)
+                records.append(record)
+                if record["status"] == "error":
+                    failures.append((str(path), record["error"]))
+        finally:
+            self.close()
+        if eval_data:
+            log(f"bench: {self.name}: --eval ignored: benchmark_model runs random inputs, accuracy is not measured")
+        return BenchResult(records, failures, config, self.name)
+
+    def _one(self, path: Path, tool: str, env: dict[str, Any], config: Any, log: Callable[[str], None]):
+        from edgekit import __version__
+        from edgekit.artifact import load_artifact, now_iso
+
+        r = rec.empty_record()
+        r.update(artifact=str(path), name=path.name or str(path), device={"kind": self.kind, "name": self.name, **env},
+                 threads=config.threads, settings=config.settings(), edgekit_version=__version__,
+                 timestamp=now_iso())
+        try:
+            art = load_artifact(path)
+            m = art.manifest
+            r.update(target=m.get("target"), backend=m.get("backend"), precision=m.get("precision"),
+                     model=(m.get("model") or {}).get("source"))
+            if not str(m["model_file"]).endswith(".tflite"):
+                raise EdgekitError(f"{path} is a '{m.get('backend')}' artifact; adb devices measure .tflite models "
+                                   "with benchmark_model (export with --backend tflite)")
+            main = m["model_file"]
+            r["model_bytes"] = int(m["files"][main]["bytes"])
+            r["artifact_bytes"] = int(sum(f["bytes"] for f in m["files"].values()))
+            remote = self.stage(art.model_path)
+            self.check_sha256(remote, m["files"][main]["sha256"])
+            timeout = config.max_seconds * 2 + config.warmup_seconds + 300
+            out = self.shell(self.command(remote, tool, config), doing="running benchmark_model", timeout=timeout)
+            parsed = benchmark_model.parse(out)
+        except EdgekitError as exc:
+            log(f"bench: {path}: error: {exc}")
+            return dict(r, status="error", error=str(exc))
+        shape = (m.get("model") or {}).get("input_shape") or [1]
+        batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+        lat = parsed.latency_ms()
+        peak, method = parsed.memory_mb()
+        r.update({
+            "status": "ok", "error": None, "batch": batch, "runtime": "tflite benchmark_model",
+            "runtime_version": None, "runtime_versions": {"benchmark_model": self.benchmark_model.name},
+            "warmup": parsed.warmup.count if parsed.warmup else 0, "iters": parsed.run.count,
+            "latency_ms": lat, "latency_extra_ms": parsed.extra_percentiles_ms(),
+            "latency_note": "from benchmark_model's run statistics; p90/p99 are not reported by the tool",
+            "throughput_per_s": batch * 1e3 / lat["mean"] if lat["mean"] else None,
+            "cold_start_ms": (parsed.init_us + parsed.first_inference_us) / 1e3, "load_ms": parsed.init_us / 1e3,
+            "first_inference_ms": parsed.first_inference_us / 1e3, "peak_rss_mb": peak,
+            "peak_rss_method": method, "memory_approximate": True,
+            "accuracy": None, "agreement": None, "sqnr_db": None,
+            "eval": {"reference": "not measured: benchmark_model runs random inputs and returns no outputs"},
+        })
+        return r
