@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +120,16 @@ class ExportPipeline:
         calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
         calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
-        backend: str | None = None,
+        backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
+        techniques: Sequence[str] = (),
     ) -> Artifact:
-        """Validate everything first (nothing is written on bad input), then build the artifact."""
+        """Validate everything first (nothing is written on bad input), then build the artifact.
+
+        `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
+        layers are kept in higher precision until the budget holds on a held-out part of the calibration set
+        (see edgekit.fallback). `techniques` (equalize, range-choice, bias-correction; see edgekit.ptq_improve)
+        improve the int8 graph before that; the manifest reports what each one changed.
+        """
         tgt = target if isinstance(target, Target) else load_target(target)
         if backend is not None:
             tgt = tgt.with_backend(backend)
@@ -148,12 +155,18 @@ class ExportPipeline:
         if needs_data and cset is None:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
                                "complete Q/DQ quantization: pass --calib DATA")
-        ranges = self.ranges(cset, method, method_opts) if needs_ranges else None
+        improve = None
+        if min_agreement is not None or max_accuracy_drop is not None or techniques:
+            improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
+                                         max_accuracy_drop, techniques, exporter_options or {})
+            exporter = improve["exporter"]
+        ranges = self.ranges(cset, method, method_opts) if needs_ranges and improve is None else (
+            improve["ranges"] if improve is not None else None)
+        prepared = (improve["prepared"] if improve is not None else self.prepared()) if needs_ranges else None
 
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
-            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage,
-                                    self.prepared() if needs_ranges else None, self.src)
+            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src)
             result = exporter.export(request)
             manifest: dict[str, Any] = {
                 "manifest_version": 1,
@@ -184,11 +197,58 @@ class ExportPipeline:
                 manifest["calibration"] = {**cset.provenance(), "method": method_used}
             else:
                 manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
+            if improve is not None:
+                manifest.update(improve["manifest"])
             manifest["verification"] = self._verify(stage, manifest, evalset)
             manifest["tool_versions"] = tool_versions()
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
+
+    def _improve_int8(self, tgt: Target, precision: str, cset: CalibrationSet | None, onnx_model: OnnxModel,
+                      method: str, method_opts: dict[str, Any], min_agreement: float | None,
+                      max_accuracy_drop: float | None, techniques: Sequence[str],
+                      exporter_options: dict[str, Any]) -> dict[str, Any]:
+        """Budgeted fallback and PTQ techniques (edgekit.fallback, edgekit.ptq_improve): checks, then the search."""
+        from edgekit import fallback, ptq_improve
+
+        budget = None
+        if min_agreement is not None or max_accuracy_drop is not None:
+            budget = fallback.Budget(min_agreement, max_accuracy_drop)
+        ptq_improve.check_techniques(techniques)
+        if precision != "int8":
+            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques apply to --precision "
+                               f"int8 (got {precision})")
+        if tgt.backend not in fallback.SUPPORTED_BACKENDS:
+            raise EdgekitError(fallback.TFLITE_NOTE if tgt.backend == "tflite" else
+                               f"budgeted int8 works for backends {', '.join(fallback.SUPPORTED_BACKENDS)}; "
+                               f"target {tgt.name} runs {tgt.backend}")
+        if onnx_model.quantization is not None:
+            raise EdgekitError(f"{self.src.spec} already carries its own Q/DQ quantization "
+                               f"({onnx_model.quantization}); budgeted fallback re-quantizes an FP32 model: export "
+                               "the FP32 model instead")
+        if cset is None:
+            raise EdgekitError("a budgeted int8 export needs calibration data: pass --calib DATA")
+        fallback.check_backend(tgt.backend, budget, labels=cset.y is not None)
+        cal, held = fallback.split_calibration(cset)
+        ranges = self.ranges(cal, method, method_opts)
+        setup = fallback.QuantSetup(tgt.backend, self.prepared(), ranges, dict(tgt.backend_options), held.x,
+                                    self.reference(held)[0], held.y, self.workdir / "fallback")
+        setup.workdir.mkdir(exist_ok=True)
+        manifest: dict[str, Any] = {}
+        if techniques:
+            setup, steps = ptq_improve.apply(setup, techniques, cal, method, method_opts, log=self.log)
+            manifest["ptq_techniques"] = steps
+        if budget is not None:
+            plan = fallback.search(setup, budget, log=self.log)
+            plan.cost = fallback.plan_cost(setup, plan)
+            manifest["fallback"] = plan.to_json()
+            self.log(f"budget holds with {len(plan.kept)} layer(s) kept in {plan.kept_precision}: "
+                     f"{', '.join(plan.kept) or 'none'}")
+        else:
+            plan = fallback.FallbackPlan(None, [], setup.kept_precision, {}, {}, [], [], len(held.x))
+        exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
+        return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest}
 
     def _calibration(self, calib, samples) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):

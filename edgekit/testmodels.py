@@ -85,3 +85,75 @@ def plain_cnn(widths: tuple[int, ...] = (32, 64, 64, 128, 128, 256, 256), num_cl
 def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
     """A few epochs on digits_rgb so outputs are confident, as a real student's would be."""
     return zoo.train_classifier(model, digits_rgb("train", size), epochs=epochs, seed=seed, lr=3e-3)
+
+
+# -- a depthwise-separable model that plain min-max INT8 gets wrong (issue 8) ---------------------------------
+#
+# How it is built: a plain 3x3 conv trunk (where int8 kernels pay off) followed by depthwise-separable blocks
+# at low resolution, trained normally on digits_rgb. Then, in two of the blocks, the channels between the
+# depthwise layer (after its batch norm and ReLU) and the pointwise layer are rescaled: channel c of the
+# depthwise output is multiplied by s_c and the pointwise weights that read it by 1 / s_c. ReLU is positively
+# homogeneous, so the FP32 function does not change (up to float rounding), but the channels of that one
+# activation tensor now span ~3 orders of magnitude. That is what Nagel et al. (2019) measured in real
+# MobileNets' depthwise layers; per-tensor activation quantization (every int8 format here) then rounds the
+# small channels to a few levels, and top-1 agreement of min-max PTQ drops well below 95%. Per-channel weight
+# quantization does not help (the weights are fine); keeping the one activation in float, or equalising the
+# ranges across the two layers (CLE), does.
+
+SENSITIVE_SPREAD = {"block1": 2.5, "block2": 3.0}  # log10 of the largest/smallest channel scale per block
+
+
+def sensitive_dwsep_net(trunk: tuple[int, ...] = (32, 64, 64), blocks: tuple[int, ...] = (128, 128),
+                        num_classes: int = 10):
+    """3x3 conv trunk (stride 2 where it widens), then depthwise 3x3 (stride 2 in the first) + pointwise 1x1
+    blocks; every conv has BN and ReLU. Untrained; see `sensitive_dwsep` for the trained, imbalanced model."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    cin = 3
+    for w in trunk:
+        stride = 2 if w > cin and cin != 3 else 1
+        layers += [nn.Conv2d(cin, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        cin = w
+    for i, w in enumerate(blocks):
+        layers.append(nn.Sequential(
+            nn.Conv2d(cin, cin, 3, 2 if i == 0 else 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+            nn.Conv2d(cin, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()))
+        cin = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+def imbalance_channels(model, spread: dict[str, float] | None = None, seed: int = 0):
+    """Rescale the depthwise->pointwise channels of the named blocks (function-preserving; see above), in place.
+
+    `spread` maps "blockK" (K = 1-based index of the depthwise-separable block) to log10 of the ratio between
+    its largest and smallest channel scale. Returns the model.
+    """
+    import torch
+    from torch import nn
+
+    spread = SENSITIVE_SPREAD if spread is None else spread
+    blocks = [m for m in model if isinstance(m, nn.Sequential)]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, decades in spread.items():
+            idx = int(key.removeprefix("block")) - 1
+            if not 0 <= idx < len(blocks):
+                raise ValueError(f"{key}: the model has {len(blocks)} depthwise-separable blocks")
+            bn, pw = blocks[idx][1], blocks[idx][3]
+            n = bn.num_features
+            s = 10 ** (decades * (torch.rand(n, generator=gen) - 0.5))
+            bn.weight.mul_(s)
+            bn.bias.mul_(s)
+            pw.weight.div_(s.view(1, n, 1, 1))
+    return model
+
+
+def sensitive_dwsep(epochs: int = 4, seed: int = 0, size: int = 32, spread: dict[str, float] | None = None):
+    """The trained, channel-imbalanced depthwise-separable model (input 1x3xSIZExSIZE), for issue 8's tests and
+    benchmark. Trains in ~20 s on 2 cores; deterministic for a seed."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = train_on_digits_rgb(sensitive_dwsep_net(), epochs=epochs, seed=seed, size=size)
+    return imbalance_channels(model, spread, seed).eval()

@@ -38,6 +38,22 @@ def print_artifact(art) -> None:
               f"drop {100 * v['accuracy_drop']:.2f} points)")
 
 
+def print_improvements(m: dict) -> None:
+    """What each int8 technique and the budgeted fallback bought, on the held-out calibration samples."""
+    for step in m.get("ptq_techniques", []):
+        print(f"technique  {step['technique']}: agreement {step['agreement']:.4f}, SQNR {step['sqnr_db']:.1f} dB "
+              "(held-out)")
+    fb = m.get("fallback")
+    if fb:
+        kept = ", ".join(fb["kept_layers"]) or "none"
+        print(f"fallback   kept in {fb['kept_precision']}: {kept}; held-out agreement "
+              f"{fb['full_int8']['agreement']:.4f} -> {fb['result']['agreement']:.4f}")
+        cost = fb.get("cost", {})
+        lat = cost.get("latency_ms")
+        extra = (f"; latency {lat['full_int8']:.3f} -> {lat['budgeted']:.3f} ms" if isinstance(lat, dict) else "")
+        print(f"cost       {100 * cost.get('macs_kept_fraction', 0):.1f}% of MACs in float{extra}")
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.export import ExportPipeline
     from edgekit.models import parse_input_shape
@@ -52,6 +68,23 @@ def run(args: argparse.Namespace) -> int:
         exporter_options["require_engine"] = True
     if args.allow_float_fallback:
         exporter_options["allow_float_fallback"] = True
+    techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
+                                  ("bias-correction", args.bias_correction)) if on]
+    if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
+        raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
+    if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
+        raise EdgekitError(f"--max-accuracy-drop is in percentage points, 0 to 100 (got {args.max_accuracy_drop})")
+    if (args.min_agreement is not None or args.max_accuracy_drop is not None or techniques) \
+            and target.check_precision(args.precision) != "int8":
+        raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and --bias-correction "
+                           f"apply to --precision int8 (got {target.check_precision(args.precision)})")
+    if args.min_agreement is not None or args.max_accuracy_drop is not None or techniques:
+        from edgekit import fallback
+
+        if target.backend not in fallback.SUPPORTED_BACKENDS:
+            raise EdgekitError(fallback.TFLITE_NOTE if target.backend == "tflite" else
+                               f"budgeted int8 works for backends {', '.join(fallback.SUPPORTED_BACKENDS)}; "
+                               f"target {target.name} runs {target.backend}")
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
@@ -60,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
             target, args.precision, calib=args.calib, calib_method=args.calib_method,
             calib_options=parse_options(args.calib_option), calib_samples=args.calib_samples,
             eval_data=args.eval, out=args.out, force=args.force, exporter_options=exporter_options,
+            min_agreement=args.min_agreement,
+            max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
+            techniques=techniques,
         )
     print_artifact(art)
+    print_improvements(art.manifest)
     return 0
 
 
@@ -98,5 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-float-fallback", action="store_true",
                    help="int8 (tflite): keep ops that have no int8 kernel in float instead of failing; the manifest "
                         "lists them")
+    p.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                   help="int8 budget: keep the most sensitive layers in higher precision until top-1 agreement with "
+                        "FP32 on held-out calibration samples is at least FRACTION (e.g. 0.98); needs no labels")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
+                   help="int8 budget: ... until the accuracy drop is at most PCT percentage points (data with labels)")
+    p.add_argument("--equalize", action="store_true",
+                   help="int8: cross-layer equalisation of Conv-ReLU-Conv pairs (depthwise-separable blocks)")
+    p.add_argument("--range-choice", action="store_true",
+                   help="int8: choose min-max, percentile or entropy per tensor by its own quantization error")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="int8: correct the per-channel mean shift quantization causes, layer by layer")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(func=run)
