@@ -123,7 +123,7 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
     arts_dir = stage_dir / "artifacts"
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    reference: Path | None = None
+    references: list[tuple[bool, str, Path]] = []  # FP32 ONNX Runtime artifacts; a server CPU one is preferred
     jobs = []
     for target in targets:
         missing = registry.missing_requirement(target.backend)
@@ -141,8 +141,8 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
             art = pipeline.export(target, precision, calib="zoo:digits", eval_data="zoo:digits:test",
                                   out=arts_dir / name)
             rows.append(_row(art, name, "distilled student"))
-            if reference is None and target.backend == "onnxruntime" and precision == "fp32":
-                reference = art.path
+            if target.backend == "onnxruntime" and precision == "fp32":
+                references.append((target.device_class != "cpu", target.name, art.path))
     # the QAT student goes to an ONNX Runtime CPU target, the runtime its uint8-activation Q/DQ was made for
     candidates = [t for t, _ in jobs if t.backend == "onnxruntime" and "int8" in t.precisions]
     qat_target = min(candidates, key=lambda t: (t.device_class != "cpu", t.name), default=None)
@@ -152,7 +152,7 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
         with ExportPipeline(str(qat_onnx), log=log) as pipeline:
             art = pipeline.export(qat_target, "int8", eval_data="zoo:digits:test", out=arts_dir / name)
         rows.append(_row(art, name, "QAT student"))
-    return rows, skipped, reference
+    return rows, skipped, (min(references)[2] if references else None)
 
 
 def _row(art, name: str, model: str) -> dict[str, Any]:
@@ -178,9 +178,7 @@ def _bench(stage_dir: Path, reference: Path | None, config: QuickstartConfig,
                                max_seconds=config.bench_max_seconds, rounds=config.bench_rounds)
     result = run_bench(arts, bench_config, eval_data="zoo:digits:test", reference=reference,
                        progress=config.progress, log=log)
-    records = result.records
-    for r in records:  # paths as they will be once the folder is in place, relative to it
-        r["artifact"] = str(Path(r["artifact"]).relative_to(stage_dir))
+    records = [_relative(r, f"{stage_dir}/") for r in result.records]  # paths as they will be: relative
     report.write_json(records, stage_dir / "bench.json")
     report.write_csv(records, stage_dir / "bench.csv")
     try:
@@ -191,6 +189,17 @@ def _bench(stage_dir: Path, reference: Path | None, config: QuickstartConfig,
     for path, why in result.failures:
         log(f"bench could not measure {Path(path).name}: {why}")
     return records
+
+
+def _relative(value: Any, prefix: str) -> Any:
+    """`value` with every string path inside the staging folder made relative to the report folder."""
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: _relative(v, prefix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, prefix) for v in value]
+    return value
 
 
 def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Callable[[str], None]
