@@ -213,11 +213,9 @@ def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from edgekit.artifact import sha256_file
+
+    return sha256_file(path)
 
 
 def prepare_for_quantization(src: Path, dest: Path) -> Path:

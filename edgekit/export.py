@@ -8,8 +8,6 @@ outputs between exports of the same model, so exporting to many targets calibrat
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,13 +40,9 @@ _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow
 
 
 def tool_versions() -> dict[str, str]:
-    out = {"edgekit": __version__, "python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    from edgekit.bench.environment import installed_versions
+
+    return {"edgekit": __version__, **installed_versions(_VERSIONED)}
 
 
 def default_out(src: SourceModel, target: Target, precision: str) -> Path:
@@ -240,10 +234,13 @@ class ExportPipeline:
             setup, steps = ptq_improve.apply(setup, techniques, cal, method, method_opts, log=self.log)
             manifest["ptq_techniques"] = steps
         if budget is not None:
-            plan = fallback.search(setup, budget, log=self.log)
+            # all-int8 techniques (equalisation) first, then layers in float only if the budget still fails
+            setup, plan = fallback.budgeted_search(setup, budget, cal, method, method_opts, applied=techniques,
+                                                   log=self.log)
             plan.cost = fallback.plan_cost(setup, plan)
             manifest["fallback"] = plan.to_json()
-            self.log(f"budget holds with {len(plan.kept)} layer(s) kept in {plan.kept_precision}: "
+            extra = "".join(f" after {t}" for t in plan.techniques_applied)
+            self.log(f"budget holds{extra} with {len(plan.kept)} layer(s) kept in {plan.kept_precision}: "
                      f"{', '.join(plan.kept) or 'none'}")
         else:
             plan = fallback.FallbackPlan(None, [], setup.kept_precision, {}, {}, [], [], len(held.x))

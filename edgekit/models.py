@@ -68,7 +68,8 @@ def _import_factory(spec: str):
         raise EdgekitError(f"module '{module_name}' has no attribute '{attr}' (model '{spec}')") from None
 
 
-def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel:
+def call_factory(spec: str):
+    """The nn.Module that `package.module:factory` returns, or an error saying what went wrong."""
     import torch
 
     factory = _import_factory(spec)
@@ -80,6 +81,11 @@ def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel
         raise EdgekitError(f"factory '{spec}' raised {type(exc).__name__}: {exc}") from None
     if not isinstance(module, torch.nn.Module):
         raise EdgekitError(f"factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel:
+    module = call_factory(spec)
     if input_shape is None:
         raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224)")
     return SourceModel("torch", spec.split(":")[-1], spec, input_shape, module=module.eval())

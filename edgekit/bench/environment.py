@@ -54,14 +54,19 @@ def memory_total_mb() -> float | None:
         return None
 
 
-def runtime_versions() -> dict[str, str]:
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """python's version and those of the named packages that are installed (pip names)."""
     out = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
+
+
+def runtime_versions() -> dict[str, str]:
+    return installed_versions(VERSIONED)
 
 
 def describe() -> dict[str, Any]:

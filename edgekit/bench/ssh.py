@@ -100,11 +100,9 @@ sys.stdout.write(json.dumps(out) + "\n")
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from edgekit.artifact import sha256_file
+
+    return sha256_file(path)
 
 
 def _last_line(text: str) -> str:

@@ -54,18 +54,9 @@ class FrozenProgram(nn.Module):
 
 
 def _call_factory(spec: str) -> nn.Module:
-    from edgekit.models import _import_factory
+    from edgekit.models import call_factory
 
-    factory = _import_factory(spec)
-    if not callable(factory):
-        raise EdgekitError(f"'{spec}' is not callable; it must be a function returning a torch.nn.Module")
-    try:
-        module = factory()
-    except Exception as exc:
-        raise EdgekitError(f"factory '{spec}' raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(module, nn.Module):
-        raise EdgekitError(f"factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module")
-    return module
+    return call_factory(spec)
 
 
 def load_teacher(spec: str) -> nn.Module:
