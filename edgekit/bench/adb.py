@@ -1,13 +1,16 @@
-"""`--device adb://SERIAL`: measure a TFLite artifact on an Android phone with TFLite's `benchmark_model`.
+"""`--device adb://SERIAL`: measure TFLite and ORT-mobile artifacts on an Android phone with the native tools.
 
-A phone has no Python for the worker, so this device measures with the native tool instead: it pushes the
-.tflite and the `benchmark_model` binary the user points at (`--benchmark-model PATH`, or benchmark_model
-= PATH in the devices file; an Android build for the phone's ABI) into a fresh folder under
-/data/local/tmp, checks the model's sha256 there, runs the tool through `adb -s SERIAL shell` with the
-bench settings mapped onto its flags, parses its output (benchmark_model.py) into the same record, and
-removes the folder in every case. What the record cannot have from the tool is null and said so: p90/p99
-(the tool keeps no per-run times), accuracy/agreement (the tool runs random inputs); memory is the tool's
-own figure, which it calls APPROXIMATE, and `peak_rss_method` says so.
+A phone has no Python for the worker, so this device measures with the runtimes' own benchmark binaries,
+which the user points at (builds for the phone's ABI): TFLite's `benchmark_model` (`--benchmark-model
+PATH`, or benchmark_model = PATH in the devices file) for .tflite artifacts, ONNX Runtime's
+`onnxruntime_perf_test` (`--perf-test PATH`, or perf_test = PATH) for .ort artifacts (backend ort-mobile).
+It pushes the model and the tool it needs into a fresh folder under /data/local/tmp, checks the model's
+sha256 there, runs the tool through `adb -s SERIAL shell` with the bench settings mapped onto its flags,
+parses its output (benchmark_model.py, perf_test.py) into the same record, and removes the folder in every
+case. Artifacts of other backends are refused, one line each, naming what each tool takes. What the record
+cannot have from a tool is null and said so (benchmark_model: p90/p99; onnxruntime_perf_test: std);
+accuracy/agreement are null (both tools run generated inputs); memory is the tool's own figure, marked
+approximate (`memory_approximate`, `peak_rss_method`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekit.bench import benchmark_model
+from edgekit.bench import benchmark_model, perf_test
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel
 from edgekit.errors import EdgekitError
@@ -33,35 +36,52 @@ _ENV_SCRIPT = ("echo model=$(getprop ro.product.model); echo manufacturer=$(getp
                "echo mem_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d ' ' -f 2); "
                "echo hardware=$(grep -m1 -E '^(Hardware|model name)' /proc/cpuinfo | cut -d: -f2-)")
 _NO_SPACE = ("No space left on device", "ENOSPC")
+#: what each on-phone tool measures: model file suffix -> (tool attribute, tool name, option that gives it)
+_TOOLS = {".tflite": ("benchmark_model", "TFLite's benchmark_model", "--benchmark-model PATH"),
+          ".ort": ("perf_test", "ONNX Runtime's onnxruntime_perf_test", "--perf-test PATH")}
+_TAKES = ("adb devices measure .tflite models with benchmark_model (--benchmark-model; export with --backend "
+          "tflite) and .ort models with onnxruntime_perf_test (--perf-test; export with --target "
+          "android-ort-mobile)")
 
 
 class AdbDevice(Device):
-    """A phone behind adb, measured with benchmark_model. Nothing is contacted until `bench` runs."""
+    """A phone behind adb, measured with benchmark_model (.tflite) or onnxruntime_perf_test (.ort). Nothing is
+    contacted until `bench` runs."""
 
     kind = "adb"
 
     def __init__(self, address: str = "", *, serial: str | None = None, benchmark_model: str | None = None,
-                 target: str | None = None, workdir: str | None = None, adb: str | None = None,
-                 timeout: float | str | None = None, name: str | None = None) -> None:
+                 perf_test: str | None = None, target: str | None = None, workdir: str | None = None,
+                 adb: str | None = None, timeout: float | str | None = None, name: str | None = None) -> None:
         super().__init__(address)
         self.serial = (serial or address.removeprefix("//")).strip()
         if not self.serial or any(c.isspace() for c in self.serial):
             raise EdgekitError(f"device kind 'adb' needs a serial: --device adb://SERIAL (see `adb devices`); "
                                f"got '{address}'")
-        if not benchmark_model:
-            raise EdgekitError("device kind 'adb' runs TFLite's benchmark_model on the phone and needs its binary: "
-                               "pass --benchmark-model PATH (an Android build for the phone's ABI, e.g. "
-                               "android_aarch64_benchmark_model) or set benchmark_model for the device in the "
-                               "devices file")
-        self.benchmark_model = Path(benchmark_model).expanduser()
-        if not self.benchmark_model.is_file():
-            raise EdgekitError(f"benchmark_model binary {self.benchmark_model} not found")
+        self.benchmark_model = self._binary(benchmark_model, "benchmark_model")
+        self.perf_test = self._binary(perf_test, "onnxruntime_perf_test")
+        if self.benchmark_model is None and self.perf_test is None:
+            raise EdgekitError("device kind 'adb' runs the runtime's own benchmark tool on the phone and needs its "
+                               "binary, built for the phone's ABI: --benchmark-model PATH (TFLite's "
+                               "benchmark_model, e.g. android_aarch64_benchmark_model, for .tflite artifacts) or "
+                               "--perf-test PATH (ONNX Runtime's onnxruntime_perf_test, for .ort artifacts), or "
+                               "benchmark_model / perf_test for the device in the devices file")
         self.target = target
         self.workdir = (workdir or DEFAULT_WORKDIR).rstrip("/")
         self.adb = adb or "adb"
         self.timeout = float(timeout) if timeout else 60.0
         self._name = name
         self.remote_dir: str | None = None
+        self._pushed_tools: dict[str, str] = {}
+
+    @staticmethod
+    def _binary(path: str | Path | None, label: str) -> Path | None:
+        if not path:
+            return None
+        binary = Path(path).expanduser()
+        if not binary.is_file():
+            raise EdgekitError(f"{label} binary {binary} not found")
+        return binary
 
     @property
     def name(self) -> str:
@@ -99,8 +119,8 @@ class AdbDevice(Device):
 
     # -- the Device interface: files only; workers are not used on a phone ------------------------------
     def open_worker(self) -> WorkerChannel:
-        raise EdgekitError(f"{self.name} measures with benchmark_model, not the Python worker; use `edgekit bench` "
-                           "or AdbDevice.bench")
+        raise EdgekitError(f"{self.name} measures with benchmark_model / onnxruntime_perf_test, not the Python "
+                           "worker; use `edgekit bench` or AdbDevice.bench")
 
     def _dir(self) -> str:
         if self.remote_dir is None:
@@ -126,6 +146,7 @@ class AdbDevice(Device):
     def close(self) -> None:
         if self.remote_dir is not None:
             remote, self.remote_dir = self.remote_dir, None
+            self._pushed_tools = {}
             try:
                 self.shell(f"rm -rf {shlex.quote(remote)}", doing="removing the working folder")
             except EdgekitError as exc:
@@ -165,10 +186,29 @@ class AdbDevice(Device):
                  "min_secs": config.min_seconds, "max_secs": config.max_seconds}
         return " ".join([shlex.quote(tool), *(f"--{k}={shlex.quote(str(v))}" for k, v in flags.items())])
 
+    def perf_test_command(self, model: str, tool: str, config: Any) -> str:
+        """onnxruntime_perf_test's command line for the bench settings: the CPU provider, a fixed count of
+        --iters runs (-m times -r N; the tool has no "at least N runs and S seconds" mode, and always runs one
+        warm-up inference first), --threads intra-op threads (-x; 0 = ORT's default), generated inputs (-I;
+        free dimensions such as the batch are 1) and the latency statistics (-s)."""
+        argv = [tool, "-e", "cpu", "-m", "times", "-r", str(max(1, int(config.iters))), "-x",
+                str(max(0, int(config.threads or 0))), "-I", "-s", model]
+        return " ".join(shlex.quote(a) for a in argv)
+
+    def _tool(self, attr: str) -> str:
+        """The tool's path on the phone, pushed (and made executable) the first time an artifact needs it."""
+        if attr not in self._pushed_tools:
+            local = getattr(self, attr)
+            remote = self.stage(local)
+            self.shell(f"chmod 755 {shlex.quote(remote)}", doing=f"making {local.name} executable")
+            self._pushed_tools[attr] = remote
+        return self._pushed_tools[attr]
+
     def bench(self, artifacts: Sequence[str | Path], config: Any, *, eval_data: str | None = None,
               reference: str | Path | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None) -> Any:
-        """Measure each TFLite artifact with benchmark_model; one record per artifact (its own batch)."""
+        """Measure each artifact with its tool (.tflite: benchmark_model, .ort: onnxruntime_perf_test); one
+        record per artifact (its own batch)."""
         from edgekit.bench.harness import BenchConfig, BenchResult
 
         log = log or (lambda _m: None)
@@ -182,20 +222,19 @@ class AdbDevice(Device):
         failures: list[tuple[str, str]] = []
         try:
             env = self.environment()
-            tool = self.stage(self.benchmark_model)
-            self.shell(f"chmod 755 {shlex.quote(tool)}", doing="making benchmark_model executable")
             for path in artifacts:
-                record = self._one(Path(path), tool, env, config, log)
+                record = self._one(Path(path), env, config, log)
                 records.append(record)
                 if record["status"] == "error":
                     failures.append((str(path), record["error"]))
         finally:
             self.close()
         if eval_data:
-            log(f"bench: {self.name}: --eval ignored: benchmark_model runs random inputs, accuracy is not measured")
+            log(f"bench: {self.name}: --eval ignored: the on-phone tools run generated inputs, accuracy is not "
+                "measured")
         return BenchResult(records, failures, config, self.name)
 
-    def _one(self, path: Path, tool: str, env: dict[str, Any], config: Any, log: Callable[[str], None]):
+    def _one(self, path: Path, env: dict[str, Any], config: Any, log: Callable[[str], None]):
         from edgekit import __version__
         from edgekit.artifact import load_artifact, now_iso
 
@@ -208,25 +247,40 @@ class AdbDevice(Device):
             m = art.manifest
             r.update(target=m.get("target"), backend=m.get("backend"), precision=m.get("precision"),
                      model=(m.get("model") or {}).get("source"))
-            if not str(m["model_file"]).endswith(".tflite"):
-                raise EdgekitError(f"{path} is a '{m.get('backend')}' artifact; adb devices measure .tflite models "
-                                   "with benchmark_model (export with --backend tflite)")
-            main = m["model_file"]
+            main = str(m["model_file"])
+            suffix = Path(main).suffix.lower()
+            if suffix not in _TOOLS:
+                raise EdgekitError(f"{path} is a '{m.get('backend')}' artifact ({main}); {_TAKES}")
+            attr, tool_name, option = _TOOLS[suffix]
+            if getattr(self, attr) is None:
+                raise EdgekitError(f"{path} is a {suffix} model, measured on {self.name} with {tool_name}: pass "
+                                   f"{option} (a build for the phone's ABI) or set {attr} for the device in the "
+                                   "devices file")
             r["model_bytes"] = int(m["files"][main]["bytes"])
             r["artifact_bytes"] = int(sum(f["bytes"] for f in m["files"].values()))
+            tool = self._tool(attr)
             remote = self.stage(art.model_path)
             self.check_sha256(remote, m["files"][main]["sha256"])
             timeout = config.max_seconds * 2 + config.warmup_seconds + 300
-            out = self.shell(self.command(remote, tool, config), doing="running benchmark_model", timeout=timeout)
-            parsed = benchmark_model.parse(out)
+            if attr == "benchmark_model":
+                out = self.shell(self.command(remote, tool, config), doing="running benchmark_model", timeout=timeout)
+                r.update(self._tflite_fields(benchmark_model.parse(out), m))
+            else:
+                out = self.shell(self.perf_test_command(remote, tool, config), doing="running onnxruntime_perf_test",
+                                 timeout=timeout)
+                r.update(self._ort_fields(perf_test.parse(out), m))
         except EdgekitError as exc:
             log(f"bench: {path}: error: {exc}")
             return dict(r, status="error", error=str(exc))
+        return r
+
+    def _tflite_fields(self, parsed: benchmark_model.BenchmarkModelOutput, m: dict[str, Any]) -> dict[str, Any]:
         shape = (m.get("model") or {}).get("input_shape") or [1]
         batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
         lat = parsed.latency_ms()
         peak, method = parsed.memory_mb()
-        r.update({
+        assert self.benchmark_model is not None
+        return {
             "status": "ok", "error": None, "batch": batch, "runtime": "tflite benchmark_model",
             "runtime_version": None, "runtime_versions": {"benchmark_model": self.benchmark_model.name},
             "warmup": parsed.warmup.count if parsed.warmup else 0, "iters": parsed.run.count,
@@ -238,5 +292,31 @@ class AdbDevice(Device):
             "peak_rss_method": method, "memory_approximate": True,
             "accuracy": None, "agreement": None, "sqnr_db": None,
             "eval": {"reference": "not measured: benchmark_model runs random inputs and returns no outputs"},
-        })
-        return r
+        }
+
+    def _ort_fields(self, parsed: perf_test.PerfTestOutput, m: dict[str, Any]) -> dict[str, Any]:
+        # -I generates inputs with free dimensions (the exported batch axis) set to 1
+        inputs = m.get("inputs") or [{}]
+        first = (inputs[0].get("shape") or [1])[0] if inputs else 1
+        batch = first if isinstance(first, int) and first > 0 else 1
+        lat = parsed.latency_ms()
+        peak, method = parsed.memory_mb()
+        load, first_ms = parsed.session_creation_ms, parsed.first_inference_ms
+        note = ("from onnxruntime_perf_test's -s statistics (-m times: a fixed count of runs after one warm-up "
+                "inference); std is not reported by the tool")
+        if not parsed.stats_ms:
+            note = "only the mean: this onnxruntime_perf_test printed no -s statistics"
+        assert self.perf_test is not None
+        return {
+            "status": "ok", "error": None, "batch": batch, "runtime": "onnxruntime onnxruntime_perf_test",
+            "runtime_version": None, "runtime_versions": {"onnxruntime_perf_test": self.perf_test.name},
+            "warmup": 1, "iters": parsed.requests,
+            "latency_ms": lat, "latency_extra_ms": parsed.extra_percentiles_ms(), "latency_note": note,
+            "throughput_per_s": batch * 1e3 / lat["mean"] if lat["mean"] else None,
+            "cold_start_ms": load + first_ms if load is not None and first_ms is not None else None,
+            "load_ms": load, "first_inference_ms": first_ms, "peak_rss_mb": peak,
+            "peak_rss_method": method, "memory_approximate": True, "cpu_usage_percent": parsed.cpu_percent,
+            "accuracy": None, "agreement": None, "sqnr_db": None,
+            "eval": {"reference": "not measured: onnxruntime_perf_test runs generated inputs (-I) and returns no "
+                                  "outputs"},
+        }

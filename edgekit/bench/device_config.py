@@ -18,7 +18,8 @@ One table per device under [devices]; `kind` is "ssh" (the default when `host` i
     [devices.pixel-8]               # adb phone
     kind = "adb"
     serial = "R58M123"
-    benchmark_model = "~/android/benchmark_model"   # TFLite's binary for the phone's ABI
+    benchmark_model = "~/android/benchmark_model"   # TFLite's binary for the phone's ABI (.tflite artifacts)
+    perf_test = "~/android/onnxruntime_perf_test"   # ONNX Runtime's binary for the phone (.ort artifacts)
     target = "pixel-8"
 
 Unknown fields are errors (a typo would otherwise be silently ignored), with the fields that exist.
@@ -36,7 +37,7 @@ from edgekit.errors import EdgekitError
 
 SSH_FIELDS = ("host", "user", "port", "key", "python", "target", "workdir", "known_hosts", "connect_timeout",
               "retries", "ssh_options", "strict_host_key_checking")
-ADB_FIELDS = ("serial", "benchmark_model", "target", "workdir", "adb", "timeout")
+ADB_FIELDS = ("serial", "benchmark_model", "perf_test", "target", "workdir", "adb", "timeout")
 FIELDS = {"ssh": SSH_FIELDS, "adb": ADB_FIELDS}
 
 

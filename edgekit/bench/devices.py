@@ -234,7 +234,7 @@ _DEVICE_KINDS: dict[str, DeviceFactory] = {
     "adb": _lazy("edgekit.bench.adb:AdbDevice"),
 }
 #: options a kind accepts from the command line (others are not passed to it)
-_KIND_OPTIONS = {"adb": ("benchmark_model",)}
+_KIND_OPTIONS = {"adb": ("benchmark_model", "perf_test")}
 
 
 def register_device_kind(kind: str, factory: DeviceFactory) -> None:

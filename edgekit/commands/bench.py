@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
                          batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
                          interleave=not args.sequential)
     # every device is resolved before anything is loaded or contacted: a typo fails at once
-    devices = [make_device(spec, benchmark_model=args.benchmark_model) for spec in (args.device or ["local"])]
+    devices = [make_device(spec, benchmark_model=args.benchmark_model, perf_test=args.perf_test)
+               for spec in (args.device or ["local"])]
     names = [d.name for d in devices]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -81,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                "export was checked on when it can be read here, else seeded random inputs. Exit code 2 when "
                "any artifact could not be measured (the others are still reported). Devices: local, "
                "ssh://USER@HOST[:PORT] (the board needs Python >= 3.11, numpy and the runtime package), "
-               "adb://SERIAL (TFLite artifacts, with --benchmark-model), or a NAME from the devices file "
+               "adb://SERIAL (TFLite artifacts with --benchmark-model, ORT-mobile .ort artifacts with "
+               "--perf-test), or a NAME from the devices file "
                "($EDGEKIT_DEVICES, default ~/.config/edgekit/devices.toml); several --device run in parallel "
                "and give one table with a device column; a device that fails as a whole gives one error line, "
                "exit code 2 only when every device failed. Example: edgekit bench "
@@ -118,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "adb://SERIAL, or a NAME from the devices file; repeat for several devices")
     p.add_argument("--benchmark-model", metavar="PATH",
                    help="TFLite's benchmark_model binary built for the phone, pushed to adb devices")
+    p.add_argument("--perf-test", metavar="PATH",
+                   help="ONNX Runtime's onnxruntime_perf_test binary built for the phone, pushed to adb devices to "
+                        "measure ort-mobile (.ort) artifacts (run with -e cpu -m times -r ITERS -x THREADS -I -s)")
     p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
