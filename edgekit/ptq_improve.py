@@ -216,15 +216,17 @@ def bias_correction(setup, cal, dest: Path, log: Callable[[str], None] | None = 
 
 # ---------------------------------------------------------------------------------------------------------
 def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[str, Any],
-          log: Callable[[str], None] | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """Apply the chosen techniques in ORDER; returns the new setup and, per technique, its measured effect."""
+          log: Callable[[str], None] | None = None,
+          before: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Apply the chosen techniques in ORDER; returns the new setup and, per technique, its measured effect.
+    `before` is the held-out result of `setup` as it is, when already measured."""
     from edgekit.calibrate import compute_ranges
     from edgekit.fallback import build_and_evaluate
 
     log = log or (lambda _m: None)
     check_techniques(techniques)
     wanted = [t for t in ORDER if t in techniques]
-    before = build_and_evaluate(setup, [], "ptq-start")
+    before = before if before is not None else build_and_evaluate(setup, [], "ptq-start")
     steps: list[dict[str, Any]] = [{"technique": "none (plain PTQ)", "ranges": setup.ranges.method, **before}]
     for tech in wanted:
         details: dict[str, Any]

@@ -90,7 +90,10 @@ def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
 # -- a depthwise-separable model that plain min-max INT8 gets wrong (issue 8) ---------------------------------
 #
 # How it is built: a plain 3x3 conv trunk (where int8 kernels pay off) followed by depthwise-separable blocks
-# at low resolution, trained normally on digits_rgb. Then, in two of the blocks, the channels between the
+# at low resolution, trained normally on digits_rgb. It is wide enough (128-channel trunk at 16x16, 256-channel
+# blocks; ~0.29 M parameters, ~54 M MACs) that ONNX Runtime's int8 kernels, not per-op overhead, set its
+# latency: an all-int8 graph of it runs ~2.6x faster than FP32 on a VNNI/AMX Xeon, where the 85 k-parameter
+# first version (64-channel trunk) ran only ~1.8x faster. Then, in two of the blocks, the channels between the
 # depthwise layer (after its batch norm and ReLU) and the pointwise layer are rescaled: channel c of the
 # depthwise output is multiplied by s_c and the pointwise weights that read it by 1 / s_c. ReLU is positively
 # homogeneous, so the FP32 function does not change (up to float rounding), but the channels of that one
@@ -103,7 +106,7 @@ def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
 SENSITIVE_SPREAD = {"block1": 2.5, "block2": 3.0}  # log10 of the largest/smallest channel scale per block
 
 
-def sensitive_dwsep_net(trunk: tuple[int, ...] = (32, 64, 64), blocks: tuple[int, ...] = (128, 128),
+def sensitive_dwsep_net(trunk: tuple[int, ...] = (32, 128, 128), blocks: tuple[int, ...] = (256, 256),
                         num_classes: int = 10):
     """3x3 conv trunk (stride 2 where it widens), then depthwise 3x3 (stride 2 in the first) + pointwise 1x1
     blocks; every conv has BN and ReLU. Untrained; see `sensitive_dwsep` for the trained, imbalanced model."""
@@ -149,11 +152,20 @@ def imbalance_channels(model, spread: dict[str, float] | None = None, seed: int 
     return model
 
 
-def sensitive_dwsep(epochs: int = 4, seed: int = 0, size: int = 32, spread: dict[str, float] | None = None):
+_SENSITIVE_CACHE: dict[tuple, object] = {}
+
+
+def sensitive_dwsep(epochs: int = 3, seed: int = 0, size: int = 32, spread: dict[str, float] | None = None):
     """The trained, channel-imbalanced depthwise-separable model (input 1x3xSIZExSIZE), for issue 8's tests and
-    benchmark. Trains in ~20 s on 2 cores; deterministic for a seed."""
+    benchmark. Trains in ~20 s on one core; deterministic for a seed. Trained once per process for given
+    arguments (the tests of fallback, diagnose and self-distillation all use it); each call returns a copy."""
+    import copy
+
     import torch
 
-    torch.manual_seed(seed)
-    model = train_on_digits_rgb(sensitive_dwsep_net(), epochs=epochs, seed=seed, size=size)
-    return imbalance_channels(model, spread, seed).eval()
+    key = (epochs, seed, size, tuple(sorted((spread if spread is not None else SENSITIVE_SPREAD).items())))
+    if key not in _SENSITIVE_CACHE:
+        torch.manual_seed(seed)
+        model = train_on_digits_rgb(sensitive_dwsep_net(), epochs=epochs, seed=seed, size=size)
+        _SENSITIVE_CACHE[key] = imbalance_channels(model, spread, seed).eval()
+    return copy.deepcopy(_SENSITIVE_CACHE[key])

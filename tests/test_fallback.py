@@ -58,15 +58,48 @@ def test_budgeted_onnxruntime_export_reaches_98_percent(cli, sensitive, tmp_path
     assert m["verification"]["agreement"] >= 0.98, m["verification"]
     fb = m["fallback"]
     assert fb["budget"] == {"min_agreement": 0.98}
-    assert 1 <= len(fb["kept_layers"]) <= 3 and fb["kept_precision"] == "fp32"
     assert fb["full_int8"]["agreement"] < 0.98 <= fb["result"]["agreement"]
+    # the cheapest fix first: equalisation keeps every layer int8 and meets the budget, so nothing is kept in float
+    [tried] = fb["int8_techniques"]
+    assert tried["technique"] == "equalize" and tried["applied"] and tried["agreement"] >= 0.98
+    assert fb["int8_techniques_applied"] == ["equalize"] and fb["kept_layers"] == []
+    assert fb["cost"]["macs_kept_fraction"] == 0 and fb["cost"]["speedup_vs_fp32"] > 1
+    assert float_weights(onnx.load(str(out / "model.onnx"))) == []
+    assert "tried equalize first" in r.out and "kept in fp32: none" in r.out
+
+
+@pytest.fixture
+def layers_only(monkeypatch):
+    """The budget search without its all-int8 first step: layers are kept in float from the start."""
+    from edgekit import fallback
+
+    monkeypatch.setattr(fallback, "FIRST_TRY", ())
+
+
+def test_budgeted_layer_fallback_keeps_few_layers(cli, sensitive, tmp_path, layers_only):
+    import onnx
+
+    from edgekit.backends.onnxruntime import float_weights
+
+    out = tmp_path / "layers"
+    r = _export(cli, sensitive, out, "--min-agreement", "0.98")
+    assert r.rc == 0, r.err
+    m = _manifest(out)
+    assert m["verification"]["agreement"] >= 0.98, m["verification"]
+    fb = m["fallback"]
+    assert fb["int8_techniques"] == [] and fb["full_int8"]["agreement"] < 0.98 <= fb["result"]["agreement"]
+    assert 1 <= len(fb["kept_layers"]) <= 3 and fb["kept_precision"] == "fp32"
     assert 0 < fb["cost"]["macs_kept_fraction"] < 0.25 and "budgeted" in fb["cost"]["latency_ms"]
-    # what the manifest says is kept is what the graph holds: those layers (and only those) have float weights
-    assert sorted(float_weights(onnx.load(str(out / "model.onnx")))) == sorted(fb["kept_layers"])
+    # what the manifest says is kept is what the graph holds: those layers have float weights, and so do the
+    # int8 layers that feed them (their int8 weight values stored dequantized, so ORT runs its fast float conv)
+    kept = m["backend_details"]["quantization"]["kept_layers"]
+    feeding = kept.get("float_output_layers", {}).get("nodes", [])
+    assert kept["nodes"] == fb["kept_layers"] and not set(feeding) & set(fb["kept_layers"])
+    assert sorted(float_weights(onnx.load(str(out / "model.onnx")))) == sorted(fb["kept_layers"] + feeding)
     assert "kept in fp32" in r.out
 
 
-def test_budgeted_tensorrt_qdq_graph_keeps_layers_in_fp16(cli, sensitive, tmp_path):
+def test_budgeted_tensorrt_qdq_graph_keeps_layers_in_fp16(cli, sensitive, tmp_path, layers_only):
     out = tmp_path / "trt"
     r = _export(cli, sensitive, out, "--max-accuracy-drop", "0.5", target="nvidia-t4-server", calib="calib.npz")
     assert r.rc == 0, r.err

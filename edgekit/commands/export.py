@@ -45,12 +45,19 @@ def print_improvements(m: dict) -> None:
               "(held-out)")
     fb = m.get("fallback")
     if fb:
+        for t in fb.get("int8_techniques", []):
+            print(f"budget     tried {t['technique']} first (all layers int8): agreement {t['agreement']:.4f}, "
+                  f"SQNR {t['sqnr_db']:.1f} dB (held-out); {'applied' if t['applied'] else 'not applied'}")
         kept = ", ".join(fb["kept_layers"]) or "none"
         print(f"fallback   kept in {fb['kept_precision']}: {kept}; held-out agreement "
               f"{fb['full_int8']['agreement']:.4f} -> {fb['result']['agreement']:.4f}")
         cost = fb.get("cost", {})
         lat = cost.get("latency_ms")
-        extra = (f"; latency {lat['full_int8']:.3f} -> {lat['budgeted']:.3f} ms" if isinstance(lat, dict) else "")
+        extra = ""
+        if isinstance(lat, dict):
+            extra = f"; latency {lat['full_int8']:.3f} -> {lat['budgeted']:.3f} ms"
+            if "fp32" in lat:
+                extra += f" (fp32 {lat['fp32']:.3f} ms, {cost.get('speedup_vs_fp32', 0):.2f}x)"
         print(f"cost       {100 * cost.get('macs_kept_fraction', 0):.1f}% of MACs in float{extra}")
 
 
