@@ -86,7 +86,9 @@ def export_qdq_onnx(converted, example, path: Path) -> Path:
 
     from edgekit.onnx_export import QUANTIZATION_METADATA_KEY
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    from edgekit.onnx_export import _quiet
+
+    with _quiet(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)
         try:

@@ -31,3 +31,25 @@ def test_self_distillation_qat_beats_ptq_without_labels(tmp_path):
             qat_agreement = top1_agreement(ref, run_batched(r, test.x)[0])
     assert ptq_agreement < 0.95
     assert qat_agreement >= ptq_agreement + 0.05, (ptq_agreement, qat_agreement)
+
+
+def test_self_distill_cli_on_unlabelled_data_then_export_without_calibration(cli, tmp_path):
+    import json
+
+    from tests.conftest import no_partial_left
+
+    out = tmp_path / "sd"
+    r = cli("self-distill", "zoo:digits-student", "--data", "zoo:digits", "--samples", "200", "--epochs", "1",
+            "--eval", "zoo:digits:test", "--no-progress", "--out", out)
+    assert r.rc == 0, r.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"] == "none" and report["samples"] == 200
+    assert report["agreement_vs_fp32"] >= 0.97
+    r = cli("export", out / "selfdistill_qat.verified.onnx", "--target", "x86-server-cpu", "--precision", "int8",
+            "--out", tmp_path / "art")
+    assert r.rc == 0, r.err
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["calibration"]["method"].startswith("qat")
+    bad = cli("self-distill", out / "selfdistill_qat.verified.onnx", "--data", "zoo:digits", "--out", tmp_path / "b")
+    assert bad.rc == 2 and "cannot be trained" in bad.err and len(bad.err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() and no_partial_left(tmp_path)
