@@ -9,8 +9,8 @@ split (450 samples) against FP32, and times them with their own Runners, i.e. wi
 deployment that follows the manifest gets on this CPU (`session.x64quantprecision` is set only on x86 CPUs
 without VNNI/AMX; the script records what this CPU gets). Batch 1, one thread, interleaved in round-robin blocks
 so drift on this shared machine touches all alike: compare ratios, not absolute times.
-For reference it also exports the budget with layer fallback only (the all-int8 first step switched off via
-`edgekit.fallback.FIRST_TRY`), to show what keeping layers in float costs.
+For reference it also exports the budget with layer fallback only (the all-int8 first step switched off,
+`--no-budget-equalize`), to show what keeping layers in float costs.
 Writes benchmarks/results/int8_fallback.json and .md.
 
 Usage: python benchmarks/int8_fallback.py [--blocks 10] [--iters 20]
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
 
-    from edgekit import fallback, testmodels
+    from edgekit import testmodels
     from edgekit.backends.onnxruntime import effective_session_config
     from edgekit.calibrate import CalibrationSet
     from edgekit.export import ExportPipeline, run_batched
@@ -77,19 +77,13 @@ def main() -> None:
                "int8 + range-choice": ("int8", {"techniques": ["range-choice"]}),
                "int8 + bias-correction": ("int8", {"techniques": ["bias-correction"]}),
                budgeted: ("int8", {"min_agreement": 0.98}),
-               layers_only: ("int8", {"min_agreement": 0.98})}
+               layers_only: ("int8", {"min_agreement": 0.98, "budget_first_try": ()})}
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp, ExportPipeline(model, (1, 3, 32, 32)) as pipeline:
         arts = {}
         for i, (name, (precision, kw)) in enumerate(configs.items()):
-            first_try = fallback.FIRST_TRY
-            if name == layers_only:
-                fallback.FIRST_TRY = ()
-            try:
-                arts[name] = pipeline.export("x86-server-cpu", precision, calib=calib, eval_data=evalset,
-                                             out=Path(tmp) / f"a{i}", **kw)
-            finally:
-                fallback.FIRST_TRY = first_try
+            arts[name] = pipeline.export("x86-server-cpu", precision, calib=calib, eval_data=evalset,
+                                         out=Path(tmp) / f"a{i}", **kw)
         reference = pipeline.reference(evalset)[0]
         runners = {k: a.runner(threads=1) for k, a in arts.items()}
         for k, r in runners.items():

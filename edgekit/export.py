@@ -115,14 +115,16 @@ class ExportPipeline:
         calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
-        techniques: Sequence[str] = (),
+        techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
 
         `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
         layers are kept in higher precision until the budget holds on a held-out part of the calibration set
         (see edgekit.fallback). `techniques` (equalize, range-choice, bias-correction; see edgekit.ptq_improve)
-        improve the int8 graph before that; the manifest reports what each one changed.
+        improve the int8 graph before that; the manifest reports what each one changed. `budget_first_try`:
+        the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
+        () for layer fallback alone).
         """
         tgt = target if isinstance(target, Target) else load_target(target)
         if backend is not None:
@@ -152,7 +154,7 @@ class ExportPipeline:
         improve = None
         if min_agreement is not None or max_accuracy_drop is not None or techniques:
             improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
-                                         max_accuracy_drop, techniques, exporter_options or {})
+                                         max_accuracy_drop, techniques, exporter_options or {}, budget_first_try)
             exporter = improve["exporter"]
         ranges = self.ranges(cset, method, method_opts) if needs_ranges and improve is None else (
             improve["ranges"] if improve is not None else None)
@@ -202,7 +204,8 @@ class ExportPipeline:
     def _improve_int8(self, tgt: Target, precision: str, cset: CalibrationSet | None, onnx_model: OnnxModel,
                       method: str, method_opts: dict[str, Any], min_agreement: float | None,
                       max_accuracy_drop: float | None, techniques: Sequence[str],
-                      exporter_options: dict[str, Any]) -> dict[str, Any]:
+                      exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None
+                      ) -> dict[str, Any]:
         """Budgeted fallback and PTQ techniques (edgekit.fallback, edgekit.ptq_improve): checks, then the search."""
         from edgekit import fallback, ptq_improve
 
@@ -236,7 +239,7 @@ class ExportPipeline:
         if budget is not None:
             # all-int8 techniques (equalisation) first, then layers in float only if the budget still fails
             setup, plan = fallback.budgeted_search(setup, budget, cal, method, method_opts, applied=techniques,
-                                                   log=self.log)
+                                                   first_try=budget_first_try, log=self.log)
             plan.cost = fallback.plan_cost(setup, plan)
             manifest["fallback"] = plan.to_json()
             extra = "".join(f" after {t}" for t in plan.techniques_applied)

@@ -68,21 +68,13 @@ def test_budgeted_onnxruntime_export_reaches_98_percent(cli, sensitive, tmp_path
     assert "tried equalize first" in r.out and "kept in fp32: none" in r.out
 
 
-@pytest.fixture
-def layers_only(monkeypatch):
-    """The budget search without its all-int8 first step: layers are kept in float from the start."""
-    from edgekit import fallback
-
-    monkeypatch.setattr(fallback, "FIRST_TRY", ())
-
-
-def test_budgeted_layer_fallback_keeps_few_layers(cli, sensitive, tmp_path, layers_only):
+def test_budgeted_layer_fallback_keeps_few_layers(cli, sensitive, tmp_path):
     import onnx
 
     from edgekit.backends.onnxruntime import float_weights
 
-    out = tmp_path / "layers"
-    r = _export(cli, sensitive, out, "--min-agreement", "0.98")
+    out = tmp_path / "layers"  # --no-budget-equalize: layers kept in float from the start
+    r = _export(cli, sensitive, out, "--min-agreement", "0.98", "--no-budget-equalize")
     assert r.rc == 0, r.err
     m = _manifest(out)
     assert m["verification"]["agreement"] >= 0.98, m["verification"]
@@ -99,9 +91,10 @@ def test_budgeted_layer_fallback_keeps_few_layers(cli, sensitive, tmp_path, laye
     assert "kept in fp32" in r.out
 
 
-def test_budgeted_tensorrt_qdq_graph_keeps_layers_in_fp16(cli, sensitive, tmp_path, layers_only):
+def test_budgeted_tensorrt_qdq_graph_keeps_layers_in_fp16(cli, sensitive, tmp_path):
     out = tmp_path / "trt"
-    r = _export(cli, sensitive, out, "--max-accuracy-drop", "0.5", target="nvidia-t4-server", calib="calib.npz")
+    r = _export(cli, sensitive, out, "--max-accuracy-drop", "0.5", "--no-budget-equalize", target="nvidia-t4-server",
+                calib="calib.npz")
     assert r.rc == 0, r.err
     m = _manifest(out)
     fb = m["fallback"]

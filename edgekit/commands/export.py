@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             eval_data=args.eval, out=args.out, force=args.force, exporter_options=exporter_options,
             min_agreement=args.min_agreement,
             max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
-            techniques=techniques,
+            techniques=techniques, budget_first_try=() if args.no_budget_equalize else None,
         )
     print_artifact(art)
     print_improvements(art.manifest)
@@ -147,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FP32 on held-out calibration samples is at least FRACTION (e.g. 0.98); needs no labels")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
                    help="int8 budget: ... until the accuracy drop is at most PCT percentage points (data with labels)")
+    p.add_argument("--no-budget-equalize", action="store_true",
+                   help="with a budget: skip the all-int8 cross-layer equalisation it tries first, and go straight "
+                        "to keeping layers in float")
     p.add_argument("--equalize", action="store_true",
                    help="int8: cross-layer equalisation of Conv-ReLU-Conv pairs (depthwise-separable blocks)")
     p.add_argument("--range-choice", action="store_true",
