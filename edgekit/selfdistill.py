@@ -84,9 +84,7 @@ def export_qdq_onnx(converted, example, path: Path) -> Path:
     import onnx
     import torch
 
-    from edgekit.onnx_export import QUANTIZATION_METADATA_KEY
-
-    from edgekit.onnx_export import _quiet
+    from edgekit.onnx_export import QUANTIZATION_METADATA_KEY, _quiet
 
     with _quiet(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
