@@ -16,9 +16,23 @@ Why this flow:
   last epochs fine-tune the weights against fixed ranges, so the ranges the converted model ships with are
   the ones the weights were trained for.
 
-The default quantizer is torchao's X86InductorQuantizer: uint8 asymmetric activations and int8 symmetric
-per-channel weights in (-128, 127), the U8S8 format ONNX Runtime's x86 int8 kernels are fast with
-(see STACK-NOTES.md) and the range ONNX allows.
+Which quantizer for which backend (`QATConfig.quantizer`, `edgekit qat --quantizer`): the activation format
+is a property of the runtime, not one global default (see STACK-NOTES.md), so pick it for the target:
+
+- `x86` (default): torchao's X86InductorQuantizer recipe, uint8 asymmetric per-tensor activations and int8
+  symmetric per-channel weights in (-128, 127): the U8S8 format ONNX Runtime's x86 int8 kernels are fast
+  with (x86-server-cpu and other ONNX Runtime CPU targets). TensorRT refuses it (uint8, non-zero zero points).
+- `tensorrt`: int8 *symmetric* per-tensor activations (zero point 0) and int8 symmetric per-channel weights on
+  the output-channel axis, float biases: TensorRT's explicit-quantization rules (Jetson, T4 and the other
+  tensorrt targets; edgekit.qdq checks them at export). The range is ONNX's int8 range (-128, 127), so the
+  fake quantization trained here rounds and clamps exactly as the exported QuantizeLinear does. ONNX Runtime
+  runs this graph too (x86-server-cpu int8 exports it), but its x86 kernels are slower with int8 than
+  with uint8 activations: train with `x86` for an ONNX Runtime CPU target.
+
+Both use the same annotation (X86InductorQuantizer's patterns: the inputs of convolutions and linear layers,
+and the tensors around int8-capable ops such as pooling, are quantized; biases are not), only the
+quantization specs differ, built from torchao's QuantizationSpec with FusedMovingAvgObsFakeQuantize and
+moving-average min/max observers.
 """
 
 from __future__ import annotations
@@ -37,15 +51,29 @@ from edgekit.errors import EdgekitError, MissingRuntimeError
 #: node metadata key (under node.meta["custom"]) that marks a converted graph as QAT-trained; it survives
 #: torch.export.save/load, and onnx_export copies it into the ONNX metadata `edgekit.quantization`
 QUANTIZATION_TAG = "edgekit.quantization"
-QUANTIZERS = ("x86",)
+#: QAT quantizers by name: what they produce and the backend they suit (see the module docstring)
+QUANTIZERS: dict[str, dict[str, str]] = {
+    "x86": {"activations": "uint8 asymmetric per-tensor", "weights": "int8 symmetric per-channel",
+            "backend": "ONNX Runtime on x86 CPUs", "target": "x86-server-cpu"},
+    "tensorrt": {"activations": "int8 symmetric per-tensor (zero point 0)",
+                 "weights": "int8 symmetric per-channel (output-channel axis)",
+                 "backend": "TensorRT on Jetson / T4 GPUs, ONNX Runtime too", "target": "jetson-orin-nano"},
+}
+
+
+def describe_quantizers() -> str:
+    """One line: each quantizer's name, backend and activation format (for errors and --help)."""
+    return "; ".join(f"{name} ({q['backend']}: {q['activations'].split(' (')[0]} activations)"
+                     for name, q in QUANTIZERS.items())
 
 
 @dataclass(frozen=True)
 class QATConfig:
     """QAT-specific settings; how long and how fast to train is the TrainConfig's business.
 
-    `freeze_bn_after` / `freeze_observers_after` are fractions of the epochs after which batch-norm running
-    statistics, then activation/weight ranges, stop updating (None: never).
+    `quantizer` names the Q/DQ format (a key of QUANTIZERS): "x86" for ONNX Runtime on x86 CPUs, "tensorrt"
+    for TensorRT targets. `freeze_bn_after` / `freeze_observers_after` are fractions of the epochs after which
+    batch-norm running statistics, then activation/weight ranges, stop updating (None: never).
     """
 
     quantizer: str = "x86"
@@ -54,8 +82,7 @@ class QATConfig:
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
-            raise EdgekitError(f"unknown QAT quantizer '{self.quantizer}'; available: {', '.join(QUANTIZERS)} "
-                               "(uint8 activations, int8 per-channel weights: ONNX Runtime x86)")
+            raise EdgekitError(f"unknown QAT quantizer '{self.quantizer}'; available: {describe_quantizers()}")
         for name in ("freeze_bn_after", "freeze_observers_after"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v <= 1.0:
@@ -109,6 +136,38 @@ def export_program(model, example, dynamic: bool = True):
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+def quantization_config(name: str):
+    """The torchao QuantizationConfig (QAT) of the quantizer `name` (see QUANTIZERS)."""
+    _, _, _, _, x86_config = _torchao()
+    if name == "x86":
+        return x86_config(is_qat=True)
+    if name != "tensorrt":  # QATConfig validates the name; this guards direct callers
+        raise EdgekitError(f"unknown QAT quantizer '{name}'; available: {describe_quantizers()}")
+    import torch
+    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+    from torchao.quantization.pt2e.observer import (
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    # ONNX's int8 range (-128, 127) on both, with zero point 0 (symmetric): the exported QuantizeLinear clamps
+    # to it, so training sees exactly the rounding TensorRT and ONNX Runtime apply; eps as torchao's x86 recipe
+    fake_quant = FusedMovingAvgObsFakeQuantize
+    activations = QuantizationSpec(
+        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric, is_dynamic=False,
+        observer_or_fake_quant_ctr=fake_quant.with_args(observer=MovingAverageMinMaxObserver, eps=2**-12),
+    )
+    weights = QuantizationSpec(
+        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_channel_symmetric,
+        ch_axis=0,  # the output channel of conv (oc, ic, kh, kw) and linear (out, in) weights
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=fake_quant.with_args(observer=MovingAveragePerChannelMinMaxObserver, eps=2**-12),
+    )
+    # bias None: biases stay float, as TensorRT wants (no int32 bias DequantizeLinear to fold)
+    return QuantizationConfig(activations, activations, weights, None, True)
+
+
 def prepare(student, example, config: QATConfig | None = None):
     """A PT2E QAT graph of a copy of `student` (fake quantization inserted, conv+BN fused for QAT); the
     student itself is left as it was.
@@ -118,13 +177,14 @@ def prepare(student, example, config: QATConfig | None = None):
     import copy
 
     config = config or QATConfig()
-    _, prepare_qat_pt2e, _, X86Quantizer, x86_config = _torchao()
+    _, prepare_qat_pt2e, _, X86Quantizer, _ = _torchao()
     # torch.export's module shares the parameters' storage with the model it traced: QAT would otherwise
     # train the caller's FP32 student in place
     student = copy.deepcopy(student).eval()
     graph = export_program(student, example).module()
-    quantizer = X86Quantizer().set_global(x86_config(is_qat=True))
-    with warnings.catch_warnings():
+    # X86InductorQuantizer's annotation (which tensors get quantized) with the chosen quantizer's specs
+    quantizer = X86Quantizer().set_global(quantization_config(config.quantizer))
+    with _cached_patterns(), warnings.catch_warnings():  # its conv+BN fusion traces patterns too
         warnings.simplefilter("ignore")
         prepared = prepare_qat_pt2e(graph, quantizer)
     allow_train_eval(prepared)
@@ -136,12 +196,13 @@ _PATTERN_CACHE: dict[Any, Any] = {}
 
 @contextlib.contextmanager
 def _cached_patterns():
-    """Reuse torchao's traced batch-norm/dropout pattern graphs across train/eval switches.
+    """Reuse torchao's traced pattern graphs across train/eval switches and conversions.
 
     torchao's mode switch re-runs torch.export on a dozen small pattern functions every time (about 3 s per
-    switch here); training switches at least twice an epoch (train, then eval for the accuracy check). The
-    patterns depend only on the function and the example shapes, so they are traced once per process and
-    handed out as copies. If torchao's internals move, this silently falls back to the uncached path.
+    switch here); training switches at least twice an epoch (train, then eval for the accuracy check), and
+    convert_pt2e's conv+BN folding traces about a hundred more. The patterns depend only on the function (and
+    its closure) and the example shapes, so they are traced once per process and handed out as copies. If
+    torchao's internals move, this silently falls back to the uncached path.
     """
     import copy
 
@@ -163,17 +224,30 @@ def _cached_patterns():
         if code is None:  # pragma: no cover - not a plain function: do not guess
             return original(pattern, example_inputs, is_cuda, **kwargs)
         cells = tuple(repr(c.cell_contents) for c in (fn.__closure__ or ()))  # e.g. dropout's `inplace`
-        key = (code, cells, is_cuda, repr(sorted(kwargs.items())),
-               tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x) for x in example_inputs))
+
+        def sig(x):  # tensors become placeholders: only their shape and dtype shape the traced pattern
+            return (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x)
+
+        key = (code, cells, is_cuda, tuple((k, sig(v)) for k, v in sorted(kwargs.items())),
+               tuple(sig(x) for x in example_inputs))
         if key not in _PATTERN_CACHE:
             _PATTERN_CACHE[key] = original(pattern, example_inputs, is_cuda, **kwargs)
         return copy.deepcopy(_PATTERN_CACHE[key])
 
-    ao_utils._get_aten_graph_module_for_pattern = cached
+    # qat_utils (convert's conv+BN folding) imported the function by name: patch its reference as well
+    holders = [ao_utils]
+    with contextlib.suppress(ImportError):
+        from torchao.quantization.pt2e import qat_utils
+
+        if getattr(qat_utils, "_get_aten_graph_module_for_pattern", None) is original:
+            holders.append(qat_utils)
+    for holder in holders:
+        holder._get_aten_graph_module_for_pattern = cached
     try:
         yield
     finally:
-        ao_utils._get_aten_graph_module_for_pattern = original
+        for holder in holders:
+            holder._get_aten_graph_module_for_pattern = original
 
 
 def switch_mode(model, train: bool) -> None:
@@ -229,7 +303,8 @@ def convert(prepared):
     """convert_pt2e: fake quantization becomes quantize/dequantize ops, weights folded to int8."""
     _, _, convert_pt2e, _, _ = _torchao()
     switch_mode(prepared, False)
-    with warnings.catch_warnings():
+    # convert_pt2e's conv+BN folding traces about a hundred pattern graphs (20-35 s here): cached per process
+    with _cached_patterns(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared)
     allow_train_eval(converted)
@@ -273,8 +348,9 @@ def qat(teacher, student, train, eval_data=None, *, config: QATConfig | None = N
     result = trainer.fit(train_data, evaluation)
     converted = convert(prepared)
     metrics = stage_metrics(teacher, converted, evaluation, sample_shape, student_params=fp32_params)
+    info = QUANTIZERS[config.quantizer]
     metrics.update({"fp32_student_accuracy": fp32_accuracy, "quantizer": config.quantizer,
-                    "activations": "uint8 asymmetric per-tensor", "weights": "int8 symmetric per-channel",
+                    "activations": info["activations"], "weights": info["weights"], "backend": info["backend"],
                     "epochs": train_config.epochs, "seed": train_config.seed})
     return QATResult(converted, result, metrics)
 

@@ -104,13 +104,14 @@ def weighted_nodes(model) -> list[str]:
     return names
 
 
-def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False) -> dict[str, Any]:
+def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False, remedy: str | None = None) -> dict[str, Any]:
     """Raise EdgekitError naming the first node that breaks TensorRT's Q/DQ rules; else summarise the graph.
 
     Checked: every zero point is a constant 0 of type int8 (a missing zero point means uint8 in ONNX, which
     ONNX Runtime would then run with different numerics than TensorRT); activation scales are per-tensor;
     per-channel weight scales run along the output-channel axis; no Q/DQ sits on a bias (unless
-    `allow_bias_qdq`, for a graph about to go through `fold_bias_dequantize`).
+    `allow_bias_qdq`, for a graph about to go through `fold_bias_dequantize`). `remedy`, when given, replaces
+    the generic advice in the zero-point and type errors (e.g. how to redo the QAT that made the graph).
     """
     consts = _constants(model)
     ctypes = _const_types(model)
@@ -126,7 +127,7 @@ def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False) -> dict[str, Any]
             if node.op_type == "QuantizeLinear":
                 raise EdgekitError(
                     f"Q/DQ node '{label}' has no zero point, which ONNX reads as uint8; TensorRT needs an int8 "
-                    "zero point of 0: re-export the quantized model with symmetric int8 quantization"
+                    f"zero point of 0: {remedy or 're-export the quantized model with symmetric int8 quantization'}"
                 )
             continue
         zp_name = node.input[2]
@@ -139,16 +140,16 @@ def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False) -> dict[str, Any]
         if zp_type not in (_INT8, _INT32):
             raise EdgekitError(
                 f"Q/DQ node '{label}' quantizes to {_TYPE_NAMES.get(zp_type, zp_type)}; TensorRT's INT8 Q/DQ "
-                "must be int8 with zero point 0: re-quantize with symmetric int8 activations and weights, or "
-                "export the FP32 model with --calib DATA and edgekit writes TensorRT's Q/DQ"
+                "must be int8 with zero point 0: " + (remedy or "re-quantize with symmetric int8 activations and "
+                "weights, or export the FP32 model with --calib DATA and edgekit writes TensorRT's Q/DQ")
             )
         if np.any(zp != 0):
             nz = np.asarray(zp).reshape(-1)
             shown = int(nz[nz != 0][0])
             raise EdgekitError(
                 f"Q/DQ node '{label}' has a non-zero zero point ({shown}); TensorRT supports only symmetric "
-                "int8 quantization (zero point 0): use symmetric activation quantization (QAT observers or "
-                "--calib from the FP32 model)"
+                "int8 quantization (zero point 0): " + (remedy or "use symmetric activation quantization (QAT "
+                "observers or --calib from the FP32 model)")
             )
         if is_bias:
             continue  # reported below, where the consumer tells whether it is a bias

@@ -44,6 +44,10 @@ TRT_QUANT_FORMAT = {"activation_type": "int8", "activation_symmetric": True, "we
                     "reduce_range": False}
 IO_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16"}
 DEFAULT_BATCH_PROFILE = (1, 1, 32)
+#: how to fix an `edgekit qat` graph TensorRT refuses: its default x86 quantizer makes uint8 asymmetric activations
+QAT_REMEDY = ("this graph comes from edgekit qat with a quantizer made for ONNX Runtime on x86 (the default x86: "
+              "uint8 asymmetric activations); re-run edgekit qat with --quantizer tensorrt (int8 symmetric "
+              "activations, per-channel weights)")
 
 _GET_ENGINE = ("run it on a machine with an NVIDIA GPU and CUDA that can reach NVIDIA's package index (TensorRT's "
                "wheels come from there), or drop --require-engine to get the TensorRT-ready ONNX and the trtexec "
@@ -361,7 +365,9 @@ class TensorRTExporter(Exporter):
                 f"runs in int8: export it with --precision int8 (not {request.precision})"
             )
         model = onnx.load(str(request.onnx.path))
-        check_tensorrt_qdq(model, allow_bias_qdq=True)  # the user's own nodes are named before any rewrite
+        # the user's own nodes are named before any rewrite; a graph from `edgekit qat` gets the way to redo it
+        remedy = QAT_REMEDY if request.onnx.quantization == "qat" else None
+        check_tensorrt_qdq(model, allow_bias_qdq=True, remedy=remedy)
         folded = fold_bias_dequantize(model)
         onnx.save(model, str(out))
         return {"format": "QDQ", "source": f"the model's own Q/DQ nodes ({request.onnx.quantization})",

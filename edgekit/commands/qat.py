@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.distill.trainer import TrainConfig, init_distributed, world_size
     from edgekit.errors import EdgekitError
 
+    qat_config = qat.QATConfig(quantizer=args.quantizer)  # an unknown name fails before any work
     if world_size() > 1:
         raise EdgekitError("edgekit qat runs in one process (torchao's PT2E graphs are not wrapped in DDP here); "
                            "run it without torchrun")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                                   feature_weight=args.feature_weight, standardize_logits=args.standardize_logits)
         fp32 = distill(pair.teacher, pair.student, train, evaluation, loss=fp32_loss, config=fp32_config, log=log)
         fp32_report = {k: v for k, v in fp32.metrics.items() if k != "baseline_history"}
-    result = qat.qat(pair.teacher, pair.student, train, evaluation, config=qat.QATConfig(), train_config=config,
+    result = qat.qat(pair.teacher, pair.student, train, evaluation, config=qat_config, train_config=config,
                      loss=loss, log=log)
     files = inputs.save_student(pair.student, out, "student_fp32", sample_shape)
     example = train.x[:2]
@@ -69,25 +70,37 @@ def run(args: argparse.Namespace) -> int:
         report["note"] = note
     inputs.write_report(report, out / "report.json", args.report)
     print_summary(report)
+    target = qat.QUANTIZERS[qat_config.quantizer]["target"]
     print(f"fp32       accuracy {100 * (report['fp32_student_accuracy'] or 0):.2f}% before QAT; export the int8 "
-          f"model with: edgekit export {onnx_model.path} --target x86-server-cpu --precision int8 --eval DATA")
+          f"model ({qat_config.quantizer} quantizer: {qat.QUANTIZERS[qat_config.quantizer]['backend']}) with: "
+          f"edgekit export {onnx_model.path} --target {target} --precision int8 --eval DATA")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "qat", help="quantization-aware training with distillation (torchao PT2E) -> Q/DQ ONNX for int8 export",
-        description="Fine-tune a trained FP32 student with fake quantization (torchao prepare_qat_pt2e: uint8 "
-                    "activations, int8 per-channel weights), the loss being distillation from the FP32 "
-                    "teacher; batch norm then observers are frozen late in training; convert_pt2e gives Q/DQ "
-                    "ops. Writes OUT/student_qat.pt2 and OUT/student_qat.onnx (metadata edgekit.quantization="
-                    "qat), which `edgekit export --precision int8` uses without calibration.",
+        description="Fine-tune a trained FP32 student with fake quantization (torchao prepare_qat_pt2e; int8 "
+                    "per-channel weights, activations as --quantizer says), the loss being distillation from "
+                    "the FP32 teacher; batch norm then observers are frozen late in training; convert_pt2e "
+                    "gives Q/DQ ops. Writes OUT/student_qat.pt2 and OUT/student_qat.onnx (metadata "
+                    "edgekit.quantization=qat), which `edgekit export --precision int8` uses without "
+                    "calibration. Pick the quantizer for the target's backend: x86 (default, uint8 asymmetric "
+                    "activations) for ONNX Runtime on x86 CPUs; tensorrt (int8 symmetric activations, zero "
+                    "point 0) for TensorRT targets such as jetson-orin-nano or nvidia-t4-server, which refuse "
+                    "uint8 Q/DQ (ONNX Runtime runs it too, slower on x86).",
         epilog="Without --student-weights the student is first distilled in FP32 (--distill-epochs). Example: "
-               "edgekit distill --out d && edgekit qat --student-weights d/student.pt --out q",
+               "edgekit distill --out d && edgekit qat --student-weights d/student.pt --out q; for TensorRT: "
+               "edgekit qat --student-weights d/student.pt --quantizer tensorrt --out qt && edgekit export "
+               "qt/student_qat.onnx --target jetson-orin-nano --precision int8",
     )
     add_model_args(p)
     add_data_args(p)
     add_train_args(p, epochs=3, lr=1e-5, layers=False)
+    p.add_argument("--quantizer", default="x86", metavar="NAME",
+                   help="Q/DQ format to train for: x86 (default; uint8 asymmetric activations, ONNX Runtime on x86) "
+                        "or tensorrt (int8 symmetric activations, zero point 0: TensorRT targets); both use int8 "
+                        "symmetric per-channel weights")
     p.add_argument("--distill-epochs", type=int, default=20, metavar="N",
                    help="epochs of FP32 distillation when no --student-weights are given (default 20)")
     p.add_argument("--distill-lr", type=float, default=3e-3, help="learning rate of that FP32 distillation")
