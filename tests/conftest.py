@@ -89,3 +89,15 @@ def user_models(tmp_path_factory) -> UserModels:
 def no_partial_left(folder: Path) -> bool:
     """True when an export left no staging folder behind."""
     return not any(p.name.startswith(".") and ".partial-" in p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training results are bit-reproducible for a given thread count; one thread also shares the 2 cores fairly.
+    Test modules that train take it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ from edgekit.errors import EdgekitError
 EPOCHS = 15  # the Done-when run: the distilled zoo student against the same student trained alone
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Results are bit-reproducible for a given thread count; one thread also shares the 2 cores fairly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

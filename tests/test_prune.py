@@ -16,12 +16,7 @@ from edgekit.prune import PruneConfig, prune_channels
 FINETUNE_EPOCHS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_prune_30_percent_of_teacher_channels_then_finetune(cli, tmp_path):

@@ -22,13 +22,7 @@ from edgekit.errors import EdgekitError
 from edgekit.qdq import WEIGHTED_OPS, check_tensorrt_qdq, output_channel_axis
 from tests.conftest import no_partial_left
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
