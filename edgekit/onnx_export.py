@@ -303,28 +303,42 @@ def strip_debug_info(model) -> int:
     return before - model.ByteSize()
 
 
-def _to_opset_range(model, opset_range: tuple[int, int], what: str):
-    """`model` converted into the target's opset range with ONNX's version converter, or a clear error."""
+def convert_opset(model, lo: int, hi: int, what: str = "the ONNX graph", accepted_by: str = "",
+                  hint: str = "") -> tuple[Any, int | None]:
+    """`model` converted into the opset range [lo, hi] with ONNX's version converter; (model, old opset), the
+    old opset None when no conversion was needed. A failed conversion is an EdgekitError naming both opsets.
+
+    The converter's 18 -> 17 step for Reduce* ops moves `axes` back to an attribute but leaves opset 18's
+    `noop_with_empty_axes` behind, which opset 17 does not know; it is dropped (0 is the old behaviour).
+    """
+    import onnx
     from onnx import version_converter
 
-    _, _, opset = describe(model)
-    lo, hi = opset_range
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if lo <= opset <= hi:
-        return model
+        return model, None
     want = min(max(opset, lo), hi)
     try:
-        return version_converter.convert_version(model, want)
+        converted = version_converter.convert_version(model, want)
+        for node in converted.graph.node:
+            if node.op_type.startswith("Reduce") and want < 18:
+                keep = [a for a in node.attribute if a.name != "noop_with_empty_axes" or a.i != 0]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+        onnx.checker.check_model(converted, full_check=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"{what} has opset {opset}, outside the target's range {lo}-{hi}, and converting it "
-                           f"to {want} failed: {first}") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"{what} has opset {opset}, outside the target's range {lo}-{hi}"
+                           f"{f' that {accepted_by} accepts' if accepted_by else ''}, and converting it to {want} "
+                           f"failed ({first}){hint}") from None
+    return converted, opset
 
 
 def _copy_onnx(src: SourceModel, path: Path, opset_range: tuple[int, int]) -> str:
     import onnx
 
     model = onnx.load(str(src.onnx_path))  # pulls external data in, so the copy is self-contained
-    onnx.save(_to_opset_range(model, opset_range, str(src.onnx_path)), str(path))
+    onnx.save(convert_opset(model, *opset_range, what=str(src.onnx_path))[0], str(path))
     return f"copied from {src.onnx_path}"
 
 
@@ -335,7 +349,7 @@ def _tidy_export(path: Path, opset_range: tuple[int, int], spec: str) -> None:
 
     model = onnx.load(str(path))
     strip_debug_info(model)
-    onnx.save(_to_opset_range(model, opset_range, f"the ONNX export of '{spec}'"), str(path))
+    onnx.save(convert_opset(model, *opset_range, what=f"the ONNX export of '{spec}'")[0], str(path))
 
 
 def verify_against_reference(

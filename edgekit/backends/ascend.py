@@ -36,33 +36,11 @@ def atc_path() -> str | None:
 
 
 def to_opset(model, lo: int, hi: int) -> tuple[Any, int | None]:
-    """`model` converted into the opset range [lo, hi] with ONNX's version converter; (model, old opset).
+    """`model` converted into the opset range atc accepts; (model, old opset or None)."""
+    from edgekit.onnx_export import convert_opset
 
-    The converter's 18 -> 17 step for Reduce* ops moves `axes` back to an attribute but leaves opset 18's
-    `noop_with_empty_axes` behind, which opset 17 does not know; it is dropped (0 is the old behaviour).
-    """
-    import onnx
-    from onnx import version_converter
-
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if lo <= opset <= hi:
-        return model, None
-    want = min(max(opset, lo), hi)
-    try:
-        converted = version_converter.convert_version(model, want)
-        for node in converted.graph.node:
-            if node.op_type.startswith("Reduce") and want < 18:
-                keep = [a for a in node.attribute if a.name != "noop_with_empty_axes" or a.i != 0]
-                del node.attribute[:]
-                node.attribute.extend(keep)
-        onnx.checker.check_model(converted, full_check=True)
-    except Exception as exc:
-        raise EdgekitError(
-            f"the ONNX graph has opset {opset}, outside the target's range {lo}-{hi} that atc accepts, and "
-            f"converting it to {want} failed ({str(exc).splitlines()[0][:200]}); export the model at opset "
-            f"{want} or widen the target's opset range"
-        ) from None
-    return converted, opset
+    return convert_opset(model, lo, hi, accepted_by="atc",
+                         hint="; export the model at an opset in that range or widen the target's opset range")
 
 
 def _per_channel(values: Any, channels: int, key: str) -> list[float]:
