@@ -26,24 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgekit.bench.environment import cpu_model, int8_isa
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _isa() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-def _cpu() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def _load() -> str:
@@ -113,7 +100,7 @@ def main() -> None:
         session = effective_session_config(arts[budgeted].manifest["backend_details"]["session_config"])
     record = {"benchmark": "int8_fallback", "model": "testmodels.sensitive_dwsep", "parameters": params,
               "input": [1, 3, 32, 32], "threads": 1, "batch": 1, "blocks": args.blocks, "iters": args.iters,
-              "host": {"cpu": _cpu(), "isa": _isa(), "python": platform.python_version(),
+              "host": {"cpu": cpu_model(), "isa": int8_isa(), "python": platform.python_version(),
                        "load_average": _load()},
               "int8_session_config_here": session, "eval": "digits_rgb test, 450 samples", "results": rows}
     RESULTS.mkdir(exist_ok=True)
@@ -121,7 +108,7 @@ def main() -> None:
     x64 = session.get("session.x64quantprecision", "unset")
     md = ["# Budgeted int8 vs FP32, ONNX Runtime (x86-server-cpu)", "",
           f"Model `testmodels.sensitive_dwsep` ({params:,} parameters, 1x3x32x32; the model the tests use). CPU: "
-          f"{_cpu()} ({', '.join(_isa())}); int8 sessions as shipped here (session.x64quantprecision {x64}); "
+          f"{cpu_model()} ({', '.join(int8_isa())}); int8 sessions as shipped here (session.x64quantprecision {x64}); "
           f"1 thread, batch 1, {args.blocks} interleaved blocks of {args.iters} runs; load average at the end "
           f"{_load()}. Agreement/SQNR vs FP32 on 450 test samples (never used for calibration or the budget).", "",
           "| variant | agreement | SQNR dB | p50 ms | speed-up vs fp32 | layers in float |",

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.bench.environment import cpu_model, int8_isa
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -37,24 +39,6 @@ def _time_block(runner, x: np.ndarray, iters: int) -> list[float]:
         out.append((time.perf_counter() - t0) * 1e3)
     return out
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def measure(name: str, model, size: int, blocks: int, iters: int, threads: int) -> dict:
@@ -124,13 +108,13 @@ def main() -> None:
         torch.manual_seed(0)
         runs.append(measure(name, factory().eval(), args.size, args.blocks, args.iters, args.threads))
     record = {"benchmark": "ort_int8_vs_fp32", "target": "x86-server-cpu", "threads": args.threads,
-              "host": {"machine": platform.machine(), "cpu": _cpu_model(), "isa": _cpu_flags(),
+              "host": {"machine": platform.machine(), "cpu": cpu_model(), "isa": int8_isa(),
                        "python": platform.python_version()},
               "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ort_int8_vs_fp32.json").write_text(json.dumps(record, indent=2) + "\n")
     md = ["# ONNX Runtime int8 vs fp32 (x86-server-cpu)", "",
-          f"CPU: {_cpu_model()} ({', '.join(_cpu_flags()) or 'no AVX2'}); {args.threads} thread(s), batch 1, "
+          f"CPU: {cpu_model()} ({', '.join(int8_isa()) or 'no AVX2'}); {args.threads} thread(s), batch 1, "
           f"{args.blocks} interleaved blocks of {args.iters} runs per variant.", ""]
     for run in runs:
         md += [f"## {run['model']}: {run['params']:,} parameters, input {'x'.join(map(str, run['input_shape']))}",

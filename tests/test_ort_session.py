@@ -17,7 +17,7 @@ from edgekit.backends import onnxruntime as ortb
 ])
 def test_x64quantprecision_only_where_int8_saturates(monkeypatch, machine, flags, expected):
     monkeypatch.setattr("platform.machine", lambda: machine)
-    monkeypatch.setattr(ortb, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr("edgekit.bench.environment.cpu_flags", lambda: flags)
     assert ortb.int8_saturates_here() is expected
     config = ortb.effective_session_config({"session.intra_op.allow_spinning": "0"})
     assert config.get(ortb.X64_QUANT_PRECISION) == ("1" if expected else None)
@@ -31,5 +31,7 @@ def test_this_machines_cpu_flags_are_read():
 
     if platform.system() != "Linux":
         pytest.skip("reads /proc/cpuinfo")
-    flags = ortb._cpu_flags()
+    from edgekit.bench.environment import cpu_flags
+
+    flags = cpu_flags()
     assert flags and ("sse2" in flags or "fp" in flags or "asimd" in flags)

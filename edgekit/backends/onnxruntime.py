@@ -164,17 +164,6 @@ X64_POLICY = (f"{X64_QUANT_PRECISION}=1 on x86 CPUs without VNNI or AMX (their u
               "elsewhere; set it explicitly with the backend option session_config")
 
 
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
-
-
 def int8_saturates_here() -> bool:
     """Whether ONNX Runtime's default u8s8 int8 kernels saturate on this CPU.
 
@@ -187,9 +176,11 @@ def int8_saturates_here() -> bool:
     """
     import platform
 
+    from edgekit.bench.environment import cpu_flags
+
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return flags is None or not any(f in flags for f in NON_SATURATING_INT8)
 
 

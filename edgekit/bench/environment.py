@@ -29,6 +29,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 'flags', Arm 'Features'); None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def int8_isa() -> list[str]:
+    """The x86 vector extensions that decide int8 kernel speed (and ONNX Runtime's saturation), for reports."""
+    flags = cpu_flags() or set()
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def physical_cores() -> int | None:
     try:
         import psutil
