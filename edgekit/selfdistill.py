@@ -23,6 +23,8 @@ from edgekit.errors import EdgekitError
 #: quantization-damaged model, so it needs a larger rate than edgekit qat's polishing default of 1e-5
 DEFAULT_EPOCHS = 3
 DEFAULT_LR = 1e-4
+ONNX_FILE = "selfdistill_qat.verified.onnx"
+LABEL = "qat (self-distillation, no labels)"  # edgekit.quantization of the exported graph
 
 
 @dataclass
@@ -59,49 +61,11 @@ def self_distill(model, x: np.ndarray, *, epochs: int = DEFAULT_EPOCHS, lr: floa
                          batch_size=min(64, len(x)))
     loss = DistillConfig(alpha=1.0, temperature=temperature, standardize_logits=False)
     result = qat.qat(teacher, student, data, data, config=qat.QATConfig(), train_config=config, loss=loss, log=log)
-    path = export_qdq_onnx(result.model, torch.from_numpy(x[:2]), out_dir / "selfdistill_qat.onnx")
-    from edgekit.models import load_model
-    from edgekit.onnx_export import export_to_onnx
-
-    onnx_model = export_to_onnx(load_model(path), out_dir / "selfdistill_qat.verified.onnx", real_inputs=x[:32])
+    # one verified Q/DQ export (the shared path unshares the zero points ONNX Runtime would refuse), labelled so
+    # the manifest of its int8 export says how the ranges were made
+    qat.tag_quantization(result.model, LABEL)
+    onnx_model = qat.save_onnx(result.model, (1, *x.shape[1:]), out_dir / ONNX_FILE, real_inputs=x[:32])
     metrics = {"epochs": epochs, "lr": lr, "temperature": temperature, "samples": len(x), "labels": "none",
                "loss": "soft-target KL to the FP32 model (alpha 1)", "onnx": str(onnx_model.path)}
     return SelfDistillResult(result.model, onnx_model, metrics)
 
-
-def export_qdq_onnx(converted, example, path: Path) -> Path:
-    """The converted PT2E graph as Q/DQ ONNX, tagged as QAT, with no initializer shared between nodes.
-
-    Why not qat.save_onnx: torch's exporter shares one zero-point initializer between several
-    DequantizeLinear nodes, and ONNX Runtime 1.32 with `session.x64quantprecision=1` (which edgekit's
-    sessions set) then fails to load the graph ("AddInitializedOrtValue Attempt to replace the existing
-    tensor"); giving each node its own copy changes no numerics.
-    """
-    import contextlib
-    import io
-    import warnings
-
-    import onnx
-    import torch
-
-    from edgekit.onnx_export import QUANTIZATION_METADATA_KEY, _quiet
-
-    with _quiet(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-        try:
-            torch.onnx.export(converted, (example,), str(path), dynamo=True, external_data=False,
-                              dynamic_shapes=dims)
-        except Exception:
-            torch.onnx.export(converted, (example[:1],), str(path), dynamo=True, external_data=False)
-    model = onnx.load(str(path))
-    from edgekit.onnx_export import unshare_initializers
-
-    unshare_initializers(model)
-    meta = {p.key: p for p in model.metadata_props}
-    if QUANTIZATION_METADATA_KEY in meta:
-        meta[QUANTIZATION_METADATA_KEY].value = "qat (self-distillation, no labels)"
-    else:
-        model.metadata_props.add(key=QUANTIZATION_METADATA_KEY, value="qat (self-distillation, no labels)")
-    onnx.save(model, str(path))
-    return path

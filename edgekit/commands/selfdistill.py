@@ -9,14 +9,11 @@ from edgekit.commands import DATA_HELP, log
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import shutil
     from pathlib import Path
 
-    import numpy as np
-
     from edgekit import selfdistill
-    from edgekit.artifact import check_destination
-    from edgekit.calibrate import load_data
+    from edgekit.artifact import check_destination, staging
+    from edgekit.calibrate import check_matches, load_data
     from edgekit.errors import EdgekitError
     from edgekit.metrics import top1_agreement
     from edgekit.models import load_model, parse_input_shape
@@ -35,43 +32,28 @@ def run(args: argparse.Namespace) -> int:
 
         module = load_weights(module, args.weights, "model")
     data = load_data(args.data, max_samples=args.samples)
-    if tuple(data.x.shape[1:]) != tuple(src.input_shape[1:]):
-        raise EdgekitError(f"data '{data.source}' has samples of shape {tuple(data.x.shape[1:])} but the model "
-                           f"takes {tuple(src.input_shape[1:])}")
+    check_matches(data, src.input_shape, "training data")
     evalset = load_data(args.eval, max_samples=None) if args.eval else None
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    if evalset is not None:
+        check_matches(evalset, src.input_shape, "evaluation data")
+    with staging(out, args.force) as tmp:  # a failure leaves nothing behind
         result = selfdistill.self_distill(module, data.x, epochs=args.epochs, lr=args.lr, seed=args.seed,
                                           out_dir=tmp, log=log, progress=not args.no_progress)
         report = {"model": args.model, "data": data.source, **result.metrics}
         if evalset is not None:  # agreement with the FP32 model, labels not needed
-            import onnxruntime as ort
+            from edgekit.fallback import run_session, session
 
-            from edgekit.backends.onnxruntime import effective_session_config
-
-            opts = ort.SessionOptions()
-            for k, v in effective_session_config().items():
-                opts.add_session_config_entry(k, v)
-            sess = ort.InferenceSession(str(result.onnx.path), opts, providers=["CPUExecutionProvider"])
-            name = sess.get_inputs()[0].name
-            qat_out = np.concatenate([sess.run(None, {name: evalset.x[i:i + 64]})[0]
-                                      for i in range(0, len(evalset.x), 64)])
+            qat_out = run_session(session(result.onnx.path, {}), evalset.x)[0]
             ref = reference_outputs(src if args.weights is None else load_model(module, src.input_shape),
                                     evalset.x)[0]
             report["eval_data"] = evalset.source
             report["agreement_vs_fp32"] = top1_agreement(ref, qat_out)
-        report["onnx"] = "selfdistill_qat.verified.onnx"
+        report["onnx"] = selfdistill.ONNX_FILE
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(json.dumps({k: v for k, v in report.items() if k != "onnx"}, indent=2, default=str))
-    print(f"int8 model: {out / 'selfdistill_qat.verified.onnx'}; export it with: edgekit export "
-          f"{out / 'selfdistill_qat.verified.onnx'} --target x86-server-cpu --precision int8 (no calibration: "
+    model_path = out / selfdistill.ONNX_FILE
+    print(f"int8 model: {model_path}; export it with: edgekit export {model_path} --target x86-server-cpu "
+          "--precision int8 (no calibration: "
           "its ranges come from training)")
     return 0
 
