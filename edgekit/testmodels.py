@@ -73,13 +73,22 @@ def plain_cnn(widths: tuple[int, ...] = (32, 64, 64, 128, 128, 256, 256), num_cl
     GEMM-bound kind of network where int8 kernels pay off most."""
     from torch import nn
 
+    layers, cin = _conv3x3_stack(widths)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+def _conv3x3_stack(widths: tuple[int, ...]) -> tuple[list, int]:
+    """3x3 conv-BN-ReLU layers from an RGB input, stride 2 where the width grows (after the first);
+    returns the layers and the last width."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     cin = 3
     for w in widths:
         stride = 2 if w > cin and cin != 3 else 1
         layers += [nn.Conv2d(cin, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
         cin = w
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    return layers, cin
 
 
 def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
@@ -112,12 +121,7 @@ def sensitive_dwsep_net(trunk: tuple[int, ...] = (32, 128, 128), blocks: tuple[i
     blocks; every conv has BN and ReLU. Untrained; see `sensitive_dwsep` for the trained, imbalanced model."""
     from torch import nn
 
-    layers: list[nn.Module] = []
-    cin = 3
-    for w in trunk:
-        stride = 2 if w > cin and cin != 3 else 1
-        layers += [nn.Conv2d(cin, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
-        cin = w
+    layers, cin = _conv3x3_stack(trunk)
     for i, w in enumerate(blocks):
         layers.append(nn.Sequential(
             nn.Conv2d(cin, cin, 3, 2 if i == 0 else 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
