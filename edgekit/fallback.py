@@ -351,17 +351,10 @@ def _topological_sort(model) -> None:
 
 def session(path: Path, options: dict[str, Any], threads: int = 1):
     """An ONNX Runtime CPU session with the session config the artifact ships (see onnxruntime.session_config)."""
-    import onnxruntime as ort
+    from edgekit.backends.onnxruntime import session_config
+    from edgekit.onnx_export import ort_session
 
-    from edgekit.backends.onnxruntime import effective_session_config, session_config
-
-    opts = ort.SessionOptions()
-    for k, v in effective_session_config(session_config(options)).items():
-        opts.add_session_config_entry(k, v)
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, session_config(options), threads)
 
 
 def run_session(sess, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:

@@ -57,17 +57,21 @@ def quantization_of(path: Path) -> str | None:
     return meta.get(QUANTIZATION_METADATA_KEY, "pre-quantized (Q/DQ nodes in the given model)")
 
 
-def _session(path: Path):
+def ort_session(path: Path, recorded: dict[str, str] | None = None, threads: int | None = None):
     """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime): on x86
     CPUs without VNNI the int8 kernels saturate unless `session.x64quantprecision` is set, and a quantized
-    graph's check would measure that saturation instead of the graph."""
+    graph's check would measure that saturation instead of the graph. `recorded`: the session config a
+    manifest records; `threads`: intra-op threads (one inter-op thread), else ONNX Runtime's default."""
     import onnxruntime as ort
 
     from edgekit.backends.onnxruntime import effective_session_config
 
     opts = ort.SessionOptions()
-    for key, value in effective_session_config().items():
+    for key, value in effective_session_config(recorded).items():
         opts.add_session_config_entry(key, value)
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
@@ -225,7 +229,7 @@ def _torch_outputs(fn, x: np.ndarray) -> list[np.ndarray]:
 def reference_outputs(src: SourceModel, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     """FP32 reference outputs for a batch: torch for torch models, ONNX Runtime for a given .onnx."""
     if src.kind == "onnx":
-        sess = _session(src.onnx_path)
+        sess = ort_session(src.onnx_path)
         name = sess.get_inputs()[0].name
         static_batch = sess.get_inputs()[0].shape[0]
         step = static_batch if isinstance(static_batch, int) else batch
@@ -357,7 +361,7 @@ def verify_against_reference(
     atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0, random_samples: int = 8,
 ) -> dict[str, Any]:
     """Max abs error per output on random (and real) inputs; raises naming the output over tolerance."""
-    sess = _session(onnx_path)
+    sess = ort_session(onnx_path)
     in_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
     static_batch = sess.get_inputs()[0].shape[0]
