@@ -286,6 +286,9 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         text = p.read_text()
     except OSError as exc:
         raise EdgekitError(f"cannot read results file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{p}: not a text file; --results takes the JSON that `edgekit bench --json` "
+                           "writes") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

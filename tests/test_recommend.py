@@ -421,6 +421,7 @@ def test_cli_table_names_the_rejecting_rule(cli, board, tmp_path):
     (lambda d, b: ["--target", "no-such-board"], "unknown target 'no-such-board'"),
     (lambda d, b: ["--target", b, "--results", d / "missing.json"], "cannot read results file"),
     (lambda d, b: ["--target", b, "--results", write(d / "bad.json", "{not json")], "not valid JSON"),
+    (lambda d, b: ["--target", b, "--results", write_bytes(d / "r.npz", b"PK\x03\x04\xff\xfe")], "not a text file"),
     (lambda d, b: ["--target", b, "--results", write(d / "obj.json", '{"a": 1}')], "expected a JSON list"),
     (lambda d, b: ["--target", b, "--results",
                    write(d / "nofp32.json", json.dumps([rec("m", "int8", 1.0, 0.9, target="my-arm-board")]))],
@@ -437,6 +438,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli, board, tmp_path, make_args, m
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
     return path
 
 
