@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.resources import builtin_dir
+from edgekit.resources import builtin_dir, load_toml
 
 DEFAULT_MAX_SAMPLES = 300
 MIN_SAMPLES = 1
@@ -195,7 +194,7 @@ def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[
     if recipe_path is not None:
         if not recipe_path.is_file():
             raise EdgekitError(f"calibration recipe not found: {recipe_path}")
-        recipe = tomllib.loads(recipe_path.read_text())
+        recipe = load_toml(recipe_path, "calibration recipe")
         method = recipe.get("method", "")
         options = {**recipe.get("options", {}), **options}
     if method not in METHODS:

@@ -11,6 +11,21 @@ from pathlib import Path
 _PKG = Path(__file__).resolve().parent
 
 
+def load_toml(path: Path, what: str) -> dict:
+    """A user's TOML file (target, calibration recipe, devices) as a dict, or one EdgekitError that says which
+    file and why: unreadable, not text, or not TOML."""
+    import tomllib
+
+    from edgekit.errors import EdgekitError
+
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise EdgekitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgekitError(f"{path}: not valid TOML ({exc})") from None
+
+
 def builtin_dir(name: str) -> Path:
     for candidate in (_PKG / "_data" / name, _PKG.parent / name):
         if candidate.is_dir():

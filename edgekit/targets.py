@@ -7,13 +7,12 @@ these files, so the exporters and the decision tree read fields and never compar
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.resources import builtin_dir
+from edgekit.resources import builtin_dir, load_toml
 
 DEVICE_CLASSES = ("gpu", "cpu", "npu", "edge-cpu", "mcu")
 LAYOUTS = ("NCHW", "NHWC")
@@ -168,12 +167,7 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
 
 
 def load_target_file(path: Path) -> Target:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgekitError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise EdgekitError(f"cannot read target file {path}: {exc.strerror}") from None
+    data = load_toml(path, "target file")
     target = parse_target(data, str(path))
     if path.stem != target.name:
         raise EdgekitError(f"{path}: field 'name' is '{target.name}' but the file is named '{path.name}'")

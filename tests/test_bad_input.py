@@ -19,6 +19,8 @@ def workdir(tmp_path):
     np.savez(tmp_path / "wrong_shape.npz", x=np.zeros((20, 3, 8, 8), np.float32))
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 16, 16), np.float32))
     (tmp_path / "exists").mkdir()
+    (tmp_path / "binary.toml").write_bytes(b"PK\x03\x04\xdf\xff binary, not TOML")
+    (tmp_path / "recipe.toml").write_text("method = [unclosed\n")
     return tmp_path
 
 
@@ -45,6 +47,9 @@ CASES = {
                                        "--input-shape", "1x16"], "needs calibration data: pass --calib DATA"),
     "unknown calibration method": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--calib-method",
                                     "magic"], "unknown calibration method 'magic'"),
+    "target file not text": (["export", "zoo:digits-student", "-t", "./binary.toml"], "binary.toml: not valid TOML"),
+    "calibration recipe not TOML": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "-p", "int8",
+                                     "--calib-method", "recipe.toml"], "recipe.toml: not valid TOML"),
 }
 
 

@@ -28,12 +28,12 @@ Unknown fields are errors (a typo would otherwise be silently ignored), with the
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.resources import load_toml
 
 SSH_FIELDS = ("host", "user", "port", "key", "python", "target", "workdir", "known_hosts", "connect_timeout",
               "retries", "ssh_options", "strict_host_key_checking")
@@ -90,10 +90,7 @@ def load(path: Path | None = None) -> dict[str, DeviceEntry]:
         if os.environ.get("EDGEKIT_DEVICES"):
             raise EdgekitError(f"EDGEKIT_DEVICES points at {path}, which is not a file")
         return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekitError(f"{path} is not valid TOML: {exc}") from None
+    data = load_toml(path, "devices file")
     devices = data.get("devices", {})
     extra = sorted(set(data) - {"devices"})
     if extra or not isinstance(devices, dict):
