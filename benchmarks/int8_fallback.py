@@ -46,11 +46,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
 
-    from edgekit import testmodels
     from edgekit.backends.onnxruntime import effective_session_config
-    from edgekit.calibrate import CalibrationSet
+    from edgekit.data import testmodels
     from edgekit.export import ExportPipeline, run_batched
     from edgekit.metrics import compare
+    from edgekit.quant.calibrate import CalibrationSet
 
     model = testmodels.sensitive_dwsep()
     params = sum(p.numel() for p in model.parameters())

@@ -42,11 +42,11 @@ def _time_block(runner, x: np.ndarray, iters: int) -> list[float]:
 
 
 def measure(name: str, model, size: int, blocks: int, iters: int, threads: int) -> dict:
-    from edgekit import testmodels, zoo
     from edgekit.artifact import Artifact
     from edgekit.backends.onnxruntime import int8_saturates_here
-    from edgekit.calibrate import CalibrationSet
+    from edgekit.data import testmodels, zoo
     from edgekit.export import ExportPipeline
+    from edgekit.quant.calibrate import CalibrationSet
 
     data = testmodels.digits_rgb("train", size=size)
     calib = CalibrationSet(data.x[:128], data.y[:128], f"digits_rgb {size}px (train)", {}, len(data.x), "first 128")
@@ -100,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from edgekit import testmodels
+    from edgekit.data import testmodels
 
     models = {"testmodels.plain_cnn": testmodels.plain_cnn, "testmodels.large_resdw": testmodels.large_resdw}
     runs = []

@@ -19,7 +19,11 @@ from edgekit import __version__
 from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
-from edgekit.calibrate import (
+from edgekit.errors import EdgekitError
+from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
+from edgekit.metrics import compare
+from edgekit.models import SourceModel, load_model
+from edgekit.quant.calibrate import (
     DEFAULT_MAX_SAMPLES,
     CalibrationSet,
     Ranges,
@@ -29,10 +33,6 @@ from edgekit.calibrate import (
     prepare_for_quantization,
     resolve_method,
 )
-from edgekit.errors import EdgekitError
-from edgekit.metrics import compare
-from edgekit.models import SourceModel, load_model
-from edgekit.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
 from edgekit.targets import Target, load_target
 
 _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow", "ai-edge-litert", "onnx2tf",
@@ -121,8 +121,9 @@ class ExportPipeline:
 
         `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
         layers are kept in higher precision until the budget holds on a held-out part of the calibration set
-        (see edgekit.fallback). `techniques` (equalize, range-choice, bias-correction; see edgekit.ptq_improve)
-        improve the int8 graph before that; the manifest reports what each one changed. `budget_first_try`:
+        (see edgekit.quant.fallback). `techniques` (equalize, range-choice, bias-correction; see
+        edgekit.quant.ptq_improve) improve the int8 graph before that; the manifest reports what each one changed.
+        `budget_first_try`:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
         () for layer fallback alone).
         """
@@ -206,8 +207,8 @@ class ExportPipeline:
                       max_accuracy_drop: float | None, techniques: Sequence[str],
                       exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None
                       ) -> dict[str, Any]:
-        """Budgeted fallback and PTQ techniques (edgekit.fallback, edgekit.ptq_improve): checks, then the search."""
-        from edgekit import fallback, ptq_improve
+        """Budgeted fallback and PTQ techniques (quant.fallback, quant.ptq_improve): checks, then the search."""
+        from edgekit.quant import fallback, ptq_improve
 
         budget = None
         if min_agreement is not None or max_accuracy_drop is not None:

@@ -92,7 +92,7 @@ def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel
 
 
 def _from_zoo(spec: str) -> SourceModel:
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     name = spec.split(":", 1)[1]
     if name not in zoo.ZOO_MODELS:

@@ -71,10 +71,11 @@ def _train_stages(stage_dir: Path, config: QuickstartConfig, log: Callable[[str]
     """Teacher, distillation (with the student trained alone as the control), QAT; saves the models."""
     import torch
 
-    from edgekit import qat, zoo
-    from edgekit.distill import inputs
-    from edgekit.distill.stage import distill
-    from edgekit.distill.trainer import TrainConfig
+    from edgekit.data import zoo
+    from edgekit.train import qat
+    from edgekit.train.distill import inputs
+    from edgekit.train.distill.stage import distill
+    from edgekit.train.distill.trainer import TrainConfig
 
     models = stage_dir / "models"
     models.mkdir()
@@ -116,8 +117,8 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]], Path | None]:
     """fp32 and the default precision for every target whose runtime is here, plus the QAT student as int8
     on the first ONNX Runtime target; the rest are listed as skipped with the reason and the fix."""
-    from edgekit import zoo
     from edgekit.backends import registry
+    from edgekit.data import zoo
     from edgekit.export import ExportPipeline
 
     arts_dir = stage_dir / "artifacts"

@@ -13,8 +13,8 @@ import tempfile
 
 import torch
 
-from edgekit import zoo
 from edgekit.bench.environment import cpu_model
+from edgekit.data import zoo
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def user_models(tmp_path_factory) -> UserModels:
     """A trained ~10 k-parameter model given as .onnx and a trained ~1.2 M-parameter one as .pt2."""
     import torch
 
-    from edgekit import testmodels, zoo
+    from edgekit.data import testmodels, zoo
 
     root = tmp_path_factory.mktemp("user-models")
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ def arts(tmp_path_factory):
     from edgekit.export import ExportPipeline
 
     root = tmp_path_factory.mktemp("ascend")
-    with ExportPipeline("edgekit.zoo:student_untrained", "1x1x16x16") as pipeline:
+    with ExportPipeline("edgekit.data.zoo:student_untrained", "1x1x16x16") as pipeline:
         return {p: pipeline.export("ascend-310p", p, out=root / p, eval_data="zoo:digits:test")
                 for p in ("fp16", "mixed", "fp32")}
 
@@ -91,7 +91,7 @@ def test_aipp_config_for_rgb_imagenet_normalisation():
 @pytest.mark.skipif(HAVE_ATC, reason="atc is on PATH here: --require-engine succeeds")
 def test_require_engine_without_atc_is_a_user_error(cli, tmp_path):
     before = {p.name for p in tmp_path.iterdir()}
-    r = cli("export", "edgekit.zoo:student_untrained", "--input-shape", "1x1x16x16", "-t", "ascend-310p",
+    r = cli("export", "edgekit.data.zoo:student_untrained", "--input-shape", "1x1x16x16", "-t", "ascend-310p",
             "--require-engine", "--out", "result", cwd=tmp_path)
     assert r.rc == 2 and r.err.count("\n") == 1 and r.err.startswith("edgekit export: error: "), r.err
     assert "atc compiler (CANN toolkit) is not on PATH" in r.err and r.out == ""

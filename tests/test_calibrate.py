@@ -3,14 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.calibrate import (
+from edgekit.errors import EdgekitError
+from edgekit.quant.calibrate import (
     Ranges,
     compute_ranges,
     load_data,
     prepare_for_quantization,
     resolve_method,
 )
-from edgekit.errors import EdgekitError
 
 
 def test_zoo_digits_default_is_300_seeded_samples_with_provenance():
@@ -58,8 +58,8 @@ def test_methods_and_recipes():
 
 @pytest.fixture(scope="module")
 def prepared_student(tmp_path_factory):
+    from edgekit.graph.onnx_export import export_to_onnx
     from edgekit.models import load_model
-    from edgekit.onnx_export import export_to_onnx
 
     root = tmp_path_factory.mktemp("calib")
     onnx_model = export_to_onnx(load_model("zoo:digits-student"), root / "m.onnx")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import zoo
+from edgekit.data import zoo
 
 
 def _torchrun() -> list[str]:

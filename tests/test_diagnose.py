@@ -13,10 +13,10 @@ from tests.test_fallback import sensitive  # noqa: F401  (module-scoped fixture:
 
 @pytest.fixture(scope="module")
 def setup_and_report(sensitive):  # noqa: F811
-    from edgekit import fallback
-    from edgekit.calibrate import load_data
-    from edgekit.diagnose import diagnose
     from edgekit.export import ExportPipeline
+    from edgekit.quant import fallback
+    from edgekit.quant.calibrate import load_data
+    from edgekit.quant.diagnose import diagnose
     from edgekit.targets import load_target
 
     target = load_target("x86-server-cpu")
@@ -33,7 +33,7 @@ def setup_and_report(sensitive):  # noqa: F811
 
 
 def test_per_layer_errors_cover_every_weighted_layer(setup_and_report):
-    from edgekit.fallback import layer_names
+    from edgekit.quant.fallback import layer_names
 
     setup, report = setup_and_report
     assert [e["layer"] for e in report["layers"]] == layer_names(setup.prepared)
@@ -47,7 +47,7 @@ def test_per_layer_errors_cover_every_weighted_layer(setup_and_report):
 def test_first_ranked_layer_is_the_best_single_fallback_among_the_top_five(setup_and_report, tmp_path):
     from dataclasses import replace
 
-    from edgekit.fallback import build_and_evaluate
+    from edgekit.quant.fallback import build_and_evaluate
 
     setup, report = setup_and_report
     fresh = replace(setup, workdir=tmp_path)

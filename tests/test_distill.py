@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit import zoo
-from edgekit.distill import DistillConfig, TrainConfig, Trainer, accuracy_on, linear_cka, stage_metrics
-from edgekit.distill.trainer import Data, state_digest
+from edgekit.data import zoo
 from edgekit.errors import EdgekitError
+from edgekit.train.distill import DistillConfig, TrainConfig, Trainer, accuracy_on, linear_cka, stage_metrics
+from edgekit.train.distill.trainer import Data, state_digest
 
 EPOCHS = 15  # the Done-when run: the distilled zoo student against the same student trained alone
 

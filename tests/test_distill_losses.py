@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from edgekit.distill import (
+from edgekit.errors import EdgekitError
+from edgekit.train.distill import (
     DistillationLoss,
     DistillConfig,
     LayerPair,
@@ -16,15 +17,14 @@ from edgekit.distill import (
     parse_temperature,
     soft_target_kl,
 )
-from edgekit.distill.losses import AttentionMSE, FeatureMSE, HiddenCosine
-from edgekit.distill.schedules import (
+from edgekit.train.distill.losses import AttentionMSE, FeatureMSE, HiddenCosine
+from edgekit.train.distill.schedules import (
     ConstantAlpha,
     ConstantTemperature,
     LearnableTemperatureConfig,
     LinearAlpha,
     StagedTemperature,
 )
-from edgekit.errors import EdgekitError
 
 # student logits (0, 0) and teacher logits (ln 3, 0): at T=1 the teacher says (3/4, 1/4), the student (1/2, 1/2)
 S = torch.tensor([[0.0, 0.0]])

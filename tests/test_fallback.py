@@ -17,7 +17,7 @@ from tests.conftest import no_partial_left
 def sensitive(tmp_path_factory):
     import torch
 
-    from edgekit import testmodels
+    from edgekit.data import testmodels
 
     root = tmp_path_factory.mktemp("sensitive")
     model = testmodels.sensitive_dwsep()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from edgekit.errors import EdgekitError
+from edgekit.graph.onnx_export import export_to_onnx, verify_against_reference
 from edgekit.models import SourceModel, load_model, parse_input_shape
-from edgekit.onnx_export import export_to_onnx, verify_against_reference
 
 
 def _mlp(seed: int):

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from edgekit import testmodels, zoo
-from edgekit.distill import count_macs, count_params
+from edgekit.data import testmodels, zoo
 from edgekit.errors import EdgekitError
-from edgekit.prune import PruneConfig, prune_channels
+from edgekit.train.distill import count_macs, count_params
+from edgekit.train.prune import PruneConfig, prune_channels
 
 FINETUNE_EPOCHS = 6
 

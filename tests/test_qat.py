@@ -17,12 +17,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit import qat, zoo
 from edgekit.backends.onnxruntime import float_weights
-from edgekit.distill import DistillConfig, TrainConfig, Trainer, accuracy_on
-from edgekit.distill.trainer import Data
+from edgekit.data import zoo
 from edgekit.export import ExportPipeline
-from edgekit.onnx_export import QUANTIZATION_METADATA_KEY, fold_constant_quantize, quantization_of
+from edgekit.graph.onnx_export import QUANTIZATION_METADATA_KEY, fold_constant_quantize, quantization_of
+from edgekit.train import qat
+from edgekit.train.distill import DistillConfig, TrainConfig, Trainer, accuracy_on
+from edgekit.train.distill.trainer import Data
 
 DISTILL_EPOCHS = 15
 QAT_EPOCHS = 3

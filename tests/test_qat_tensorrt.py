@@ -16,10 +16,11 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from edgekit import qat, zoo
 from edgekit.artifact import load_artifact
+from edgekit.data import zoo
 from edgekit.errors import EdgekitError
-from edgekit.qdq import WEIGHTED_OPS, check_tensorrt_qdq, output_channel_axis
+from edgekit.quant.qdq import WEIGHTED_OPS, check_tensorrt_qdq, output_channel_axis
+from edgekit.train import qat
 from tests.conftest import no_partial_left
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

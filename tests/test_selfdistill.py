@@ -8,9 +8,10 @@ from edgekit.metrics import top1_agreement
 
 
 def test_self_distillation_qat_beats_ptq_without_labels(tmp_path):
-    from edgekit import selfdistill, testmodels
-    from edgekit.calibrate import CalibrationSet
+    from edgekit.data import testmodels
     from edgekit.export import ExportPipeline, run_batched
+    from edgekit.quant.calibrate import CalibrationSet
+    from edgekit.train import selfdistill
 
     model = testmodels.sensitive_dwsep()
     train, test = testmodels.digits_rgb("train"), testmodels.digits_rgb("test")

@@ -78,8 +78,8 @@ def user_small(user_models, tmp_path_factory):
 def user_large(user_models, tmp_path_factory):
     """The >= 1 M-parameter .pt2 on raspberry-pi-5 through its second backend (what `--backend tflite` picks),
     fp32 and int8 from one pipeline so the model is exported to ONNX once."""
-    from edgekit.calibrate import load_data
     from edgekit.export import ExportPipeline
+    from edgekit.quant.calibrate import load_data
 
     root = tmp_path_factory.mktemp("tflite-large")
     # 150 held-out samples: the torch reference of a fixed-batch .pt2 runs one sample at a time
@@ -175,9 +175,9 @@ def test_large_model_int8_tflite_is_at_most_30_percent_of_fp32(user_models, user
 
 # -- the runner ------------------------------------------------------------------------------------------
 def test_runner_takes_nchw_float_or_raw_int8_nhwc_and_any_batch(digits):
-    from edgekit import zoo
     from edgekit.artifact import load_artifact
     from edgekit.backends.tflite import LiteRTRunner
+    from edgekit.data import zoo
 
     art = load_artifact(digits["int8"])
     x = zoo.digits_split("test").x[:7]
@@ -230,7 +230,7 @@ def test_op_without_int8_kernel_fails_naming_it_unless_float_fallback(cli, sin_m
 
 
 def test_fewer_than_10_calibration_samples(cli, tmp_path):
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     np.savez(tmp_path / "few.npz", x=zoo.digits_split("train").x[:5])
     out = tmp_path / "few-int8"

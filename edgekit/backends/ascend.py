@@ -18,7 +18,7 @@ from typing import Any
 from edgekit.backends.base import Exporter, ExportRequest, ExportResult
 from edgekit.backends.onnxruntime import OrtRunner
 from edgekit.errors import EdgekitError
-from edgekit.onnx_export import describe
+from edgekit.graph.onnx_export import describe
 
 MODEL_FILE = "model.onnx"
 OM_FILE = "model.om"
@@ -37,7 +37,7 @@ def atc_path() -> str | None:
 
 def to_opset(model, lo: int, hi: int) -> tuple[Any, int | None]:
     """`model` converted into the opset range atc accepts; (model, old opset or None)."""
-    from edgekit.onnx_export import convert_opset
+    from edgekit.graph.onnx_export import convert_opset
 
     return convert_opset(model, lo, hi, accepted_by="atc",
                          hint="; export the model at an opset in that range or widen the target's opset range")

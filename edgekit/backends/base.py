@@ -18,9 +18,9 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
-    from edgekit.calibrate import CalibrationSet, Ranges
+    from edgekit.graph.onnx_export import OnnxModel
     from edgekit.models import SourceModel
-    from edgekit.onnx_export import OnnxModel
+    from edgekit.quant.calibrate import CalibrationSet, Ranges
     from edgekit.targets import Target
 
 

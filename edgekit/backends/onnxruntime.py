@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
-from edgekit.onnx_export import describe
+from edgekit.graph.onnx_export import describe
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -97,7 +97,7 @@ def copy_prequantized(src: Path, dest: Path, how: str) -> dict[str, Any]:
     back from the graph, not assumed)."""
     import onnx
 
-    from edgekit.onnx_export import fold_constant_quantize
+    from edgekit.graph.onnx_export import fold_constant_quantize
 
     model = onnx.load(str(src))
     folded = fold_constant_quantize(model)

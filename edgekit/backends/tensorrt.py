@@ -30,7 +30,7 @@ import numpy as np
 from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner, TensorSpec
 from edgekit.backends.onnxruntime import OrtRunner, float_weights, quantize_static_qdq, session_config
 from edgekit.errors import EdgekitError, MissingRuntimeError
-from edgekit.onnx_export import describe
+from edgekit.graph.onnx_export import describe
 
 MODEL_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
@@ -264,7 +264,7 @@ class TensorRTExporter(Exporter):
 
         model = onnx.load(str(out), load_external_data=False)
         if precision in ("int8", "mixed"):
-            from edgekit.qdq import check_tensorrt_qdq
+            from edgekit.quant.qdq import check_tensorrt_qdq
 
             details["qdq_check"] = check_tensorrt_qdq(model)
             left = float_weights(model)
@@ -297,7 +297,7 @@ class TensorRTExporter(Exporter):
     def _int8(self, request: ExportRequest, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
         import onnx
 
-        from edgekit.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
+        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
 
         if request.ranges is None or request.prepared is None:
             raise EdgekitError(f"{request.precision} needs calibration ranges; pass --calib DATA")
@@ -338,7 +338,7 @@ class TensorRTExporter(Exporter):
     def _fp16(self, request: ExportRequest, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
         import onnx
 
-        from edgekit.qdq import FP16_SENSITIVE_OPS, convert_to_fp16
+        from edgekit.quant.qdq import FP16_SENSITIVE_OPS, convert_to_fp16
 
         fp32_ops = sorted({*FP16_SENSITIVE_OPS, *opts["fp32_ops"]})
         model = onnx.load(str(request.onnx.path))
@@ -357,7 +357,7 @@ class TensorRTExporter(Exporter):
         """The model's own Q/DQ (QAT): check it against TensorRT's rules instead of re-quantizing."""
         import onnx
 
-        from edgekit.qdq import check_tensorrt_qdq, fold_bias_dequantize
+        from edgekit.quant.qdq import check_tensorrt_qdq, fold_bias_dequantize
 
         if request.precision != "int8":
             raise EdgekitError(

@@ -242,7 +242,7 @@ class Harness:
                 self.log(f"bench: {job.path}: batch {b} skipped: {why}")
 
     def choose_eval_sets(self) -> None:
-        from edgekit.calibrate import check_matches, load_data
+        from edgekit.quant.calibrate import check_matches, load_data
 
         given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
         cache: dict[str, Any] = {}
@@ -375,8 +375,8 @@ class Harness:
             return None, f"unavailable: {label} could not run here ({reason})"
 
     def _source_outputs(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
+        from edgekit.graph.onnx_export import reference_outputs
         from edgekit.models import load_model
-        from edgekit.onnx_export import reference_outputs
 
         source = str(job.manifest["model"].get("source", ""))
         assert job.evalset is not None

@@ -35,8 +35,8 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from edgekit.calibrate import load_data
-    from edgekit.diagnose import compare_backends, format_comparison, require_onnx_qdq
+    from edgekit.quant.calibrate import load_data
+    from edgekit.quant.diagnose import compare_backends, format_comparison, require_onnx_qdq
 
     if not _is_artifact(args.against):
         raise EdgekitError(f"--against {args.against} is not an artifact folder (no manifest.json); export one with "
@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"{args.source} is an artifact: diagnose re-quantizes the FP32 model, so pass the model "
                            f"it was exported from ({_manifest(args.source)['model']['source']}), or compare it "
                            "with another backend's artifact with --against ARTIFACT")
-    from edgekit import fallback
-    from edgekit.calibrate import load_data, resolve_method
-    from edgekit.diagnose import diagnose, format_report
     from edgekit.export import ExportPipeline
     from edgekit.models import parse_input_shape
+    from edgekit.quant import fallback
+    from edgekit.quant.calibrate import load_data, resolve_method
+    from edgekit.quant.diagnose import diagnose, format_report
     from edgekit.targets import load_target
 
     target = load_target(args.target)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if calib is None:
             raise EdgekitError("diagnose needs calibration data: pass --calib DATA")
         cset = load_data(calib, max_samples=args.calib_samples)
-        from edgekit.calibrate import check_matches
+        from edgekit.quant.calibrate import check_matches
 
         check_matches(cset, pipeline.src.input_shape, "calibration set")
         pipeline.onnx(target, None)

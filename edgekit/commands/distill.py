@@ -73,7 +73,7 @@ def add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def train_config(args: argparse.Namespace, out, desc: str):
-    from edgekit.distill.trainer import TrainConfig
+    from edgekit.train.distill.trainer import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, amp=args.amp, progress=not args.no_progress,
@@ -81,7 +81,7 @@ def train_config(args: argparse.Namespace, out, desc: str):
 
 
 def loss_config(args: argparse.Namespace, zoo_pair=None, layers: bool = True):
-    from edgekit.distill.losses import DistillConfig
+    from edgekit.train.distill.losses import DistillConfig
 
     kwargs = {}
     if layers:
@@ -114,9 +114,9 @@ def print_summary(report: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from edgekit.distill import inputs
-    from edgekit.distill.stage import distill
-    from edgekit.distill.trainer import init_distributed, is_main_process, shutdown_distributed
+    from edgekit.train.distill import inputs
+    from edgekit.train.distill.stage import distill
+    from edgekit.train.distill.trainer import init_distributed, is_main_process, shutdown_distributed
 
     pair = inputs.resolve_pair(args.teacher, args.student, args.pair, teacher_weights=args.teacher_weights,
                                student_weights=args.student_weights, seed=args.seed)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and --bias-correction "
                            f"apply to --precision int8 (got {target.check_precision(args.precision)})")
     if args.min_agreement is not None or args.max_accuracy_drop is not None or techniques:
-        from edgekit import fallback
+        from edgekit.quant import fallback
 
         if target.backend not in fallback.SUPPORTED_BACKENDS:
             raise EdgekitError(fallback.TFLITE_NOTE if target.backend == "tflite" else

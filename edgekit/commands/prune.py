@@ -13,9 +13,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from edgekit.commands.distill import loss_config, train_config
-    from edgekit.distill import inputs
-    from edgekit.distill.trainer import init_distributed, is_main_process, shutdown_distributed
-    from edgekit.prune import PruneConfig, prune
+    from edgekit.train.distill import inputs
+    from edgekit.train.distill.trainer import init_distributed, is_main_process, shutdown_distributed
+    from edgekit.train.prune import PruneConfig, prune
 
     config = PruneConfig(ratio=args.ratio, layers=args.layers, norm=args.norm, round_to=args.round_to,
                          ignored=tuple(args.ignore))

@@ -14,11 +14,11 @@ def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from edgekit import qat
-    from edgekit.distill import inputs
-    from edgekit.distill.stage import distill
-    from edgekit.distill.trainer import TrainConfig, init_distributed, world_size
     from edgekit.errors import EdgekitError
+    from edgekit.train import qat
+    from edgekit.train.distill import inputs
+    from edgekit.train.distill.stage import distill
+    from edgekit.train.distill.trainer import TrainConfig, init_distributed, world_size
 
     qat_config = qat.QATConfig(quantizer=args.quantizer)  # an unknown name fails before any work
     if world_size() > 1:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                                   weight_decay=args.weight_decay, seed=args.seed, device=args.device, amp=args.amp,
                                   progress=config.progress, checkpoint=out / "fp32-checkpoint.pt",
                                   resume=args.resume, desc="distill (fp32)")
-        from edgekit.distill.losses import DistillConfig
+        from edgekit.train.distill.losses import DistillConfig
 
         fp32_loss = DistillConfig(alpha=args.alpha, temperature=args.temperature, features=tuple(args.feature),
                                   feature_weight=args.feature_weight, standardize_logits=args.standardize_logits)

@@ -11,13 +11,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from edgekit import selfdistill
     from edgekit.artifact import check_destination, staging
-    from edgekit.calibrate import check_matches, load_data
     from edgekit.errors import EdgekitError
+    from edgekit.graph.onnx_export import reference_outputs
     from edgekit.metrics import top1_agreement
     from edgekit.models import load_model, parse_input_shape
-    from edgekit.onnx_export import reference_outputs
+    from edgekit.quant.calibrate import check_matches, load_data
+    from edgekit.train import selfdistill
 
     out = Path(args.out)
     check_destination(out, args.force)  # before any work: an existing folder needs --force
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
                            "package.module:factory (with --weights) or a torch.export .pt2 program")
     module = src.module if src.kind == "torch" else src.exported.module()
     if args.weights:
-        from edgekit.distill.inputs import load_weights
+        from edgekit.train.distill.inputs import load_weights
 
         module = load_weights(module, args.weights, "model")
     data = load_data(args.data, max_samples=args.samples)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                                           out_dir=tmp, log=log, progress=not args.no_progress)
         report = {"model": args.model, "data": data.source, **result.metrics}
         if evalset is not None:  # agreement with the FP32 model, labels not needed
-            from edgekit.fallback import run_session, session
+            from edgekit.quant.fallback import run_session, session
 
             qat_out = run_session(session(result.onnx.path, {}), evalset.x)[0]
             ref = reference_outputs(src if args.weights is None else load_model(module, src.input_shape),

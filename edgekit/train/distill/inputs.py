@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekit.distill.trainer import Data
 from edgekit.errors import EdgekitError
+from edgekit.train.distill.trainer import Data
 
 DEFAULT_PAIR = "digits-cnn"
 
@@ -60,7 +60,7 @@ def _call_factory(spec: str) -> nn.Module:
 
 
 def load_teacher(spec: str) -> nn.Module:
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     if spec.startswith("zoo:"):
         name = spec.split(":", 1)[1]
@@ -83,7 +83,7 @@ def load_teacher(spec: str) -> nn.Module:
 
 
 def load_student(spec: str) -> nn.Module:
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     if spec.startswith("zoo:"):
         name = spec.split(":", 1)[1]
@@ -120,7 +120,7 @@ def resolve_pair(teacher: str | None, student: str | None, pair: str | None, *, 
     The student is built right after seeding torch with `seed`, so its initial weights are a function of
     the seed: the distilled run and the student-alone baseline start from the same ones, run after run.
     """
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     zoo_pair = None
     if pair is not None or teacher is None or (need_student and student is None):
@@ -142,7 +142,7 @@ def resolve_pair(teacher: str | None, student: str | None, pair: str | None, *, 
 
 def load_datasets(data: str | None, eval_data: str | None, zoo_default: bool) -> tuple[Data, Data, str]:
     """(train, eval, note). Without --eval, zoo data evaluates on the held-out split; other data on itself."""
-    from edgekit.calibrate import load_data
+    from edgekit.quant.calibrate import load_data
 
     if data is None:
         if not zoo_default:
@@ -187,7 +187,7 @@ def save_student(model: nn.Module, out: Path, name: str, sample_shape: tuple[int
     example = torch.zeros((2, *sample_shape))
     model.eval()
     try:
-        from edgekit.qat import export_program
+        from edgekit.train.qat import export_program
 
         program = export_program(model, example)
         _atomic(lambda p: torch.export.save(program, str(p)), out / f"{name}.pt2")

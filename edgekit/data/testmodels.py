@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit import zoo
+from edgekit.data import zoo
 
 
 def digits_rgb(part: str, size: int = 32) -> zoo.Split:

@@ -177,8 +177,8 @@ def _train(kind: str, seed: int, progress: bool) -> torch.nn.Module:
     if kind == "teacher":
         model = teacher_untrained()
         return train_classifier(model, digits_split("train"), seed=seed, progress=progress, desc="digits teacher")
-    from edgekit.distill.stage import distill
-    from edgekit.distill.trainer import TrainConfig
+    from edgekit.train.distill.stage import distill
+    from edgekit.train.distill.trainer import TrainConfig
 
     teacher = digits_teacher(seed)
     model = student_untrained()

@@ -77,7 +77,7 @@ def ort_session(path: Path, recorded: dict[str, str] | None = None, threads: int
 
 
 def quantization_label(src: SourceModel) -> str:
-    """How a quantized torch graph got its ranges: the tag edgekit.qat puts on its Q/DQ nodes ('qat'), else
+    """How a quantized torch graph got its ranges: the tag edgekit.train.qat puts on its Q/DQ nodes ('qat'), else
     'torchao-pt2e' (a torchao-converted graph from elsewhere, QAT or post-training)."""
     holder = src.exported if src.kind == "exported-program" else src.module
     graph = getattr(holder, "graph", None)

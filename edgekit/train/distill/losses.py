@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.distill.schedules import (
+from edgekit.errors import EdgekitError
+from edgekit.train.distill.schedules import (
     AlphaSpec,
     ConstantAlpha,
     ConstantTemperature,
@@ -35,7 +36,6 @@ from edgekit.distill.schedules import (
     parse_alpha,
     parse_temperature,
 )
-from edgekit.errors import EdgekitError
 
 
 @dataclass(frozen=True)

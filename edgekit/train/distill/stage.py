@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from edgekit.distill.losses import DistillConfig
-from edgekit.distill.metrics import stage_metrics
-from edgekit.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
+from edgekit.train.distill.losses import DistillConfig
+from edgekit.train.distill.metrics import stage_metrics
+from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
 
 
 @dataclass

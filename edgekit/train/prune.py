@@ -87,8 +87,8 @@ def prune_channels(model, example, config: PruneConfig | None = None) -> PruneRe
     import torch
     from torch import nn
 
-    from edgekit.distill.metrics import count_macs, count_params, output_layer
-    from edgekit.distill.taps import check_layers
+    from edgekit.train.distill.metrics import count_macs, count_params, output_layer
+    from edgekit.train.distill.taps import check_layers
 
     config = config or PruneConfig()
     tp = _torch_pruning()
@@ -148,9 +148,9 @@ def prune(model, train, eval_data=None, *, config: PruneConfig | None = None, tr
 
     `train_config` defaults to 8 epochs at lr 1e-3; `loss` to the distillation defaults.
     """
-    from edgekit.distill.losses import DistillConfig
-    from edgekit.distill.metrics import stage_metrics
-    from edgekit.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
+    from edgekit.train.distill.losses import DistillConfig
+    from edgekit.train.distill.metrics import stage_metrics
+    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
 
     config = config or PruneConfig()
     train_config = train_config or TrainConfig(epochs=8, lr=1e-3, desc="prune fine-tune")

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.distill.losses import DistillationLoss, DistillConfig
-from edgekit.distill.taps import FeatureTaps
 from edgekit.errors import EdgekitError
+from edgekit.train.distill.losses import DistillationLoss, DistillConfig
+from edgekit.train.distill.taps import FeatureTaps
 
 CHECKPOINT_VERSION = 1
 _AMP_MODES = ("auto", "off", "fp16", "bf16")

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekit.distill.trainer import Data, accuracy_on, logits_of
 from edgekit.errors import EdgekitError
+from edgekit.train.distill.trainer import Data, accuracy_on, logits_of
 
 
 def count_params(model: nn.Module) -> int:

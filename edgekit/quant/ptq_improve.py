@@ -123,9 +123,9 @@ def _fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool, qtype: str
 def choose_ranges(prepared: Path, cal, candidates: dict[str, Any], options: dict[str, Any],
                   workdir: Path) -> tuple[Any, dict[str, Any]]:
     """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values."""
-    from edgekit.calibrate import Ranges
-    from edgekit.diagnose import _with_outputs
-    from edgekit.fallback import run_session, session
+    from edgekit.quant.calibrate import Ranges
+    from edgekit.quant.diagnose import _with_outputs
+    from edgekit.quant.fallback import run_session, session
 
     first = next(iter(candidates.values()))
     names = sorted(first.tensors)
@@ -163,8 +163,8 @@ def bias_correction(setup, cal, dest: Path, log: Callable[[str], None] | None = 
     from onnx import numpy_helper
     from tqdm import tqdm
 
-    from edgekit.diagnose import _with_outputs
-    from edgekit.fallback import build, layer_names, run_session, session
+    from edgekit.quant.diagnose import _with_outputs
+    from edgekit.quant.fallback import build, layer_names, run_session, session
 
     model = onnx.load(str(setup.prepared))
     layers = [n for n in model.graph.node if n.name in set(layer_names(setup.prepared))]
@@ -220,8 +220,8 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
           before: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Apply the chosen techniques in ORDER; returns the new setup and, per technique, its measured effect.
     `before` is the held-out result of `setup` as it is, when already measured."""
-    from edgekit.calibrate import compute_ranges
-    from edgekit.fallback import build_and_evaluate
+    from edgekit.quant.calibrate import compute_ranges
+    from edgekit.quant.fallback import build_and_evaluate
 
     log = log or (lambda _m: None)
     check_techniques(techniques)

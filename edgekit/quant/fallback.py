@@ -4,7 +4,7 @@ time, until top-1 agreement with FP32 (or the accuracy drop, with labels) holds 
 Why measured and not guessed: which layers int8 hurts depends on the weights and the data (a depthwise layer
 whose channels span three decades of range, an activation with outliers), and layer-local error is a poor
 predictor because errors add up downstream. So the candidates are ranked by what keeping each one in float
-*alone* does to the model's output (`edgekit.diagnose.rank_layers`) and the search verifies every step on
+*alone* does to the model's output (`edgekit.quant.diagnose.rank_layers`) and the search verifies every step on
 data the ranges were not computed from.
 
 Keeping a layer "in higher precision" means: its weights stay float, and it reads its input activation in
@@ -98,7 +98,7 @@ def check_backend(backend: str, budget: Budget | None, labels: bool) -> None:
 
 def split_calibration(cset, seed: int = 0):
     """(calibration part, held-out part) of a CalibrationSet, each with its own provenance."""
-    from edgekit.calibrate import CalibrationSet
+    from edgekit.quant.calibrate import CalibrationSet
 
     cal, held = split_held_out(cset.x, cset.y, seed)
     parts = []
@@ -129,7 +129,7 @@ class QuantSetup:
 
     backend: str  # onnxruntime | tensorrt
     prepared: Path  # the quantization-ready FP32 graph (ranges are keyed on it)
-    ranges: Any  # edgekit.calibrate.Ranges
+    ranges: Any  # edgekit.quant.calibrate.Ranges
     options: dict[str, Any]  # the target's backend options
     held_x: np.ndarray
     reference: np.ndarray  # FP32 outputs on held_x
@@ -145,7 +145,7 @@ def layer_names(prepared: Path) -> list[str]:
     """The candidate layers: weighted nodes (Conv/ConvTranspose/Gemm/MatMul with constant weights), graph order."""
     import onnx
 
-    from edgekit.qdq import weighted_nodes
+    from edgekit.quant.qdq import weighted_nodes
 
     return weighted_nodes(onnx.load(str(prepared), load_external_data=False))
 
@@ -168,7 +168,7 @@ def build(setup: QuantSetup, kept: Sequence[str], dest: Path) -> dict[str, Any]:
     kept = list(kept)
     if setup.backend == "tensorrt":
         from edgekit.backends.tensorrt import TRT_QUANT_FORMAT
-        from edgekit.qdq import NO_OUTPUT_QUANTIZATION
+        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION
 
         fmt = {**TRT_QUANT_FORMAT, "per_channel": bool(setup.options.get("per_channel", True))}
         extra = {"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": NO_OUTPUT_QUANTIZATION}
@@ -182,7 +182,7 @@ def build(setup: QuantSetup, kept: Sequence[str], dest: Path) -> dict[str, Any]:
         restored = float_inputs(model, prepared, kept)
         folded: list[str] = []
         if setup.backend == "tensorrt":
-            from edgekit.qdq import nodes_to_fp16
+            from edgekit.quant.qdq import nodes_to_fp16
 
             model = nodes_to_fp16(model, kept)
         else:
@@ -325,7 +325,7 @@ def _drop_unread_qdq(model) -> None:
         keep = [n for n in model.graph.node if id(n) not in ids]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-    from edgekit.qdq import prune_initializers
+    from edgekit.quant.qdq import prune_initializers
 
     prune_initializers(model)
 
@@ -352,7 +352,7 @@ def _topological_sort(model) -> None:
 def session(path: Path, options: dict[str, Any], threads: int = 1):
     """An ONNX Runtime CPU session with the session config the artifact ships (see onnxruntime.session_config)."""
     from edgekit.backends.onnxruntime import session_config
-    from edgekit.onnx_export import ort_session
+    from edgekit.graph.onnx_export import ort_session
 
     return ort_session(path, session_config(options), threads)
 
@@ -441,7 +441,7 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     dropped. Returns the setup the plan applies to (equalisation changes the graph and its ranges) and the plan,
     whose `techniques` records every try and whose `start` is the full-int8 graph before them.
     """
-    from edgekit import ptq_improve
+    from edgekit.quant import ptq_improve
 
     log = log or (lambda _m: None)
     start = build_and_evaluate(setup, [], "full-int8")
@@ -479,7 +479,7 @@ def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | No
     final = start
     if not budget.holds(start):
         if ranking is None:
-            from edgekit.diagnose import rank_layers
+            from edgekit.quant.diagnose import rank_layers
 
             ranking = rank_layers(setup, log=log)
         order = [r["layer"] for r in ranking]
@@ -625,7 +625,7 @@ class _OrtBudgeted(_ort_base()):  # type: ignore[misc]
 
         from edgekit.backends.base import ExportResult
         from edgekit.backends.onnxruntime import X64_POLICY, float_weights, session_config
-        from edgekit.onnx_export import describe
+        from edgekit.graph.onnx_export import describe
 
         out = request.out_dir / "model.onnx"
         setup = replace(self.setup, prepared=request.prepared, ranges=request.ranges)

@@ -3,8 +3,8 @@ teacher (soft-target KL only), on the unlabelled calibration samples, then expor
 
 Why: a user who only has calibration images cannot run supervised QAT, but needs no labels to ask the int8
 model to behave like the FP32 one, which is what agreement measures anyway. This is the quant-aware
-distillation of `edgekit qat` (torchao PT2E, edgekit.qat) with the teacher set to the FP32 model itself and
-the label term switched off (alpha = 1), so its behaviour stays that of edgekit.qat.
+distillation of `edgekit qat` (torchao PT2E, edgekit.train.qat) with the teacher set to the FP32 model itself and
+the label term switched off (alpha = 1), so its behaviour stays that of edgekit.train.qat.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def self_distill(model, x: np.ndarray, *, epochs: int = DEFAULT_EPOCHS, lr: floa
     """QAT of a copy of `model` against `model` itself on the unlabelled samples `x` (N x C x H x W)."""
     import torch
 
-    from edgekit import qat
-    from edgekit.distill.losses import DistillConfig
-    from edgekit.distill.trainer import Data, TrainConfig
+    from edgekit.train import qat
+    from edgekit.train.distill.losses import DistillConfig
+    from edgekit.train.distill.trainer import Data, TrainConfig
 
     if not isinstance(model, torch.nn.Module):
         raise EdgekitError(f"self-distillation fine-tunes a torch model; got {type(model).__name__} (an .onnx "

@@ -77,7 +77,7 @@ def _subsample(x: np.ndarray, y: np.ndarray | None, max_samples: int | None, see
 
 
 def _load_zoo(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], str]:
-    from edgekit import zoo
+    from edgekit.data import zoo
 
     parts = spec.split(":")
     if parts[1] != "digits" or len(parts) > 3:

@@ -1,12 +1,12 @@
 """Knowledge distillation: composable losses, schedules, a DDP-ready trainer and the metrics of each stage.
 
-    from edgekit.distill import DistillConfig, TrainConfig, distill
+    from edgekit.train.distill import DistillConfig, TrainConfig, distill
     result = distill(teacher, student, train, test, loss=DistillConfig(alpha=0.9, temperature=1),
                      config=TrainConfig(epochs=20), baseline=True)
     result.metrics["retention"], result.metrics["student_alone_accuracy"]
 """
 
-from edgekit.distill.losses import (
+from edgekit.train.distill.losses import (
     AttentionMSE,
     DistillationLoss,
     DistillConfig,
@@ -16,8 +16,8 @@ from edgekit.distill.losses import (
     kd_loss,
     soft_target_kl,
 )
-from edgekit.distill.metrics import count_macs, count_params, linear_cka, penultimate_features, stage_metrics
-from edgekit.distill.schedules import (
+from edgekit.train.distill.metrics import count_macs, count_params, linear_cka, penultimate_features, stage_metrics
+from edgekit.train.distill.schedules import (
     ConstantAlpha,
     ConstantTemperature,
     LearnableTemperatureConfig,
@@ -26,8 +26,8 @@ from edgekit.distill.schedules import (
     parse_alpha,
     parse_temperature,
 )
-from edgekit.distill.stage import StageResult, distill
-from edgekit.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
+from edgekit.train.distill.stage import StageResult, distill
+from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
 
 __all__ = [
     "AttentionMSE",

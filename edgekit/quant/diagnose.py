@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.fallback import QuantSetup, build, build_and_evaluate, layer_names, run_session, session
 from edgekit.metrics import sqnr_db
+from edgekit.quant.fallback import QuantSetup, build, build_and_evaluate, layer_names, run_session, session
 
 #: per-layer tensors are compared on at most this many samples (activations of every layer are held at once)
 LAYER_SAMPLES = 64
@@ -87,7 +87,7 @@ def layer_tensors(prepared) -> dict[str, dict[str, Any]]:
 
 
 def layer_names_of(model) -> list[str]:
-    from edgekit.qdq import weighted_nodes
+    from edgekit.quant.qdq import weighted_nodes
 
     return weighted_nodes(model)
 
@@ -163,7 +163,7 @@ def diagnose(setup: QuantSetup, verify: int = DEFAULT_VERIFY, log: Callable[[str
     base_path = quantized or setup.workdir / "diag-full.onnx"
     if quantized is None:
         build(setup, [], base_path)
-    from edgekit.fallback import evaluate
+    from edgekit.quant.fallback import evaluate
 
     base = evaluate(setup, base_path)
     errors = layer_errors(setup, base_path)

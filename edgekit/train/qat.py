@@ -24,7 +24,7 @@ is a property of the runtime, not one global default (see STACK-NOTES.md), so pi
   with (x86-server-cpu and other ONNX Runtime CPU targets). TensorRT refuses it (uint8, non-zero zero points).
 - `tensorrt`: int8 *symmetric* per-tensor activations (zero point 0) and int8 symmetric per-channel weights on
   the output-channel axis, float biases: TensorRT's explicit-quantization rules (Jetson, T4 and the other
-  tensorrt targets; edgekit.qdq checks them at export). The range is ONNX's int8 range (-128, 127), so the
+  tensorrt targets; edgekit.quant.qdq checks them at export). The range is ONNX's int8 range (-128, 127), so the
   fake quantization trained here rounds and clamps exactly as the exported QuantizeLinear does. ONNX Runtime
   runs this graph too (x86-server-cpu int8 exports it), but its x86 kernels are slower with int8 than
   with uint8 activations: train with `x86` for an ONNX Runtime CPU target.
@@ -324,9 +324,9 @@ def qat(teacher, student, train, eval_data=None, *, config: QATConfig | None = N
     """
     import torch
 
-    from edgekit.distill.losses import DistillConfig
-    from edgekit.distill.metrics import count_params, stage_metrics
-    from edgekit.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
+    from edgekit.train.distill.losses import DistillConfig
+    from edgekit.train.distill.metrics import count_params, stage_metrics
+    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
 
     config = config or QATConfig()
     train_config = train_config or TrainConfig(epochs=3, lr=1e-5, desc="qat")
@@ -369,7 +369,7 @@ def save_program(converted, example, path: Path | str) -> Path:
 
 def save_onnx(converted, input_shape: tuple[int, ...], path: Path | str, real_inputs=None):
     """The verified Q/DQ ONNX (metadata edgekit.quantization = qat), via edgekit's own ONNX export."""
+    from edgekit.graph.onnx_export import export_to_onnx
     from edgekit.models import load_model
-    from edgekit.onnx_export import export_to_onnx
 
     return export_to_onnx(load_model(converted, input_shape), Path(path), real_inputs=real_inputs)
