@@ -1,5 +1,6 @@
 """Load the model a user brings: an nn.Module from Python, or on the CLI a .onnx file, a .pt2 file
-(torch.export), `package.module:factory` returning an nn.Module, or `zoo:NAME` for the embedded default.
+(torch.export), `package.module:factory` returning an nn.Module, `hf:DIR` (a local Hugging Face folder), or
+`zoo:NAME` for the embedded default. Every model comes out with one InputSpec per named input.
 """
 
 from __future__ import annotations
@@ -8,24 +9,42 @@ import contextlib
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.io import InputSpec, OutputSpec, image_input
 
 
 @dataclass
 class SourceModel:
-    """The FP32 model everything is checked against. `reference` runs it on a float32 NCHW batch."""
+    """The FP32 model everything is checked against, with its named inputs (`inputs`) and, when known, what
+    its outputs are (`outputs`: the metric each one is compared with). `input_shape` is the first input's
+    example shape (the one input of an image model)."""
 
     kind: str  # "torch" | "exported-program" | "onnx"
     name: str
     spec: str
     input_shape: tuple[int, ...]
-    module: Any = None  # torch.nn.Module (kind torch)
+    module: Any = None  # torch.nn.Module (kind torch); called with the inputs positionally, in `inputs` order
     exported: Any = None  # torch.export.ExportedProgram (kind exported-program)
     onnx_path: Path | None = None  # kind onnx
+    inputs: list[InputSpec] = field(default_factory=list)
+    outputs: list[OutputSpec] = field(default_factory=list)
+    tokenizer: Any = None  # a Hugging Face tokenizer (hf: models): text data becomes named inputs
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            self.inputs = [image_input(self.input_shape)]
+        elif not self.input_shape:
+            self.input_shape = self.inputs[0].concrete()
+
+    @property
+    def single_float(self) -> bool:
+        """One float input: the classic image model, whose CLI and data (`x`) are what they always were."""
+        return len(self.inputs) == 1 and self.inputs[0].is_float
 
     def torch_callable(self):
         if self.kind == "torch":
@@ -84,11 +103,34 @@ def call_factory(spec: str):
     return module
 
 
-def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel:
+def _from_factory(spec: str, input_shape: tuple[int, ...] | None,
+                  input_spec: list[InputSpec] | None = None) -> SourceModel:
     module = call_factory(spec)
+    if input_spec:
+        return SourceModel("torch", spec.split(":")[-1], spec, (), module=module.eval(), inputs=input_spec)
     if input_shape is None:
-        raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224)")
+        raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224) or --input-spec "
+                           "(e.g. input_ids:int64:1x128,attention_mask:int64:1x128)")
     return SourceModel("torch", spec.split(":")[-1], spec, input_shape, module=module.eval())
+
+
+def _from_hf(spec: str, input_spec: list[InputSpec] | None, task: str | None) -> SourceModel:
+    from edgekit import hf
+    from edgekit.io import SEQUENCE
+
+    folder = Path(spec.split(":", 1)[1]).expanduser()
+    length = None
+    if input_spec:
+        length = max(s.max.get(SEQUENCE) or s.example.get(SEQUENCE) or s.concrete()[-1] for s in input_spec)
+    loaded = hf.load(folder, task, length)
+    if input_spec:
+        names = [s.name for s in loaded["inputs"]]
+        if sorted(s.name for s in input_spec) != sorted(names):
+            raise EdgekitError(f"--input-spec names {', '.join(s.name for s in input_spec)} but {folder} takes "
+                               f"{', '.join(names)}")
+    return SourceModel("torch", folder.name or "hf-model", spec, (), module=loaded["module"],
+                       inputs=loaded["inputs"], outputs=loaded["outputs"], tokenizer=loaded["tokenizer"],
+                       task=loaded["task"])
 
 
 def _from_zoo(spec: str) -> SourceModel:
@@ -101,7 +143,8 @@ def _from_zoo(spec: str) -> SourceModel:
     return SourceModel("torch", name, spec, zoo.INPUT_SHAPE, module=module)
 
 
-def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
+def _from_pt2(path: Path, input_shape: tuple[int, ...] | None,
+              input_spec: list[InputSpec] | None = None) -> SourceModel:
     import torch
 
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
@@ -111,15 +154,25 @@ def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
         ep = torch.export.load(str(path))
     except Exception as exc:
         raise EdgekitError(f"cannot load {path} as a torch.export .pt2 program: {type(exc).__name__}") from None
+    args = ep.example_inputs[0] if ep.example_inputs else ()
+    if input_spec is None and len(args) > 1 and all(hasattr(a, "shape") for a in args):
+        from edgekit.io import InputSpec as Spec
+
+        names = [getattr(s.arg, "name", f"input{i}") for i, s in enumerate(ep.graph_signature.input_specs)
+                 if s.kind.name == "USER_INPUT"] or [f"input{i}" for i in range(len(args))]
+        input_spec = [Spec(n, str(a.dtype).replace("torch.", ""), tuple(int(d) for d in a.shape))
+                      for n, a in zip(names, args, strict=False)]
+    if input_spec:
+        return SourceModel("exported-program", path.stem, str(path), (), exported=ep, inputs=input_spec)
     if input_shape is None:
-        args = ep.example_inputs[0] if ep.example_inputs else ()
         if len(args) != 1 or not hasattr(args[0], "shape"):
             raise EdgekitError(f"{path}: cannot read one example input from the program; pass --input-shape")
         input_shape = tuple(int(d) for d in args[0].shape)
     return SourceModel("exported-program", path.stem, str(path), input_shape, exported=ep)
 
 
-def _from_onnx(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
+def _from_onnx(path: Path, input_shape: tuple[int, ...] | None,
+               input_spec: list[InputSpec] | None = None) -> SourceModel:
     import onnx
 
     try:
@@ -129,8 +182,9 @@ def _from_onnx(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"{path} is not a valid ONNX model: {first}") from None
     graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if len(graph_inputs) != 1:
-        raise EdgekitError(f"{path}: edgekit exports models with one input; this one has {len(graph_inputs)}")
+    if len(graph_inputs) != 1 or input_spec:
+        specs = _onnx_specs(model, graph_inputs, input_spec, path)
+        return SourceModel("onnx", path.stem, str(path), (), onnx_path=path, inputs=specs)
     dims = graph_inputs[0].type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if input_shape is None:
@@ -145,14 +199,83 @@ def _from_onnx(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
     return SourceModel("onnx", path.stem, str(path), input_shape, onnx_path=path)
 
 
-def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None) -> SourceModel:
-    """Resolve what the user named into a SourceModel; every failure is an EdgekitError naming the spec."""
+_ONNX_ELEM = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
+DEFAULT_SEQUENCE = 128
+
+
+def _vocab_sizes(model) -> dict[str, int]:
+    """Input name -> rows of the embedding table a Gather reads with it (the vocabulary size)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
+            out.setdefault(node.input[1], int(inits[node.input[0]].dims[0]))
+    return out
+
+
+def _onnx_specs(model, graph_inputs, given: list[InputSpec] | None, path: Path) -> list[InputSpec]:
+    """InputSpecs read from a multi-input ONNX graph (dtypes, dims, the vocabulary behind token ids), or the
+    user's --input-spec checked against it."""
+    from edgekit.io import BATCH, SEQUENCE, kind_for
+
+    vocab = _vocab_sizes(model)
+    names = [vi.name for vi in graph_inputs]
+    if given:
+        if sorted(s.name for s in given) != sorted(names):
+            raise EdgekitError(f"--input-spec names {', '.join(s.name for s in given)} but {path} takes "
+                               f"{', '.join(names)}")
+        return [InputSpec(s.name, s.dtype, s.dims, s.kind, vocab.get(s.name, s.vocab_size), s.example, s.max)
+                for s in sorted(given, key=lambda s: names.index(s.name))]
+    specs = []
+    for vi in graph_inputs:
+        elem = vi.type.tensor_type.elem_type
+        if elem not in _ONNX_ELEM:
+            raise EdgekitError(f"{path}: input '{vi.name}' has an ONNX element type ({elem}) edgekit does not "
+                               f"feed; supported: {', '.join(_ONNX_ELEM.values())}")
+        dtype = _ONNX_ELEM[elem]
+        dims: list[int | str] = []
+        example: dict[str, int] = {}
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if axis == 0:
+                dims.append(BATCH)
+                example[BATCH] = d.dim_value if d.HasField("dim_value") else 1
+            elif d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif axis == 1 and not dtype.startswith("float"):
+                dims.append(SEQUENCE)
+                example[SEQUENCE] = DEFAULT_SEQUENCE
+            else:
+                raise EdgekitError(f"{path}: input '{vi.name}' has a symbolic axis {axis} "
+                                   f"('{d.dim_param or '?'}'); pass --input-spec NAME:DTYPE:SHAPE,... for every input")
+        kind = kind_for(vi.name, dtype)
+        specs.append(InputSpec(vi.name, dtype, tuple(dims), kind, vocab.get(vi.name), example))
+    return specs
+
+
+def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None, *,
+               input_spec: list[InputSpec] | str | None = None, dynamic: tuple[str, ...] = (),
+               task: str | None = None) -> SourceModel:
+    """Resolve what the user named into a SourceModel; every failure is an EdgekitError naming the spec.
+
+    `input_spec` (InputSpecs, or the CLI's `input_ids:int64:1x128,...` with `dynamic` axes) describes models
+    with several or non-float inputs; `input_shape` stays the way to give one float input's shape."""
+    from edgekit.io import parse_input_spec
+
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
+    if isinstance(input_spec, str):
+        input_spec = parse_input_spec(input_spec, dynamic)
+    if input_spec and input_shape:
+        raise EdgekitError("give either --input-shape or --input-spec, not both")
+    if task is not None and not str(spec).startswith("hf:"):
+        raise EdgekitError(f"--task applies to hf: models (Hugging Face folders), not '{spec}'")
     try:
         import torch
 
         if isinstance(spec, torch.nn.Module):
+            if input_spec:
+                return SourceModel("torch", type(spec).__name__, type(spec).__name__, (), module=spec.eval(),
+                                   inputs=list(input_spec))
             if input_shape is None:
                 raise EdgekitError("an nn.Module needs input_shape, e.g. (1, 3, 224, 224)")
             return SourceModel("torch", type(spec).__name__, type(spec).__name__, input_shape, module=spec.eval())
@@ -163,16 +286,20 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None) -> S
     spec = str(spec)
     if spec.startswith("zoo:"):
         return _from_zoo(spec)
+    if spec.startswith("hf:"):
+        return _from_hf(spec, input_spec, task)
     suffix = Path(spec).suffix.lower()
     if suffix in (".onnx", ".pt2"):
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"model file not found: {path}")
-        return _from_onnx(path, input_shape) if suffix == ".onnx" else _from_pt2(path, input_shape)
+        if suffix == ".onnx":
+            return _from_onnx(path, input_shape, input_spec)
+        return _from_pt2(path, input_shape, input_spec)
     if ":" in spec:
-        return _from_factory(spec, input_shape)
+        return _from_factory(spec, input_shape, input_spec)
     if Path(spec).exists():
         raise EdgekitError(f"cannot load model '{spec}': only .onnx and .pt2 files are supported")
     raise EdgekitError(
-        f"cannot load model '{spec}': expected a .onnx or .pt2 file, package.module:factory, or zoo:NAME"
+        f"cannot load model '{spec}': expected a .onnx or .pt2 file, package.module:factory, hf:DIR, or zoo:NAME"
     )
