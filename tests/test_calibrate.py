@@ -34,8 +34,20 @@ def test_npz_and_npy_sets(tmp_path):
     assert a.sha256 != b.sha256
 
 
+def test_npz_without_x_must_name_the_models_input(tmp_path):
+    from edgekit.io import image_input
+    from edgekit.quant.calibrate import checked
+
+    np.savez(tmp_path / "z.npz", z=np.zeros((3, 2), dtype=np.float32))
+    cset = load_data(str(tmp_path / "z.npz"))
+    with pytest.raises(EdgekitError, match=r"lacks input\(s\) input of the model \(it has: z\)"):
+        checked(cset, [image_input((1, 2))])
+    np.savez(tmp_path / "named.npz", input=np.ones((3, 2), dtype=np.float32))
+    assert checked(load_data(str(tmp_path / "named.npz")), [image_input((1, 2))]).named["input"].shape == (3, 2)
+
+
 @pytest.mark.parametrize("content, message", [
-    ({"z": np.zeros((3, 2))}, "has no array 'x' (found: z)"),
+    ({"y": np.zeros(3)}, "has no input arrays"),
     ({"x": np.zeros((3, 2)), "y": np.zeros(2)}, "'y' has 2 labels but 'x' has 3 samples"),
     ({"x": np.zeros((0, 2))}, "is empty"),
 ])

@@ -9,11 +9,13 @@ TensorRT's Q/DQ graph and its calibration cache all read the same numbers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.io import InputSpec, check_feeds
 from edgekit.resources import builtin_dir, load_toml
 
 DEFAULT_MAX_SAMPLES = 300
@@ -37,20 +40,40 @@ METHODS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class CalibrationSet:
-    x: np.ndarray  # float32, N x ...
+    """Samples for calibration or evaluation. `x` is the one input of an image model (float32, N x ...);
+    `named` holds arrays keyed by input name with their own dtypes (token ids stay integers) for models with
+    several or non-float inputs, `x` then being the first of them."""
+
+    x: np.ndarray
     y: np.ndarray | None
     source: str
     preprocessing: dict[str, Any]
     available: int  # samples in the source before sub-sampling
     selection: str  # how the samples were chosen
+    named: dict[str, np.ndarray] | None = None
 
     @property
     def count(self) -> int:
         return len(self.x)
 
+    def feeds(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The arrays for inputs `names`, unchecked (io.check_feeds checks and casts them): the named arrays
+        when they are named after the inputs, else the bare `x` as the one input."""
+        if not self.named:
+            return {names[0]: self.x} if len(names) == 1 else {"x": self.x}
+        if len(names) == 1 and names[0] not in self.named and "x" in self.named:
+            return {names[0]: self.named["x"]}
+        return dict(self.named)
+
     @property
     def sha256(self) -> str:
         h = hashlib.sha256()
+        if self.named and set(self.named) != {"x"}:
+            for name in sorted(self.named):
+                arr = np.ascontiguousarray(self.named[name])
+                h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+                h.update(arr.tobytes())
+            return h.hexdigest()
         h.update(str(self.x.shape).encode())
         h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
         return h.hexdigest()
@@ -63,17 +86,22 @@ class CalibrationSet:
             "selection": self.selection,
             "sha256": self.sha256,
             "sample_shape": list(self.x.shape[1:]),
+            **({"inputs": {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in self.named.items()}}
+               if self.named else {}),
             "labels": self.y is not None,
             "preprocessing": self.preprocessing,
         }
 
 
-def _subsample(x: np.ndarray, y: np.ndarray | None, max_samples: int | None, seed: int):
+def _subsample(x: np.ndarray, y: np.ndarray | None, max_samples: int | None, seed: int,
+               named: dict[str, np.ndarray] | None = None):
     n = len(x)
     if max_samples is None or n <= max_samples:
-        return x, y, f"all {n}"
+        return x, y, f"all {n}", named
     idx = np.sort(np.random.default_rng(seed).permutation(n)[:max_samples])
-    return x[idx], (y[idx] if y is not None else None), f"{max_samples} of {n}, seeded random (seed {seed})"
+    named = {k: v[idx] for k, v in named.items()} if named else named
+    return (x[idx], (y[idx] if y is not None else None), f"{max_samples} of {n}, seeded random (seed {seed})",
+            named)
 
 
 def _load_zoo(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], str]:
@@ -81,7 +109,8 @@ def _load_zoo(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any],
 
     parts = spec.split(":")
     if parts[1] != "digits" or len(parts) > 3:
-        raise EdgekitError(f"unknown data '{spec}'; available: zoo:digits (train split), zoo:digits:test")
+        raise EdgekitError(f"unknown data '{spec}'; available: zoo:digits (train split), zoo:digits:test, "
+                           "zoo:sentences, zoo:sentences:test (text models)")
     part = parts[2] if len(parts) == 3 else "train"
     if part not in ("train", "test"):
         raise EdgekitError(f"unknown split '{part}' in '{spec}'; use zoo:digits:train or zoo:digits:test")
@@ -89,46 +118,85 @@ def _load_zoo(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any],
     return split.x, split.y, dict(zoo.PREPROCESSING, split=part), f"zoo:digits:{part}"
 
 
-def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], str]:
+def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], str,
+                                    dict[str, np.ndarray] | None]:
     if not path.is_file():
         raise EdgekitError(f"data file not found: {path}")
+    named: dict[str, np.ndarray] | None = None
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
-                if "x" not in data.files:
-                    raise EdgekitError(f"{path} has no array 'x' (found: {', '.join(data.files) or 'none'})")
-                x = data["x"]
                 y = data["y"] if "y" in data.files else None
+                if "x" in data.files:
+                    x = data["x"]
+                else:
+                    named = {k: data[k] for k in data.files if k != "y"}
+                    if not named:
+                        raise EdgekitError(f"{path} has no input arrays: save 'x' (one input) or one array per "
+                                           f"input named after it (found: {', '.join(data.files) or 'none'})")
+                    x = next(iter(named.values()))
         elif path.suffix == ".npy":
             x, y = np.load(path, allow_pickle=False), None
         else:
-            raise EdgekitError(f"data file {path} must be .npz (arrays x, optional y) or .npy")
+            raise EdgekitError(f"data file {path} must be .npz (x or arrays named after the inputs, optional y), "
+                               ".npy, or .txt (sentences, for hf: models)")
     except EdgekitError:
         raise
     except Exception as exc:
         raise EdgekitError(f"cannot read data file {path}: {exc}") from None
-    if not np.issubdtype(x.dtype, np.number):
-        raise EdgekitError(f"{path}: array 'x' must be numeric (got dtype {x.dtype})")
+    for name, arr in (named or {"x": x}).items():
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or arr.ndim == 0:
+            raise EdgekitError(f"{path}: array '{name}' must be a numeric array of samples (got dtype {arr.dtype})")
+        if len(arr) != len(x):
+            raise EdgekitError(f"{path}: array '{name}' has {len(arr)} samples but the others {len(x)}")
     if y is not None and len(y) != len(x):
-        raise EdgekitError(f"{path}: 'y' has {len(y)} labels but 'x' has {len(x)} samples")
-    return x.astype(np.float32), y, {"applied_by_edgekit": "none (samples used as given)"}, str(path)
+        first = "x" if named is None else next(iter(named))
+        raise EdgekitError(f"{path}: 'y' has {len(y)} labels but '{first}' has {len(x)} samples")
+    if named is None and not np.issubdtype(x.dtype, np.floating):
+        named = {"x": x}  # integer samples keep their dtype for a model whose input is integer
+    prep = {"applied_by_edgekit": "none (samples used as given)"}
+    return (x.astype(np.float32) if named is None or "x" in named else x), y, prep, str(path), named
 
 
-def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0) -> CalibrationSet:
-    """DATA is a .npz (x, optional y), a .npy, or zoo:digits[:train|:test]."""
-    if spec.startswith("zoo:"):
+def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0,
+              tokenize: Callable[[list[str]], dict[str, np.ndarray]] | None = None) -> CalibrationSet:
+    """DATA is a .npz (x, or arrays named after the inputs; optional y), a .npy, zoo:digits[:train|:test], or
+    a .txt of sentences (one per line) that `tokenize` (a text model's tokenizer) turns into named inputs."""
+    named: dict[str, np.ndarray] | None = None
+    text_path = spec
+    if spec.startswith("zoo:sentences"):
+        from edgekit.data.text import SETS, sentences_path
+
+        split = spec.split(":")[2] if spec.count(":") == 2 else "train"
+        if split not in SETS or spec.count(":") > 2:
+            raise EdgekitError(f"unknown data '{spec}'; available: zoo:sentences (calibration), zoo:sentences:test")
+        text_path = str(sentences_path(split))
+    if spec.startswith("zoo:") and text_path == spec:
         x, y, prep, source = _load_zoo(spec)
+    elif text_path.endswith(".txt"):
+        if tokenize is None:
+            raise EdgekitError(f"text data {spec} needs a model with a tokenizer (hf:DIR); for other models pass "
+                               ".npz or .npy")
+        from edgekit.hf import read_text
+
+        sentences = read_text(Path(text_path))
+        named = tokenize(sentences)
+        x, y, source = next(iter(named.values())), None, spec
+        prep = {"tokenized": f"{len(sentences)} sentences with the model's tokenizer, padded to {x.shape[-1]}"}
     else:
-        x, y, prep, source = _load_file(Path(spec))
+        x, y, prep, source, named = _load_file(Path(spec))
     if x.ndim == 0 or len(x) == 0:
         raise EdgekitError(f"data '{spec}' is empty: it has no samples")
     available = len(x)
-    x, y, selection = _subsample(x, y, max_samples, seed)
-    return CalibrationSet(np.ascontiguousarray(x, dtype=np.float32), y, source, prep, available, selection)
+    x, y, selection, named = _subsample(x, y, max_samples, seed, named)
+    if named is None or "x" in named:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return CalibrationSet(x, y, source, prep, available, selection, named)
 
 
 def check_matches(cset: CalibrationSet, input_shape: tuple[int, ...], what: str = "calibration set") -> None:
-    """The samples must have the model's input shape without its batch dimension."""
+    """The samples must have the model's input shape without its batch dimension (single-input models;
+    `checked` covers models with named inputs)."""
     want = tuple(input_shape[1:])
     got = tuple(cset.x.shape[1:])
     if got != want:
@@ -136,6 +204,16 @@ def check_matches(cset: CalibrationSet, input_shape: tuple[int, ...], what: str 
             f"{what} '{cset.source}' has samples of shape {got or '(scalar)'}, but the model input is "
             f"{'x'.join(map(str, input_shape))} (samples must be {want})"
         )
+
+
+def checked(cset: CalibrationSet, specs: Sequence[InputSpec], what: str = "calibration set") -> CalibrationSet:
+    """`cset` with its arrays checked against the model's inputs and keyed by their names (io.check_feeds):
+    a one-line error names a missing input, a wrong dtype or rank, ids outside the vocabulary..."""
+    if len(specs) == 1 and specs[0].is_float and (cset.named is None or "x" in cset.named):
+        check_matches(cset, specs[0].concrete(), what)
+        return cset
+    feeds = check_feeds(cset.feeds([s.name for s in specs]), specs, f"{what} '{cset.source}'")
+    return dataclasses.replace(cset, x=feeds[specs[0].name], named=feeds)
 
 
 @dataclass
@@ -239,15 +317,16 @@ def _even_batch(n: int, cap: int) -> int:
 
 
 class _Reader:
-    """ONNX Runtime CalibrationDataReader over a numpy array, in batches."""
+    """ONNX Runtime CalibrationDataReader over named arrays, in batches."""
 
-    def __init__(self, name: str, x: np.ndarray, batch: int) -> None:
-        self.name, self.x, self.batch, self.i = name, x, batch, 0
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int) -> None:
+        self.feeds, self.batch, self.i = feeds, batch, 0
+        self.n = len(next(iter(feeds.values())))
 
     def get_next(self):
-        if self.i >= len(self.x):
+        if self.i >= self.n:
             return None
-        out = {self.name: self.x[self.i : self.i + self.batch]}
+        out = {k: v[self.i : self.i + self.batch] for k, v in self.feeds.items()}
         self.i += self.batch
         return out
 
@@ -269,7 +348,9 @@ def compute_ranges(
         "percentile": CalibrationMethod.Percentile,
     }[method]
     model = onnx.load(str(prepared_onnx), load_external_data=False)
-    in_vi = model.graph.input[0]
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    in_vi = graph_inputs[0]
     batch_dim = in_vi.type.tensor_type.shape.dim[0]
     batch = batch_dim.dim_value if batch_dim.HasField("dim_value") else _even_batch(cset.count, 32)
     extra = {"symmetric": bool(opts.get("symmetric", False))}
@@ -280,7 +361,7 @@ def compute_ranges(
             calibrate_method=ort_method, extra_options=extra,
         )
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress lines on stdout
-            calibrator.collect_data(_Reader(in_vi.name, cset.x, batch))
+            calibrator.collect_data(_Reader(cset.feeds([vi.name for vi in graph_inputs]), batch))
             data = calibrator.compute_data()
         del calibrator
     tensors: dict[str, tuple[float, float]] = {}
