@@ -21,13 +21,14 @@ from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
-from edgekit.metrics import compare
+from edgekit.io import Feeds, InputSpec, random_feeds
+from edgekit.metrics import METRICS, compare_outputs
 from edgekit.models import SourceModel, load_model
 from edgekit.quant.calibrate import (
     DEFAULT_MAX_SAMPLES,
     CalibrationSet,
     Ranges,
-    check_matches,
+    checked,
     compute_ranges,
     load_data,
     prepare_for_quantization,
@@ -49,20 +50,31 @@ def default_out(src: SourceModel, target: Target, precision: str) -> Path:
     return Path(f"{src.name}-{target.name}-{precision}")
 
 
-def run_batched(runner, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
-    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed."""
-    shape = runner.manifest["inputs"][0]["shape"]
-    step = shape[0] if shape and isinstance(shape[0], int) else batch
-    parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+def run_batched(runner, data: np.ndarray | Feeds, batch: int = 64) -> list[np.ndarray]:
+    """Run a runner over many samples (the one input's array, or arrays keyed by input name), in batches of
+    the artifact's fixed batch when it has one."""
+    from edgekit import io
+
+    feeds = data if isinstance(data, dict) else {runner.input_names()[0]: data}
+    step = io.fixed_batch(runner.manifest["inputs"]) or batch
+    return io.run_batched(runner.infer, feeds, step)
+
+
+def data_feeds(data: CalibrationSet) -> np.ndarray | Feeds:
+    """What a runner or reference takes for `data`: the bare array of an image model, else the named arrays."""
+    return data.named if data.named and "x" not in data.named else data.x
 
 
 class ExportPipeline:
     """Exports one model to any number of targets; the ONNX, ranges and references are made once."""
 
     def __init__(self, model: Any, input_shape: tuple[int, ...] | str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
-        self.src = load_model(model, input_shape)
+                 log: Callable[[str], None] | None = None, *, input_spec: list[InputSpec] | str | None = None,
+                 dynamic: tuple[str, ...] = (), task: str | None = None, metric: str | None = None) -> None:
+        if metric is not None and metric not in METRICS:
+            raise EdgekitError(f"unknown --metric '{metric}'; available: {', '.join(METRICS)}")
+        self.src = load_model(model, input_shape, input_spec=input_spec, dynamic=dynamic, task=task)
+        self.metric = metric
         self.log = log or (lambda _msg: None)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-export-")
         self.workdir = Path(self._tmp.name)
@@ -81,7 +93,7 @@ class ExportPipeline:
         self.close()
 
     # -- shared intermediates -------------------------------------------------------------------------
-    def onnx(self, target: Target, real_inputs: np.ndarray | None) -> OnnxModel:
+    def onnx(self, target: Target, real_inputs: np.ndarray | Feeds | None) -> OnnxModel:
         if self._onnx is None or not target.opset_min <= self._onnx.opset <= target.opset_max:
             self.log(f"exporting {self.src.spec} to ONNX and checking it against the FP32 reference")
             path = self.workdir / f"fp32-opset{target.opset_max}.onnx"
@@ -105,7 +117,7 @@ class ExportPipeline:
 
     def reference(self, data: CalibrationSet) -> list[np.ndarray]:
         if data.sha256 not in self._references:
-            self._references[data.sha256] = reference_outputs(self.src, data.x)
+            self._references[data.sha256] = reference_outputs(self.src, data_feeds(data))
         return self._references[data.sha256]
 
     # -- one export -----------------------------------------------------------------------------------
@@ -135,17 +147,18 @@ class ExportPipeline:
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
         needs_data = precision in exporter.needs_calibration
-        needs_ranges = precision in exporter.uses_ranges
+        # models with named (token) inputs calibrate inside their quantizer, from the named feeds
+        needs_ranges = precision in exporter.uses_ranges and self.src.single_float
         method, method_opts = resolve_method(calib_method, calib_options)
 
         cset = self._calibration(calib, calib_samples)
         if needs_data and cset is None and not source_is_quantized(self.src):
             raise EdgekitError(
                 f"precision '{precision}' needs calibration data: "
-                "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
+                "pass --calib DATA (.npz with x or one array per input, .npy, .txt for hf: models, or zoo:digits)"
             )
         evalset = self._evaluation(eval_data, cset)
-        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
+        onnx_model = self.onnx(tgt, data_feeds(evalset) if evalset is not None else None)
         if onnx_model.quantization is not None and needs_ranges:
             # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration
             needs_data = needs_ranges = False
@@ -173,7 +186,7 @@ class ExportPipeline:
                 "backend": tgt.backend,
                 "precision": precision,
                 "model_file": result.model_file,
-                "model": {"source": self.src.spec, "kind": self.src.kind, "input_shape": list(self.src.input_shape)},
+                "model": self._model_json(),
                 "inputs": [t.to_json() for t in result.inputs],
                 "outputs": [t.to_json() for t in result.outputs],
                 "target_profile": {"device": tgt.device, "device_class": tgt.device_class, "cpu_arch": tgt.cpu_arch,
@@ -210,6 +223,9 @@ class ExportPipeline:
         """Budgeted fallback and PTQ techniques (quant.fallback, quant.ptq_improve): checks, then the search."""
         from edgekit.quant import fallback, ptq_improve
 
+        if not self.src.single_float:
+            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques work on models with "
+                               f"one float input; {self.src.spec} takes {', '.join(s.name for s in self.src.inputs)}")
         budget = None
         if min_agreement is not None or max_accuracy_drop is not None:
             budget = fallback.Budget(min_agreement, max_accuracy_drop)
@@ -251,36 +267,57 @@ class ExportPipeline:
         exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
         return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest}
 
+    def _model_json(self) -> dict[str, Any]:
+        src = self.src
+        out: dict[str, Any] = {"source": src.spec, "kind": src.kind, "input_shape": list(src.input_shape),
+                               "inputs": [s.to_json() for s in src.inputs]}
+        if src.outputs:
+            out["outputs"] = [o.to_json() for o in src.outputs]
+        if src.task:
+            out["task"] = src.task
+        return out
+
+    def _load(self, spec: str | CalibrationSet, samples: int | None, what: str) -> CalibrationSet:
+        tokenize = None
+        if self.src.tokenizer is not None:
+            from edgekit.hf import tokenize as hf_tokenize
+
+            def tokenize(sentences: list[str]) -> Feeds:
+                return hf_tokenize(self.src.tokenizer, sentences, self.src.inputs)
+
+        cset = spec if isinstance(spec, CalibrationSet) else load_data(spec, max_samples=samples, tokenize=tokenize)
+        return checked(cset, self.src.inputs, what)
+
     def _calibration(self, calib, samples) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):
             calib = "zoo:digits"
         if calib is None:
             return None
-        cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
-        check_matches(cset, self.src.input_shape, "calibration set")
-        return cset
+        return self._load(calib, samples, "calibration set")
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:
         if eval_data is None and cset is not None and cset.source == "zoo:digits:train":
             eval_data = "zoo:digits:test"
         if eval_data is None:
             return cset
-        evalset = eval_data if isinstance(eval_data, CalibrationSet) else load_data(eval_data, max_samples=None)
-        check_matches(evalset, self.src.input_shape, "evaluation set")
-        return evalset
+        return self._load(eval_data, None, "evaluation set")
 
     def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None) -> dict[str, Any]:
-        """Run the new artifact with its own runner and compare with the FP32 reference."""
+        """Run the new artifact with its own runner and compare each output with the FP32 reference."""
         if evalset is None:
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((32, *self.src.input_shape[1:]), dtype=np.float32)
-            evalset = CalibrationSet(x, None, "random normal (no --calib or --eval given)", {}, 32, "all 32")
+            feeds = random_feeds(self.src.inputs, 32, seed=0)
+            what = "random normal" if self.src.single_float else "random valid inputs"
+            first = feeds[self.src.inputs[0].name]
+            evalset = CalibrationSet(first, None, f"{what} (no --calib or --eval given)", {}, 32, "all 32",
+                                     None if self.src.single_float else feeds)
         self.log(f"checking the artifact against FP32 on {evalset.count} samples of {evalset.source}")
-        reference = self.reference(evalset)[0]
+        reference = self.reference(evalset)
         runner = registry.runner_class(manifest["backend"])(stage, manifest)
         with runner:
-            got = run_batched(runner, evalset.x)[0]
-        result = compare(reference, got, evalset.y)
+            got = run_batched(runner, data_feeds(evalset))
+        outputs = [o.to_json() for o in self.src.outputs] or [
+            {"name": t["name"], "metric": "agreement"} for t in manifest["outputs"]]
+        result = compare_outputs(reference, got, outputs, evalset.y, self.metric)
         result.update({"reference": manifest["onnx_export"].get("reference", "torch fp32"),
                        "data": evalset.source, "data_sha256": evalset.sha256,
                        "runtime": runner.runtime_version})
@@ -288,8 +325,11 @@ class ExportPipeline:
 
 
 def export_model(model: Any, target: str | Target, precision: str | None = None, *,
-                 input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> Artifact:
+                 input_shape: tuple[int, ...] | str | None = None, input_spec: list[InputSpec] | str | None = None,
+                 dynamic: tuple[str, ...] = (), task: str | None = None, metric: str | None = None,
+                 **kwargs: Any) -> Artifact:
     """One export: `edgekit export` as a function. See ExportPipeline.export for the keyword arguments."""
-    with ExportPipeline(model, input_shape) as pipeline:
+    with ExportPipeline(model, input_shape, input_spec=input_spec, dynamic=dynamic, task=task,
+                        metric=metric) as pipeline:
         return pipeline.export(target, precision, **kwargs)
 

@@ -50,3 +50,60 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
 def _finite(x: float) -> float | None:
     """JSON has no inf: an exact match's SQNR is recorded as null and shown as 'exact'."""
     return None if math.isinf(x) else x
+
+
+def cosine_per_sample(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's output (flattened) with the reference's; 1.0 where both are zero."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    got = candidate.reshape(len(candidate), -1).astype(np.float64)
+    dot = np.sum(ref * got, axis=1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    both_zero = norms == 0.0
+    return np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
+
+
+def cosine_summary(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Mean and worst (smallest) per-sample cosine: the numbers an embedding or hidden state is judged by."""
+    cos = cosine_per_sample(reference, candidate)
+    return {"mean": float(cos.mean()), "worst": float(cos.min())} if cos.size else {"mean": 1.0, "worst": 1.0}
+
+
+#: metric names accepted by `--metric`: top-1 agreement (logits), cosine + SQNR (embeddings, hidden states),
+#: SQNR alone
+METRICS = ("agreement", "cosine", "sqnr")
+
+
+def compare_output(reference: np.ndarray, candidate: np.ndarray, metric: str,
+                   labels: np.ndarray | None = None) -> dict[str, Any]:
+    """One output against its reference with `metric`; SQNR and max error always, accuracy for logits with
+    labels."""
+    if metric == "agreement":
+        return compare(reference, candidate, labels)
+    out: dict[str, Any] = {
+        "samples": len(reference),
+        "sqnr_db": _finite(sqnr_db(reference, candidate)),
+        "max_abs_err": float(np.max(np.abs(reference.astype(np.float64) - candidate))) if reference.size else 0.0,
+    }
+    if metric == "cosine":
+        out["cosine"] = cosine_summary(reference, candidate)
+    return out
+
+
+def compare_outputs(references: list[np.ndarray], candidates: list[np.ndarray], outputs: list[dict[str, Any]],
+                    labels: np.ndarray | None = None, metric: str | None = None) -> dict[str, Any]:
+    """Every output with the metric that fits it (`outputs[i]['metric']`, or `metric` for all), the first
+    output's figures at the top level (what budgets and tables read), each output's under `outputs`."""
+    if len(references) != len(candidates):
+        raise ValueError(f"{len(candidates)} outputs against {len(references)} reference outputs")
+    per: dict[str, dict[str, Any]] = {}
+    for i, (ref, got) in enumerate(zip(references, candidates, strict=True)):
+        spec = outputs[i] if i < len(outputs) else {}
+        name = str(spec.get("name") or f"output{i}")
+        chosen = metric or str(spec.get("metric") or "agreement")
+        per[name] = {"metric": chosen, **compare_output(ref, got, chosen, labels if i == 0 else None)}
+    first = next(iter(per.values()))
+    result: dict[str, Any] = {k: v for k, v in first.items()}
+    result.setdefault("agreement", None)
+    if len(per) > 1:
+        result["outputs"] = per
+    return result

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-DATA_HELP = "DATA is a .npz (array x, optional labels y), a .npy, or zoo:digits[:train|:test]"
+DATA_HELP = ("DATA is a .npz (array x, or one array per input named after it; optional labels y), a .npy, a .txt "
+             "of sentences (hf: models), or zoo:digits[:train|:test]")
 
 
 class Parser(argparse.ArgumentParser):

@@ -31,11 +31,30 @@ def print_artifact(art) -> None:
     print(f"artifact   {art.path}")
     print(f"target     {m['target']} ({m['backend']}, {m['precision']})")
     print(f"files      {', '.join(m['files'])} ({size / 1024:.1f} KiB)")
-    sq = "exact" if v.get("sqnr_db") is None else f"{v['sqnr_db']:.1f} dB"
-    print(f"agreement  {v['agreement']:.4f} top-1 vs FP32 on {v['samples']} samples of {v['data']}; SQNR {sq}")
+    for line in verification_lines(v):
+        print(line)
     if "accuracy" in v:
         print(f"accuracy   {v['accuracy']:.4f} (FP32 {v['reference_accuracy']:.4f}, "
               f"drop {100 * v['accuracy_drop']:.2f} points)")
+
+
+def verification_lines(v: dict) -> list[str]:
+    """One line per output: the metric that fits it (agreement for logits, cosine for embeddings) and SQNR."""
+    per = v.get("outputs") or {"": v}
+    lines = []
+    for name, o in per.items():
+        sq = "exact" if o.get("sqnr_db") is None else f"{o['sqnr_db']:.1f} dB"
+        label = f" [{name}]" if name else ""
+        if o.get("cosine"):
+            c = o["cosine"]
+            lines.append(f"cosine     {c['mean']:.4f} mean, {c['worst']:.4f} worst vs FP32{label} on {v['samples']} "
+                         f"samples of {v['data']}; SQNR {sq}")
+        elif o.get("agreement") is not None:
+            lines.append(f"agreement  {o['agreement']:.4f} top-1 vs FP32{label} on {v['samples']} samples of "
+                         f"{v['data']}; SQNR {sq}")
+        else:
+            lines.append(f"sqnr       {sq} vs FP32{label} on {v['samples']} samples of {v['data']}")
+    return lines
 
 
 def print_improvements(m: dict) -> None:
@@ -95,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
-    with ExportPipeline(args.model, shape, log=log) as pipeline:
+    dynamic = tuple(d.strip() for d in (args.dynamic or "").split(",") if d.strip())
+    if dynamic and not args.input_spec:
+        raise EdgekitError("--dynamic applies to the axes of --input-spec; pass --input-spec too")
+    with ExportPipeline(args.model, shape, log=log, input_spec=args.input_spec, dynamic=dynamic, task=args.task,
+                        metric=args.metric) as pipeline:
         art = pipeline.export(
             target, args.precision, calib=args.calib, calib_method=args.calib_method,
             calib_options=parse_options(args.calib_option), calib_samples=args.calib_samples,
@@ -116,7 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(for int8, computed once and saved with the artifact), the backend's files, and a check "
                     "of the result against FP32, all written atomically to a folder with manifest.json.",
         epilog=f"MODEL is a .onnx file, a .pt2 file (torch.export.save), package.module:factory (needs "
-               f"--input-shape), or zoo:digits-student / zoo:digits-teacher. {DATA_HELP}. Example: "
+               f"--input-shape or --input-spec), hf:DIR (a local Hugging Face folder), or zoo:digits-student / "
+               f"zoo:digits-teacher. {DATA_HELP}. Example: "
                f"edgekit export zoo:digits-student --target x86-server-cpu --precision int8 --calib zoo:digits",
     )
     p.add_argument("model", metavar="MODEL")
@@ -134,6 +158,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", metavar="DATA", help="data the artifact is checked on against FP32 (default: the "
                    "held-out split for zoo data, else the calibration data)")
     p.add_argument("--input-shape", metavar="NxCxHxW", help="model input shape, e.g. 1x3x224x224")
+    p.add_argument("--input-spec", metavar="NAME:DTYPE:SHAPE,...",
+                   help="named, typed inputs, e.g. input_ids:int64:1x128,attention_mask:int64:1x128 (dtypes: "
+                        "float32, float16, int64, int32, bool); the first axis is the batch")
+    p.add_argument("--dynamic", metavar="AXES", help="axes of --input-spec kept dynamic besides the batch: "
+                   "'sequence' (the second axis of integer inputs; its size in the spec is the maximum)")
+    p.add_argument("--task", help="hf: models: feature-extraction (sentence embedding + last hidden state, the "
+                   "default) or text-classification (logits)")
+    p.add_argument("--metric", choices=("agreement", "cosine", "sqnr"),
+                   help="how outputs are compared with FP32 (default: per output, agreement for logits, cosine "
+                        "for embeddings and hidden states)")
     p.add_argument("--out", "-o", help="artifact folder (default: ./MODEL-TARGET-PRECISION)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for the backend's exporter (repeatable); an unknown one lists those accepted")

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.backends.base import TensorSpec
 from edgekit.errors import EdgekitError
+from edgekit.io import Feeds, count, run_batched
 from edgekit.models import SourceModel
 
 DEFAULT_ATOL = 1e-4
@@ -214,11 +215,11 @@ def describe(model_or_path, layout: str | None = "NCHW") -> tuple[list[TensorSpe
     return inputs, outputs, opset
 
 
-def _torch_outputs(fn, x: np.ndarray) -> list[np.ndarray]:
+def _torch_outputs(fn, feeds: Feeds, names: list[str]) -> list[np.ndarray]:
     import torch
 
     with torch.no_grad():
-        out = fn(torch.from_numpy(np.ascontiguousarray(x)))
+        out = fn(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names))
     if isinstance(out, torch.Tensor):
         out = (out,)
     elif isinstance(out, dict):
@@ -226,20 +227,38 @@ def _torch_outputs(fn, x: np.ndarray) -> list[np.ndarray]:
     return [o.detach().float().numpy() for o in out]
 
 
-def reference_outputs(src: SourceModel, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
-    """FP32 reference outputs for a batch: torch for torch models, ONNX Runtime for a given .onnx."""
+def as_feeds(src: SourceModel, data: np.ndarray | Feeds) -> Feeds:
+    """A bare array is the one input of a single-input model."""
+    if isinstance(data, dict):
+        return data
+    return {src.inputs[0].name: data}
+
+
+def session_batch(sess, default: int) -> int:
+    """The batch an ONNX Runtime session takes at once: its first input's fixed batch, else `default`."""
+    static_batch = sess.get_inputs()[0].shape[0]
+    return static_batch if isinstance(static_batch, int) and static_batch > 0 else default
+
+
+def run_session(sess, feeds: Feeds, batch: int = 64) -> list[np.ndarray]:
+    """An ONNX Runtime session over all samples of `feeds` (named after its inputs), in batches."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and names[0] not in feeds and len(feeds) == 1:
+        feeds = {names[0]: next(iter(feeds.values()))}
+    return run_batched(lambda f: sess.run(None, {n: f[n] for n in names}), feeds, session_batch(sess, batch))
+
+
+def reference_outputs(src: SourceModel, x: np.ndarray | Feeds, batch: int = 64) -> list[np.ndarray]:
+    """FP32 reference outputs: torch for torch models, ONNX Runtime for a given .onnx. `x` is the one
+    input's array, or the arrays keyed by input name."""
+    feeds = as_feeds(src, x)
     if src.kind == "onnx":
-        sess = ort_session(src.onnx_path)
-        name = sess.get_inputs()[0].name
-        static_batch = sess.get_inputs()[0].shape[0]
-        step = static_batch if isinstance(static_batch, int) else batch
-        parts = [sess.run(None, {name: x[i : i + step]}) for i in range(0, len(x), step)]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return run_session(ort_session(src.onnx_path), feeds, batch)
     fn = src.torch_callable()
     if src.kind == "exported-program":  # a .pt2 program guards its example's batch size
         batch = src.input_shape[0]
-    parts = [_torch_outputs(fn, x[i : i + batch]) for i in range(0, len(x), batch)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    names = [s.name for s in src.inputs]
+    return run_batched(lambda f: _torch_outputs(fn, f, names), feeds, batch)
 
 
 @contextlib.contextmanager
@@ -257,6 +276,8 @@ def _quiet():
 
 
 def _export_torch(src: SourceModel, path: Path, opset: int | None) -> str:
+    if not src.single_float:
+        return _export_torchscript(src, path, opset or TORCHSCRIPT_OPSET)
     import torch
 
     target = src.exported if src.kind == "exported-program" else src.module
@@ -281,6 +302,49 @@ def _export_torch(src: SourceModel, path: Path, opset: int | None) -> str:
         except Exception as exc:  # try the next form, report all if none works
             errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise EdgekitError(f"torch.onnx.export failed for model '{src.spec}': {'; '.join(errors)}")
+
+
+#: the TorchScript exporter at opset 17 is the form known to export BERT-class encoders (eager attention,
+#: two int64 inputs, dynamic batch and sequence) cleanly; the dynamo exporter's opset 18+ graphs of them
+#: are not what ONNX Runtime's transformer tooling expects
+TORCHSCRIPT_OPSET = 17
+
+
+def _export_torchscript(src: SourceModel, path: Path, opset: int) -> str:
+    """Models with several or non-float inputs (transformers): the TorchScript exporter, named inputs and
+    outputs, every named dynamic axis (batch, sequence) kept dynamic."""
+    import torch
+
+    from edgekit.io import random_feeds
+
+    target = src.torch_callable()
+    names = [s.name for s in src.inputs]
+    feeds = random_feeds(src.inputs, 2, seed=0)
+    example = tuple(torch.from_numpy(feeds[n]) for n in names)
+    with torch.no_grad():
+        out = target(*example)
+    n_out = 1 if isinstance(out, torch.Tensor) else len(out)
+    out_names = [o.name for o in src.outputs][:n_out] if len(src.outputs) >= n_out else \
+        [f"output{i}" for i in range(n_out)]
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for spec in src.inputs:
+        axes = {i: str(d) for i, d in enumerate(spec.dims) if isinstance(d, str)}
+        if axes:
+            dynamic_axes[spec.name] = axes
+    for i, name in enumerate(out_names):
+        dims = src.outputs[i].dims if i < len(src.outputs) else ("batch",)
+        axes = {j: str(d) for j, d in enumerate(dims) if str(d) in ("batch", "sequence")}
+        dynamic_axes[name] = axes or {0: "batch"}
+    try:
+        with _quiet():
+            torch.onnx.export(target, example, str(path), dynamo=False, opset_version=opset, input_names=names,
+                              output_names=out_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise EdgekitError(f"torch.onnx.export (TorchScript, opset {opset}) failed for model '{src.spec}': "
+                           f"{type(exc).__name__}: {first}") from None
+    dyn = sorted({a for axes in dynamic_axes.values() for a in axes.values()})
+    return f"TorchScript exporter, opset {opset}, dynamic {', '.join(dyn)}"
 
 
 def strip_debug_info(model) -> int:
@@ -357,25 +421,25 @@ def _tidy_export(path: Path, opset_range: tuple[int, int], spec: str) -> None:
 
 
 def verify_against_reference(
-    src: SourceModel, onnx_path: Path, *, real_inputs: np.ndarray | None = None,
+    src: SourceModel, onnx_path: Path, *, real_inputs: np.ndarray | Feeds | None = None,
     atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0, random_samples: int = 8,
 ) -> dict[str, Any]:
     """Max abs error per output on random (and real) inputs; raises naming the output over tolerance."""
+    from edgekit.io import random_feeds
+
     sess = ort_session(onnx_path)
-    in_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
-    static_batch = sess.get_inputs()[0].shape[0]
-    rng = np.random.default_rng(seed)
-    sets = {"random": rng.standard_normal((random_samples, *src.input_shape[1:]), dtype=np.float32)}
-    if real_inputs is not None and len(real_inputs):
-        sets["real"] = np.asarray(real_inputs[:64], dtype=np.float32)
+    sets: dict[str, Feeds] = {"random": random_feeds(src.inputs, random_samples, seed=seed)}
+    if real_inputs is not None:
+        real = as_feeds(src, real_inputs)
+        if count(real):
+            sets["real"] = {k: np.asarray(v[:64], dtype=v.dtype if not src.single_float else np.float32)
+                            for k, v in real.items()}
     report: dict[str, Any] = {"atol": atol, "rtol": rtol, "max_abs_err": {}, "inputs": {}}
-    for label, x in sets.items():
-        ref = reference_outputs(src, x) if src.kind != "onnx" else None
-        step = static_batch if isinstance(static_batch, int) else len(x)
-        parts = [sess.run(None, {in_name: x[i : i + step]}) for i in range(0, len(x), step)]
-        got = [np.concatenate([p[k] for p in parts]) for k in range(len(out_names))]
-        report["inputs"][label] = len(x)
+    for label, feeds in sets.items():
+        ref = reference_outputs(src, feeds) if src.kind != "onnx" else None
+        got = run_session(sess, feeds, count(feeds))
+        report["inputs"][label] = count(feeds)
         if ref is None:
             continue
         if len(ref) != len(got):
@@ -395,7 +459,7 @@ def verify_against_reference(
 
 def export_to_onnx(
     src: SourceModel, path: Path, *, opset_range: tuple[int, int] = (17, 21),
-    real_inputs: np.ndarray | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+    real_inputs: np.ndarray | Feeds | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
 ) -> OnnxModel:
     """Write one self-contained .onnx for `src` at `path` and check it against the FP32 reference."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,6 +480,7 @@ def export_to_onnx(
     check["how"] = how
     if folded:
         check["folded_weight_quantize"] = len(folded)
-    producer = "torch.onnx.export (dynamo)" if src.kind != "onnx" else how
+    producer = how if src.kind == "onnx" else (
+        "torch.onnx.export (dynamo)" if src.single_float else "torch.onnx.export (TorchScript)")
     return OnnxModel(path, inputs, outputs, opset, producer, check, quantization_of(path))
 
