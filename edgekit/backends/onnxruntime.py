@@ -115,6 +115,72 @@ def copy_prequantized(src: Path, dest: Path, how: str) -> dict[str, Any]:
             "folded_weight_quantize": len(folded)}
 
 
+def has_token_inputs(request: ExportRequest) -> bool:
+    """A graph fed integer inputs (token ids, masks) is a transformer-style model: its int8 keeps attention in
+    float and it calibrates from named feeds rather than from the image pipeline's shared ranges."""
+    return any(not t.dtype.startswith("float") for t in request.onnx.inputs)
+
+
+def calibration_feeds(request: ExportRequest, batch: int = 8) -> list[dict[str, np.ndarray]] | None:
+    """The calibration set as batches of named feeds for the graph's inputs (None without calibration)."""
+    from edgekit.io import batches
+
+    cset = request.calibration
+    if cset is None:
+        return None
+    feeds = cset.feeds([t.name for t in request.onnx.inputs])
+    return list(batches(feeds, batch))
+
+
+def attention_matmuls(model) -> list[str]:
+    """MatMul nodes whose both inputs are activations (attention scores and context): kept float in int8."""
+    inits = {t.name for t in model.graph.initializer}
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in inits or i in consts for i in n.input)]
+
+
+def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, precision: str,
+                               options: dict[str, Any]) -> dict[str, Any]:
+    """int8 / dynamic-int8 / int4-weight of a transformer graph: edgekit.quant.transformer's quantizer when it
+    is installed, else ONNX Runtime's dynamic int8 of the weight MatMuls and embedding Gathers with the
+    attention MatMuls kept float (int4: MatMulNBits)."""
+    try:
+        from edgekit.quant.transformer import quantize_transformer
+    except ImportError:
+        quantize_transformer = None
+    if quantize_transformer is not None:
+        report = quantize_transformer(src, dest, precision, calibration_feeds(request), dict(options))
+        return {"quantizer": "edgekit.quant.transformer", **(report or {})}
+    import onnx
+
+    logging.getLogger().setLevel(logging.ERROR)
+    model = onnx.load(str(src))
+    if precision == "int4-weight":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        block = int(options.get("block_size", 32))
+        symmetric = bool(options.get("int4_symmetric", True))
+        quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
+                                     op_types_to_quantize=("MatMul", "Gather"),
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quant.process()
+        quant.model.save_model_to_file(str(dest), use_external_data_format=False)
+        return {"format": "MatMulNBits int4 weights (+ GatherBlockQuantized embeddings)", "block_size": block,
+                "symmetric": symmetric, "quantizer": "onnxruntime MatMulNBitsQuantizer"}
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    kept = attention_matmuls(model)
+    quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=kept,
+                     extra_options={"MatMulConstBOnly": True})
+    return {"format": "dynamic int8 (activations quantized at run time)", "weight_type": "int8",
+            "per_channel": True, "embedding": "int8 Gather", "attention_matmuls_kept_float": len(kept),
+            "quantizer": "onnxruntime quantize_dynamic",
+            **({"note": "static QDQ int8 of transformers needs edgekit.quant.transformer; dynamic int8 used"}
+               if precision == "int8" else {})}
+
+
 class OrtExporter(Exporter):
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
@@ -126,7 +192,13 @@ class OrtExporter(Exporter):
         options = request.target.backend_options
         details: dict[str, Any] = {"precision": request.precision, "session_config": session_config(options),
                                    "x64quantprecision": X64_POLICY}
-        if request.precision == "fp32":
+        if request.onnx.quantization is None and (request.precision == "int4-weight" or (
+                request.precision != "fp32" and has_token_inputs(request))):
+            source = request.prepared or request.onnx.path
+            details["quantization"] = quantize_transformer_graph(request, source, out, request.precision, options)
+            if request.precision == "int4-weight":
+                details["quantization"]["weight_bits"] = 4
+        elif request.precision == "fp32":
             shutil.copyfile(request.onnx.path, out)
             details["graph_optimization_level"] = options.get("graph_optimization_level", "all")
         elif request.precision == "int8":
@@ -149,7 +221,7 @@ class OrtExporter(Exporter):
             raise EdgekitError(f"backend onnxruntime has no precision '{request.precision}'")
         if request.precision != "fp32":
             left = float_weights(onnx.load(str(out)))
-            if request.precision == "int8" and left:
+            if request.precision == "int8" and left and not has_token_inputs(request):
                 raise EdgekitError(f"int8 quantization left float weights in node(s): {', '.join(left)}")
             details["float_weight_nodes"] = left
         inputs, outputs, opset = describe(out)

@@ -45,8 +45,8 @@ _ORT = Requirement("onnxruntime", "onnxruntime", "core")
 register_backend(
     BackendSpec(
         name="onnxruntime",
-        description="ONNX Runtime (CPU): fp32, static QDQ int8, dynamic int8",
-        precisions=("fp32", "int8", "dynamic-int8"),
+        description="ONNX Runtime (CPU): fp32, static QDQ int8, dynamic int8, int4 weights (MatMulNBits)",
+        precisions=("fp32", "int8", "dynamic-int8", "int4-weight"),
         exporter="edgekit.backends.onnxruntime:OrtExporter",
         runner="edgekit.backends.onnxruntime:OrtRunner",
         requires=(_ORT,),

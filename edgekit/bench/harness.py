@@ -67,9 +67,15 @@ class BenchConfig:
     seed: int = 0
     #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
     interleave: bool = True
+    #: how outputs are compared with the reference (None: per output, the metric its kind calls for)
+    metric: str | None = None
 
     def __post_init__(self) -> None:
+        from edgekit.metrics import METRICS
+
         checks = [
+            (self.metric is None or self.metric in METRICS,
+             f"unknown --metric '{self.metric}'; available: {', '.join(METRICS)}"),
             (self.warmup >= 0, f"--warmup must be >= 0 (got {self.warmup})"),
             (self.warmup_seconds >= 0, f"--warmup-seconds must be >= 0 (got {self.warmup_seconds})"),
             (self.iters >= 1, f"--iters must be >= 1 (got {self.iters})"),
@@ -108,17 +114,52 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 @dataclass
 class EvalSet:
+    """Evaluation inputs: `x` for a single-input model, `feeds` (keyed by input name) for the others."""
+
     x: np.ndarray
     y: np.ndarray | None
     source: str
+    feeds: dict[str, np.ndarray] | None = None
+
+    @property
+    def data(self) -> np.ndarray | dict[str, np.ndarray]:
+        return self.feeds if self.feeds is not None else self.x
+
+    @property
+    def count(self) -> int:
+        return len(self.x)
 
     @property
     def key(self) -> str:
         import hashlib
 
         h = hashlib.sha256(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        for name, arr in sorted((self.feeds or {"": self.x}).items()):
+            h.update(f"{name}:{arr.dtype}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
+
+
+def input_specs(manifest: dict[str, Any]) -> list[Any]:
+    """The model's InputSpecs as the manifest records them (older manifests: the one input's shape)."""
+    from edgekit.io import InputSpec, image_input
+
+    model = manifest.get("model") or {}
+    if model.get("inputs"):
+        return [InputSpec.from_json(d) for d in model["inputs"]]
+    return [image_input(model["input_shape"], manifest["inputs"][0]["name"] if manifest.get("inputs") else "input")]
+
+
+def _tokenizer_for(manifest: dict[str, Any]):
+    """A text model's tokenizer, read from its hf: source folder (text --eval data needs it)."""
+    source = str((manifest.get("model") or {}).get("source", ""))
+    if not source.startswith("hf:"):
+        return None
+    from edgekit.hf import load_tokenizer, tokenize
+
+    tok = load_tokenizer(Path(source[3:]))
+    specs = input_specs(manifest)
+    return lambda sentences: tokenize(tok, sentences, specs)
 
 
 @dataclass
@@ -224,11 +265,9 @@ class Harness:
             try:
                 art = load_artifact(job.path)
                 job.manifest = art.manifest
-                if not (job.manifest.get("model") or {}).get("input_shape"):
-                    raise EdgekitError(f"artifact {job.path}: manifest.json lacks model.input_shape")
-                if len(job.manifest["inputs"]) != 1:
-                    raise EdgekitError(f"artifact {job.path} has {len(job.manifest['inputs'])} inputs; "
-                                       "bench feeds models with one input")
+                model = job.manifest.get("model") or {}
+                if not model.get("input_shape") and not model.get("inputs"):
+                    raise EdgekitError(f"artifact {job.path}: manifest.json lacks model.input_shape / model.inputs")
             except EdgekitError as exc:
                 self.fail(job, str(exc))
                 continue
@@ -241,36 +280,48 @@ class Harness:
             for b, why in job.skipped.items():
                 self.log(f"bench: {job.path}: batch {b} skipped: {why}")
 
-    def choose_eval_sets(self) -> None:
-        from edgekit.quant.calibrate import check_matches, load_data
+    def _evalset(self, data, specs, what: str = "evaluation set") -> EvalSet:
+        from edgekit.quant.calibrate import checked
 
-        given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
-        cache: dict[str, Any] = {}
+        data = checked(data, specs, what)
+        single = len(specs) == 1 and specs[0].is_float and (data.named is None or "x" in data.named)
+        return EvalSet(data.x, data.y, data.source, None if single else data.named)
+
+    def choose_eval_sets(self) -> None:
+        from edgekit.io import random_feeds
+        from edgekit.quant.calibrate import load_data
+
+        cache: dict[tuple[str, str], Any] = {}
+
+        def load(spec: str, manifest: dict[str, Any]):
+            text = spec.endswith(".txt") or spec.startswith("zoo:sentences")
+            key = (spec, str(manifest["model"].get("source")) if text else "")
+            if key not in cache:
+                tokenize = _tokenizer_for(manifest) if text else None
+                cache[key] = load_data(spec, max_samples=self.config.eval_samples, tokenize=tokenize)
+            return cache[key]
+
         for job in self.active():
-            shape = tuple(job.manifest["model"]["input_shape"])
-            if given is not None:
+            specs = input_specs(job.manifest)
+            if self.eval_data:
                 try:
-                    check_matches(given, shape, "evaluation set")
+                    job.evalset = self._evalset(load(self.eval_data, job.manifest), specs)
                 except EdgekitError as exc:
                     self.fail(job, str(exc))
-                    continue
-                job.evalset = EvalSet(given.x, given.y, given.source)
                 continue
             # no --eval: the data the export was checked on when it can be read here, else seeded noise
             spec = str((job.manifest.get("verification") or {}).get("data", ""))
-            if spec.startswith("zoo:") or (spec.endswith((".npz", ".npy")) and Path(spec).is_file()):
+            if spec.startswith("zoo:") or (spec.endswith((".npz", ".npy", ".txt")) and Path(spec).is_file()):
                 try:
-                    if spec not in cache:
-                        cache[spec] = load_data(spec, max_samples=self.config.eval_samples)
-                    check_matches(cache[spec], shape, "evaluation set")
-                    job.evalset = EvalSet(cache[spec].x, cache[spec].y, cache[spec].source)
+                    job.evalset = self._evalset(load(spec, job.manifest), specs)
                     continue
                 except EdgekitError:
                     pass
-            rng = np.random.default_rng(self.config.seed)
-            x = rng.standard_normal((RANDOM_EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
-            job.evalset = EvalSet(x, None, f"random normal, {RANDOM_EVAL_SAMPLES} samples (seed "
-                                           f"{self.config.seed}; pass --eval DATA for real data)")
+            feeds = random_feeds(specs, RANDOM_EVAL_SAMPLES, seed=self.config.seed)
+            single = len(specs) == 1 and specs[0].is_float
+            what = "random normal" if single else "random valid inputs"
+            job.evalset = EvalSet(feeds[specs[0].name], None, f"{what}, {RANDOM_EVAL_SAMPLES} samples (seed "
+                                  f"{self.config.seed}; pass --eval DATA for real data)", None if single else feeds)
 
     def start_workers(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
@@ -335,8 +386,12 @@ class Harness:
             key = job.evalset.key
             try:
                 if key not in self._staged_eval:
-                    local = self.tmp / f"eval-{key}.npy"
-                    np.save(local, job.evalset.x)
+                    if job.evalset.feeds is not None:
+                        local = self.tmp / f"eval-{key}.npz"
+                        np.savez(local, **job.evalset.feeds)
+                    else:
+                        local = self.tmp / f"eval-{key}.npy"
+                        np.save(local, job.evalset.x)
                     self._staged_eval[key] = self.device.stage(local)
                 remote_out = self.device.scratch(f"outputs-{job.index}.npz")
                 reply = self.ask(job, {"cmd": "eval", "inputs": self._staged_eval[key], "outputs": remote_out},
@@ -369,7 +424,7 @@ class Harness:
         try:
             art = load_artifact(self.reference_path)
             with art.runner(self.config.threads or None) as runner:
-                return run_batched(runner, evalset.x), label
+                return run_batched(runner, evalset.data), label
         except Exception as exc:  # e.g. its inputs do not fit this artifact's evaluation data
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None, f"unavailable: {label} could not run here ({reason})"
@@ -381,9 +436,14 @@ class Harness:
         source = str(job.manifest["model"].get("source", ""))
         assert job.evalset is not None
         try:
-            src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
+            model = job.manifest["model"]
+            if model.get("inputs") and (len(model["inputs"]) > 1 or model.get("task")
+                                        or not str(model["inputs"][0].get("dtype", "float32")).startswith("float")):
+                src = load_model(source, input_spec=input_specs(job.manifest), task=model.get("task"))
+            else:
+                src = load_model(source, tuple(model["input_shape"]))
             how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
-            return reference_outputs(src, job.evalset.x), f"FP32 source model {source} ({how})"
+            return reference_outputs(src, job.evalset.data), f"FP32 source model {source} ({how})"
         except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for other in self.jobs:
@@ -405,24 +465,29 @@ class Harness:
         return self._references[key]
 
     def compare_all(self) -> None:
-        from edgekit.metrics import compare
+        from edgekit.metrics import compare_outputs
 
         for job in self.active():
             if job.outputs is None or job.evalset is None:
                 continue
             ref, label = self.reference_for(job)
             ev = job.evalset
-            quality: dict[str, Any] = {"data": ev.source, "samples": len(ev.x), "labels": ev.y is not None,
+            quality: dict[str, Any] = {"data": ev.source, "samples": ev.count, "labels": ev.y is not None,
                                        "reference": label}
-            if ref is not None and ref[0].shape != job.outputs[0].shape:
+            if ref is not None and (len(ref) != len(job.outputs) or ref[0].shape != job.outputs[0].shape):
                 quality["reference"] = (f"unusable: {label} gives outputs of shape {list(ref[0].shape)}, "
                                         f"the artifact {list(job.outputs[0].shape)}")
                 ref = None
             if ref is not None:
-                cmp = compare(ref[0], job.outputs[0], ev.y)
-                quality.update({"agreement": cmp["agreement"], "sqnr_db": cmp["sqnr_db"],
+                outputs = (job.manifest.get("model") or {}).get("outputs") or [
+                    {"name": t["name"], "metric": "agreement"} for t in job.manifest.get("outputs", [])]
+                cmp = compare_outputs(ref, job.outputs, outputs, ev.y, self.config.metric)
+                quality.update({"agreement": cmp.get("agreement"), "sqnr_db": cmp["sqnr_db"],
                                 "max_abs_err": cmp["max_abs_err"], "accuracy": cmp.get("accuracy"),
-                                "reference_accuracy": cmp.get("reference_accuracy")})
+                                "reference_accuracy": cmp.get("reference_accuracy"), "cosine": cmp.get("cosine"),
+                                "metric": cmp.get("metric")})
+                if "outputs" in cmp:
+                    quality["outputs"] = cmp["outputs"]
             elif ev.y is not None:
                 from edgekit.metrics import accuracy
 
@@ -483,7 +548,8 @@ class Harness:
             "peak_rss_mb": mem.get("peak_rss_mb"), "rss_before_load_mb": job.load["rss_before_load_mb"],
             "peak_rss_method": mem.get("method"),
             "accuracy": q.get("accuracy"), "agreement": q.get("agreement"), "sqnr_db": q.get("sqnr_db"),
-            "eval": {k: v for k, v in q.items() if k not in ("accuracy", "agreement", "sqnr_db")},
+            "cosine": q.get("cosine"),
+            "eval": {k: v for k, v in q.items() if k not in ("accuracy", "agreement", "sqnr_db", "cosine")},
         }
 
     # -- the whole call -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ SCHEMA = "edgekit.bench/1"
 CONTRACT_FIELDS = (
     "artifact", "target", "precision", "device", "runtime", "runtime_version", "threads", "batch", "warmup",
     "iters", "latency_ms", "throughput_per_s", "cold_start_ms", "peak_rss_mb", "model_bytes", "accuracy",
-    "agreement", "sqnr_db",
+    "agreement", "cosine", "sqnr_db",
 )
 DEVICE_FIELDS = ("host", "cpu_model", "cores", "os")
 LATENCY_FIELDS = ("mean", "std", "p50", "p90", "p99", "min", "max")
@@ -82,6 +82,10 @@ def validate_record(rec: dict[str, Any]) -> list[str]:
         v = rec[key]
         if v is not None and not (isinstance(v, float) and 0.0 <= v <= 1.0):
             problems.append(f"'{key}' must be a fraction in [0, 1] or null (got {v!r})")
+    cos = rec["cosine"]
+    if cos is not None and not (isinstance(cos, dict) and all(
+            isinstance(cos.get(k), float) and -1.0 - 1e-6 <= cos[k] <= 1.0 + 1e-6 for k in ("mean", "worst"))):
+        problems.append(f"'cosine' must be null or {{mean, worst}} in [-1, 1] (got {cos!r})")
     if rec["sqnr_db"] is not None and not isinstance(rec["sqnr_db"], float):
         problems.append("'sqnr_db' must be a number or null (null: identical to the reference)")
     for key in ("runtime", "runtime_version", "target", "precision", "artifact"):

@@ -71,6 +71,14 @@ def device_names(records: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(n for n in (_device(r) for r in records) if n))
 
 
+def _agreement_or_cosine(r: dict[str, Any]) -> str:
+    """Top-1 agreement for logits; for an embedding or hidden state its cosine to FP32, mean (worst)."""
+    cos = r.get("cosine")
+    if r.get("agreement") is None and isinstance(cos, dict):
+        return f"cos {cos['mean']:.4f} ({cos['worst']:.3f})"
+    return _frac(r.get("agreement"))
+
+
 def _rows(records: Sequence[dict[str, Any]], baseline: str | None) -> tuple[list[str], list[list[str]]]:
     several = len(device_names(records)) > 1
     headers = ["artifact", *(["device"] if several else []), "backend", "precision", "batch", "thr", "p50 ms",
@@ -91,7 +99,7 @@ def _rows(records: Sequence[dict[str, Any]], baseline: str | None) -> tuple[list
             *head, _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), f"{_ms(lat['mean'])}±{_ms(lat['std'])}",
             f"{r['throughput_per_s']:.0f}", _ms(r["cold_start_ms"]),
             "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.1f}", f"{r['model_bytes'] / 1024:.1f}",
-            _frac(r["accuracy"]), _frac(r["agreement"]), _sqnr(r), "-" if sp is None else f"{sp:.2f}x",
+            _frac(r["accuracy"]), _agreement_or_cosine(r), _sqnr(r), "-" if sp is None else f"{sp:.2f}x",
         ])
     return headers, rows
 

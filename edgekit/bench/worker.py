@@ -11,7 +11,7 @@ Protocol (every reply carries `ok`; on failure `error`, and `user_error` when it
     load    artifact, threads, batch, seed  -> load_ms, first_inference_ms, cold_start_ms, rss_*_mb, runtime
     time    batch, min_iters, min_seconds, max_seconds, prime -> times_ns (one per timed inference)
     memory                                  -> peak_rss_mb (peak since just before load, minus RSS then)
-    eval    inputs (.npy path), outputs (.npz path)            -> samples
+    eval    inputs (.npy path, or .npz keyed by input name), outputs (.npz path) -> samples
     exit                                    -> (the process ends)
 
 Memory: the runtime's Python module is imported first, then the RSS is read and the kernel's high-water
@@ -87,7 +87,7 @@ class Worker:
     def __init__(self) -> None:
         self.runner: Any = None
         self.manifest: dict[str, Any] = {}
-        self.inputs: dict[int, np.ndarray] = {}
+        self.inputs: dict[int, np.ndarray | dict[str, np.ndarray]] = {}
         self.seed = 0
         self.rss_before = 0
         self.peak_method = "VmHWM reset before load"
@@ -104,11 +104,21 @@ class Worker:
 
         return {"env": describe(), "pid": os.getpid(), "protocol": PROTOCOL}
 
-    def _input(self, batch: int) -> np.ndarray:
+    def _input(self, batch: int) -> np.ndarray | dict[str, np.ndarray]:
+        """Seeded inputs for timing: float noise for an image model (as always), valid random feeds (token ids
+        inside the vocabulary, masks of ones then zeros, at the exported sequence length) for the others."""
         if batch not in self.inputs:
-            shape = (batch, *self.manifest["model"]["input_shape"][1:])
-            rng = np.random.default_rng(self.seed)
-            self.inputs[batch] = rng.standard_normal(shape, dtype=np.float32)
+            model = self.manifest["model"]
+            if model.get("inputs") and (len(model["inputs"]) > 1 or
+                                        not str(model["inputs"][0].get("dtype", "")).startswith("float")):
+                from edgekit.io import InputSpec, random_feeds
+
+                specs = [InputSpec.from_json(d) for d in model["inputs"]]
+                self.inputs[batch] = random_feeds(specs, batch, seed=self.seed)
+            else:
+                shape = (batch, *model["input_shape"][1:])
+                rng = np.random.default_rng(self.seed)
+                self.inputs[batch] = rng.standard_normal(shape, dtype=np.float32)
         return self.inputs[batch]
 
     def cmd_load(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -184,11 +194,16 @@ class Worker:
 
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
-        x = np.load(msg["inputs"], allow_pickle=False)
+        loaded = np.load(msg["inputs"], allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):  # a model with named inputs: one array per input
+            with loaded:
+                x = {k: loaded[k] for k in loaded.files}
+        else:
+            x = loaded
         outs = run_batched(self.runner, x, batch=int(msg.get("batch", 64)))
         Path(msg["outputs"]).parent.mkdir(parents=True, exist_ok=True)
         np.savez(msg["outputs"], **{f"out{i}": o for i, o in enumerate(outs)})
-        return {"samples": len(x)}
+        return {"samples": len(next(iter(x.values())) if isinstance(x, dict) else x)}
 
     def cmd_exit(self, msg: dict[str, Any]) -> dict[str, Any]:
         if self.runner is not None:

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
                          min_seconds=args.min_seconds, max_seconds=args.max_seconds, rounds=args.rounds,
                          batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
-                         interleave=not args.sequential)
+                         interleave=not args.sequential, metric=args.metric)
     # every device is resolved before anything is loaded or contacted: a typo fails at once
     devices = [make_device(spec, benchmark_model=args.benchmark_model, perf_test=args.perf_test)
                for spec in (args.device or ["local"])]
@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s)")
     p.add_argument("--eval", metavar="DATA", help="evaluation data; with labels y, top-1 accuracy is reported")
+    p.add_argument("--metric", choices=("agreement", "cosine", "sqnr"),
+                   help="how outputs are compared with FP32 (default: per output, agreement for logits, cosine "
+                        "for embeddings and hidden states)")
     p.add_argument("--eval-samples", type=int, metavar="N", help="use at most N evaluation samples (default: all)")
     p.add_argument("--reference", metavar="ART", help="FP32 reference artifact for agreement/SQNR (default: the "
                    "source model in each manifest, e.g. zoo:digits-student run in torch)")
