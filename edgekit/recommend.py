@@ -76,6 +76,7 @@ RULE_SIZE = "size-recall"
 RULE_BUDGET = "max-accuracy-drop"
 RULE_NO_LATENCY = "no-latency"
 RULE_NO_ACCURACY = "no-accuracy"
+RULE_COSINE = "min-cosine"
 SPEEDUP_PER_POINT = 2.0
 SIZE_RECALL_POINTS = 5.0
 
@@ -241,6 +242,8 @@ class Record:
     recall: float | None
     model_bytes: int | None
     eager: bool  # a torch eager run: an FP32 reference, never a candidate for another target
+    #: mean and worst cosine to FP32 (embeddings, hidden states), None when not measured
+    cosine: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ class Judgement:
     ignored: tuple[tuple[str, str], ...]  # (artifact, why it was not a candidate)
     max_accuracy_drop: float | None
     path: tuple[str, ...]
+    min_cosine: float | None = None
 
     @property
     def rejected(self) -> tuple[Verdict, ...]:
@@ -360,8 +364,21 @@ def parse_record(rec: Mapping[str, Any], index: int, source: str) -> Record:
         agreement=_number(rec, "agreement", where, fraction=True),
         recall=_number(rec, "recall", where, fraction=True),
         model_bytes=size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None,
-        eager=eager,
+        eager=eager, cosine=_cosine(rec, where),
     )
+
+
+def _cosine(rec: Mapping[str, Any], where: str) -> tuple[float, float] | None:
+    value = rec.get("cosine")
+    if value is None:
+        return None
+    try:
+        mean, worst = float(value["mean"]), float(value["worst"])
+    except (TypeError, KeyError, ValueError):
+        raise EdgekitError(f"{where}: field 'cosine' must be {{\"mean\": x, \"worst\": y}} (got {value!r})") from None
+    if not (-1.0 - 1e-6 <= worst <= mean <= 1.0 + 1e-6):
+        raise EdgekitError(f"{where}: field 'cosine' must have -1 <= worst <= mean <= 1 (got {value!r})")
+    return mean, worst
 
 
 def _pick_baseline(cand: Record, baselines: Sequence[Record]) -> Record:
@@ -370,7 +387,7 @@ def _pick_baseline(cand: Record, baselines: Sequence[Record]) -> Record:
                                          cand.batch is not None and b.batch != cand.batch, b.index))
 
 
-def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
+def _judge_one(cand: Record, base: Record, max_drop: float | None, min_cosine: float | None = None) -> Verdict:
     speedup = base.p50_ms / cand.p50_ms if cand.p50_ms is not None and base.p50_ms is not None else None
     is_base = cand is base
     if cand.accuracy is not None and base.accuracy is not None:
@@ -380,6 +397,9 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
     elif cand.agreement is not None:
         # the FP32 reference agrees with itself; top-1 agreement is the accuracy proxy without labels
         metric, points = "agreement", 100.0 * (1.0 - cand.agreement)
+    elif cand.cosine is not None:
+        # an embedding has no top-1: its mean cosine to FP32 is the proxy (1 - cosine, in points)
+        metric, points = "cosine", max(0.0, 100.0 * (1.0 - cand.cosine[0]))
     else:
         metric, points = None, None
     size_ratio = (cand.model_bytes / base.model_bytes
@@ -392,7 +412,13 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
     if cand.p50_ms is None:
         return reject(RULE_NO_LATENCY, "no latency_ms measured; cannot compare its speed")
     if points is None or speedup is None:
-        return reject(RULE_NO_ACCURACY, "neither accuracy nor agreement measured; cannot judge its loss")
+        return reject(RULE_NO_ACCURACY, "neither accuracy, agreement nor cosine measured; cannot judge its loss")
+    if min_cosine is not None and not is_base:
+        if cand.cosine is None:
+            return reject(RULE_COSINE, f"no cosine to FP32 measured; --min-cosine is {min_cosine:g}")
+        if cand.cosine[0] < min_cosine - 1e-12:
+            return reject(RULE_COSINE, f"mean cosine to FP32 {cand.cosine[0]:.4f} (worst {cand.cosine[1]:.4f}) is "
+                                       f"below --min-cosine {min_cosine:g}")
     flag = ""
     if cand.precision != "fp32" and speedup < 1.0:
         flag = f"quantized but slower than FP32 ({speedup:.2f}x, p50 {cand.p50_ms:.3g} vs {base.p50_ms:.3g} ms)"
@@ -421,10 +447,17 @@ def _check_drop(max_accuracy_drop: float | None) -> None:
         raise EdgekitError(f"--max-accuracy-drop must be a non-negative number of points (got {max_accuracy_drop:g})")
 
 
+def _check_cosine(min_cosine: float | None) -> None:
+    if min_cosine is not None and not (math.isfinite(min_cosine) and -1.0 <= min_cosine <= 1.0):
+        raise EdgekitError(f"--min-cosine must be within [-1, 1], e.g. 0.99 (got {min_cosine:g})")
+
+
 def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_drop: float | None = None,
-          source: str = "results") -> Judgement:
-    """Apply the accuracy budget to the records measured on `target`; the fastest survivor (p50) wins."""
+          source: str = "results", min_cosine: float | None = None) -> Judgement:
+    """Apply the accuracy budget (and, for embeddings, `min_cosine`) to the records measured on `target`; the
+    fastest survivor (p50) wins."""
     _check_drop(max_accuracy_drop)
+    _check_cosine(min_cosine)
     ignored: list[tuple[str, str]] = []
     parsed = []
     for i, r in enumerate(records):
@@ -461,7 +494,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         found = ", ".join(sorted({r.precision for r in mine}))
         raise EdgekitError(f"{source}: no FP32 baseline for target '{target.name}': need an fp32 record of it with "
                            f"a latency (or a torch eager fp32 record); found precisions {found}")
-    verdicts = [_judge_one(c, _pick_baseline(c, baselines), max_accuracy_drop) for c in mine]
+    verdicts = [_judge_one(c, _pick_baseline(c, baselines), max_accuracy_drop, min_cosine) for c in mine]
     passed = [v for v in verdicts if v.rule is None]
     chosen = min(passed, key=lambda v: (v.p50_ms, v.points_lost or 0.0, v.size_ratio or 1.0), default=None)
     main_base = min(baselines, key=lambda b: (b.eager, b.index))
@@ -478,7 +511,8 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         f"rules: each point lost must buy >= {SPEEDUP_PER_POINT:g}x over FP32; a size reduction may cost at most "
         f"{SIZE_RECALL_POINTS:g} points of recall"
         + (f"; at most {max_accuracy_drop:g} points lost (--max-accuracy-drop)" if max_accuracy_drop is not None
-           else ""),
+           else "")
+        + (f"; mean cosine to FP32 >= {min_cosine:g} (--min-cosine)" if min_cosine is not None else ""),
     ]
     for v in verdicts:
         if v.rule:
@@ -491,7 +525,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
     else:
         path.append("no measured candidate passed -> ship the FP32 export")
     return Judgement(source, main_base.artifact, tuple(verdicts), chosen, tuple(ignored), max_accuracy_drop,
-                     tuple(path))
+                     tuple(path), min_cosine)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -535,19 +569,23 @@ class Recommendation:
             ]
             out["ignored"] = [{"artifact": a, "reason": why} for a, why in j.ignored]
             out["max_accuracy_drop"] = j.max_accuracy_drop
+            out["min_cosine"] = j.min_cosine
         return out
 
 
 def recommend(target: Target, priority: str = "latency", workload: str | None = None,
               max_accuracy_drop: float | None = None, results: Sequence[Mapping[str, Any]] | None = None,
-              source: str = "results") -> Recommendation:
+              source: str = "results", min_cosine: float | None = None) -> Recommendation:
     """The tree's answer, overridden by measurements when `results` (bench records) are given: a measured
     accuracy loss outranks the tree's general expectation for a device class."""
     tree = decide(target, priority, workload)
     _check_drop(max_accuracy_drop)
+    _check_cosine(min_cosine)
+    if min_cosine is not None and results is None:
+        raise EdgekitError("--min-cosine judges measured artifacts: pass --results bench.json too")
     if results is None:
         return Recommendation(target.name, priority, tree, tree.precision, tree.techniques, tree.path)
-    j = judge(results, target, max_accuracy_drop, source)
+    j = judge(results, target, max_accuracy_drop, source, min_cosine)
     precision = j.chosen.precision if j.chosen is not None else "fp32"
     path = [*tree.path, *j.path]
     techniques = tree.techniques

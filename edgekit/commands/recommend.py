@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     records = load_results(args.results) if args.results else None
     rec = recommend(target, priority=args.priority, workload=args.workload,
-                    max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results")
+                    max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results",
+                    min_cosine=args.min_cosine)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "batch for servers)")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
                    help="most accuracy points (percentage points) a candidate may lose against FP32")
+    p.add_argument("--min-cosine", type=float, metavar="C",
+                   help="embeddings/hidden states: reject artifacts whose mean cosine to FP32 is below C (e.g. 0.99)")
     p.add_argument("--results", metavar="FILE", help="bench JSON: a list of records, or {\"records\": [...]}")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
