@@ -8,6 +8,7 @@ outputs between exports of the same model, so exporting to many targets calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,10 @@ from edgekit.targets import Target, load_target
 
 _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow", "ai-edge-litert", "onnx2tf",
               "torchao", "tensorrt")
+
+
+#: at most this many samples of a model with token inputs go through range calibration (see ExportPipeline.ranges)
+TOKEN_RANGE_SAMPLES = 32
 
 
 def tool_versions() -> dict[str, str]:
@@ -110,6 +115,14 @@ class ExportPipeline:
 
     def ranges(self, cset: CalibrationSet, method: str, options: dict[str, Any]) -> Ranges:
         key = (cset.sha256, method, repr(sorted(options.items())))
+        if key not in self._ranges and not self.src.single_float and cset.count > TOKEN_RANGE_SAMPLES:
+            # every activation of every sample is held while ranges are reduced: for a transformer at 128
+            # tokens that is tens of MB per sample, so its shared ranges come from a seeded subset
+            idx = np.sort(np.random.default_rng(0).permutation(cset.count)[:TOKEN_RANGE_SAMPLES])
+            named = {k: v[idx] for k, v in (cset.named or {}).items()}
+            cset = dataclasses.replace(cset, x=cset.x[idx], y=None if cset.y is None else cset.y[idx], named=named,
+                                       selection=f"{TOKEN_RANGE_SAMPLES} of {cset.count} (seeded, for ranges)")
+            key = (cset.sha256, method, repr(sorted(options.items())))
         if key not in self._ranges:
             self.log(f"calibrating: {method} ranges from {cset.count} samples of {cset.source}")
             self._ranges[key] = compute_ranges(self.prepared(), cset, method, options)
@@ -147,8 +160,9 @@ class ExportPipeline:
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
         needs_data = precision in exporter.needs_calibration
-        # models with named (token) inputs calibrate inside their quantizer, from the named feeds
-        needs_ranges = precision in exporter.uses_ranges and self.src.single_float
+        # models with token inputs calibrate inside ONNX Runtime's transformer quantizer, from the named feeds
+        needs_ranges = precision in exporter.uses_ranges and (self.src.single_float
+                                                              or not exporter.calibrates_token_models)
         method, method_opts = resolve_method(calib_method, calib_options)
 
         cset = self._calibration(calib, calib_samples)

@@ -133,21 +133,31 @@ class AscendExporter(Exporter):
         onnx.save(model, str(out))
         inputs, outputs, opset = describe(model, request.target.input_layout)
         shapes = []
+        # atc compiles static shapes: a named axis beyond the batch (a transformer's sequence) takes the size
+        # the model was exported for
+        examples = {s.name: s.example for s in (request.source.inputs if request.source is not None else [])}
         for spec in inputs:
-            dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(spec.shape)]
+            dims = [batch if i == 0 and not isinstance(d, int)
+                    else examples.get(spec.name, {}).get(str(d), d) if isinstance(d, str) else d
+                    for i, d in enumerate(spec.shape)]
             if not all(isinstance(d, int) for d in dims):
                 raise EdgekitError(f"atc needs static input shapes; input '{spec.name}' has dynamic dims {spec.shape} "
                                    "beyond the batch")
             shapes.append((spec.name, dims))
         args = [f"--model={MODEL_FILE}", "--framework=5", f"--output={Path(OM_FILE).stem}", f"--soc_version={soc}",
                 "--input_shape=" + ";".join(f"{n}:{','.join(map(str, d))}" for n, d in shapes),
-                f"--input_format={request.target.input_layout}", f"--precision_mode={PRECISION_MODES[precision]}"]
+                f"--input_format={request.target.input_layout if all(len(d) == 4 for _, d in shapes) else 'ND'}",
+                f"--precision_mode={PRECISION_MODES[precision]}"]
         details: dict[str, Any] = {"precision": precision, "precision_mode": PRECISION_MODES[precision],
                                    "soc_version": soc, "opset": opset, "onnx": MODEL_FILE,
                                    "input_shape": {n: d for n, d in shapes}}
         if converted_from is not None:
             details["opset_converted_from"] = converted_from
-        if opts.get("aipp", False):
+        image_input = len(inputs) == 1 and len(shapes[0][1]) == 4 and inputs[0].dtype.startswith("float")
+        if opts.get("aipp", False) and not image_input and "aipp" not in self.options:
+            # the target profile's AIPP default is for cameras; a text model's token ids skip it
+            details["aipp"] = {"skipped": "the model has no 4-D float image input (AIPP preprocesses images)"}
+        elif opts.get("aipp", False):
             text, aipp = aipp_config(shapes[0][1], request.target.input_layout, opts)
             (request.out_dir / AIPP_FILE).write_text(text)
             args.append(f"--insert_op_conf={AIPP_FILE}")

@@ -74,6 +74,9 @@ class Exporter(abc.ABC):
     needs_calibration: tuple[str, ...] = ()
     #: precisions that also need the shared activation ranges computed by edgekit (a subset of the above)
     uses_ranges: tuple[str, ...] = ()
+    #: True when a model with token inputs (a transformer) is quantized by the exporter's own calibration from
+    #: the named feeds, so the pipeline computes no shared ranges for it
+    calibrates_token_models: bool = False
     #: keyword options the constructor accepts (`edgekit export --backend-option KEY=VALUE`)
     option_names: tuple[str, ...] = ()
 

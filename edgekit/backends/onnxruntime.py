@@ -184,6 +184,7 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
 class OrtExporter(Exporter):
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
+    calibrates_token_models = True
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx

@@ -21,6 +21,7 @@ from edgekit.errors import EdgekitError
 class OrtMobileExporter(Exporter):
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
+    calibrates_token_models = True
 
     def export(self, request: ExportRequest) -> ExportResult:
         options = request.target.backend_options

@@ -77,10 +77,11 @@ class TfliteExporter(Exporter):
         per_channel = bool(options.get("per_channel", True))
         xnnpack = bool(options.get("xnnpack", True))
         onnx_inputs = request.onnx.inputs
-        if len(onnx_inputs) != 1:
-            names = ", ".join(t.name for t in onnx_inputs)
-            raise EdgekitError(f"the tflite backend exports models with one input; this one has {len(onnx_inputs)} "
-                               f"({names}): export it with --backend onnxruntime or wrap it to take one tensor")
+        if len(onnx_inputs) != 1 or not onnx_inputs[0].dtype.startswith("float"):
+            names = ", ".join(f"{t.name} ({t.dtype})" for t in onnx_inputs)
+            raise EdgekitError(f"the tflite backend converts models with one float input; this one takes {names}: "
+                               "edgekit's onnx2tf path has no per-input layout handling nor integer/token inputs "
+                               "yet; export it for android-ort-mobile (ONNX Runtime on the phone) instead")
         source_in = onnx_inputs[0]
         calibration = None
         if precision == "int8":
