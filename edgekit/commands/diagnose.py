@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         calib = args.calib or ("zoo:digits" if pipeline.src.spec.startswith("zoo:digits") else None)
         if calib is None:
             raise EdgekitError("diagnose needs calibration data: pass --calib DATA")
+        if not pipeline.src.single_float:
+            names = ", ".join(f"{s.name} ({s.dtype})" for s in pipeline.src.inputs)
+            raise EdgekitError(f"diagnose ranks the int8 layers of models with one float input; {args.source} takes "
+                               f"{names}: compare its exports with `edgekit bench` (cosine per output) instead")
         cset = load_data(calib, max_samples=args.calib_samples)
         from edgekit.quant.calibrate import check_matches
 
