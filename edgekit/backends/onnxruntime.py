@@ -159,6 +159,8 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
     if precision == "int4-weight":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        # the quantizer logs one INFO line per node it skips, on its own handler
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
         block = int(options.get("block_size", 32))
         symmetric = bool(options.get("int4_symmetric", True))
         quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
