@@ -196,7 +196,8 @@ def _from_onnx(path: Path, input_shape: tuple[int, ...] | None,
         d is not None and d != s for d, s in zip(declared[1:], input_shape[1:], strict=False)
     ):
         raise EdgekitError(f"--input-shape {input_shape} does not match {path}'s input of shape {declared}")
-    return SourceModel("onnx", path.stem, str(path), input_shape, onnx_path=path)
+    return SourceModel("onnx", path.stem, str(path), input_shape, onnx_path=path,
+                       inputs=[image_input(input_shape, graph_inputs[0].name)])
 
 
 _ONNX_ELEM = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
