@@ -107,11 +107,25 @@ def _from_factory(spec: str, input_shape: tuple[int, ...] | None,
                   input_spec: list[InputSpec] | None = None) -> SourceModel:
     module = call_factory(spec)
     if input_spec:
-        return SourceModel("torch", spec.split(":")[-1], spec, (), module=module.eval(), inputs=input_spec)
+        return SourceModel("torch", spec.split(":")[-1], spec, (), module=module.eval(),
+                           inputs=torch_vocab(module, list(input_spec)))
     if input_shape is None:
         raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224) or --input-spec "
                            "(e.g. input_ids:int64:1x128,attention_mask:int64:1x128)")
     return SourceModel("torch", spec.split(":")[-1], spec, input_shape, module=module.eval())
+
+
+def torch_vocab(module: Any, specs: list[InputSpec]) -> list[InputSpec]:
+    """Token-id inputs of a torch model take the vocabulary of its largest nn.Embedding (the word table), so
+    random ids stay inside it and out-of-vocabulary data is refused."""
+    import torch
+
+    from edgekit.io import with_vocab
+
+    if not any(s.kind == "token_ids" and s.vocab_size is None for s in specs):
+        return specs
+    sizes = [m.num_embeddings for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+    return with_vocab(specs, max(sizes)) if sizes else specs
 
 
 def _from_hf(spec: str, input_spec: list[InputSpec] | None, task: str | None) -> SourceModel:
@@ -276,7 +290,7 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None, *,
         if isinstance(spec, torch.nn.Module):
             if input_spec:
                 return SourceModel("torch", type(spec).__name__, type(spec).__name__, (), module=spec.eval(),
-                                   inputs=list(input_spec))
+                                   inputs=torch_vocab(spec, list(input_spec)))
             if input_shape is None:
                 raise EdgekitError("an nn.Module needs input_shape, e.g. (1, 3, 224, 224)")
             return SourceModel("torch", type(spec).__name__, type(spec).__name__, input_shape, module=spec.eval())

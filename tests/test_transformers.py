@@ -55,6 +55,35 @@ def test_input_spec_parsing_and_valid_random_feeds():
     assert check_feeds(feeds, specs, "x")["input_ids"].dtype == np.int64
 
 
+def test_module_with_token_inputs_exports_with_dynamic_sequence(tmp_path):
+    """A plain nn.Module taking (ids, mask): --input-spec with --dynamic sequence gives an ONNX graph whose
+    sequence axis is dynamic (it runs at a shorter length than exported) and logits checked by agreement."""
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.export import export_model
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, ids, mask):
+            h = self.emb(ids) * mask.unsqueeze(-1).float()
+            return self.head(h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).float())
+
+    torch.manual_seed(0)
+    art = export_model(Tagger(), "x86-server-cpu", "fp32", input_spec="ids:int64:1x16,mask:int64:1x16",
+                       dynamic=("sequence",), out=tmp_path / "tagger")
+    m = art.manifest
+    assert m["verification"]["agreement"] == 1.0 and m["verification"]["data"].startswith("random valid inputs")
+    assert [i["shape"] for i in m["inputs"]] == [["batch", "sequence"]] * 2
+    sess = ort.InferenceSession(str(art.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"ids": np.ones((3, 5), np.int64), "mask": np.ones((3, 5), np.int64)})[0]
+    assert out.shape == (3, 3)
+
+
 def test_tiny_bert_x86_fp32_int8_bench_and_min_cosine(tiny_bert, tmp_path):
     from edgekit.bench.harness import BenchConfig, run_bench
     from edgekit.export import ExportPipeline
