@@ -141,16 +141,22 @@ def attention_matmuls(model) -> list[str]:
 
 
 def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, precision: str,
-                               options: dict[str, Any]) -> dict[str, Any]:
+                               options: dict[str, Any], transformer_options: dict[str, Any] | None = None
+                               ) -> dict[str, Any]:
     """int8 / dynamic-int8 / int4-weight of a transformer graph: edgekit.quant.transformer's quantizer when it
     is installed, else ONNX Runtime's dynamic int8 of the weight MatMuls and embedding Gathers with the
     attention MatMuls kept float (int4: MatMulNBits)."""
     try:
-        from edgekit.quant.transformer import quantize_transformer
+        from edgekit.quant import transformer as tq
     except ImportError:
-        quantize_transformer = None
-    if quantize_transformer is not None:
-        report = quantize_transformer(src, dest, precision, calibration_feeds(request), dict(options))
+        tq = None
+    if tq is not None:
+        # the target's ONNX Runtime options the transformer quantizer shares (per_channel, block_size, ...),
+        # plus what the user passed as --backend-option transformer='{"static": true, ...}'
+        names = set(getattr(tq, "OPTION_NAMES", ()))
+        chosen = {k: v for k, v in options.items() if k in names}
+        chosen.update(transformer_options)
+        report = tq.quantize_transformer(src, dest, precision, calibration_feeds(request), chosen)
         return {"quantizer": "edgekit.quant.transformer", **(report or {})}
     import onnx
 
@@ -161,8 +167,9 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
 
         # the quantizer logs one INFO line per node it skips, on its own handler
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
-        block = int(options.get("block_size", 32))
-        symmetric = bool(options.get("int4_symmetric", True))
+        opts = {**options, **(transformer_options or {})}
+        block = int(opts.get("block_size", 32))
+        symmetric = bool(opts.get("symmetric", False))
         quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
                                      op_types_to_quantize=("MatMul", "Gather"),
                                      quant_axes=(("MatMul", 0), ("Gather", 1)))
@@ -187,6 +194,8 @@ class OrtExporter(Exporter):
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
     calibrates_token_models = True
+    #: `transformer`: options for the transformer quantizer, as JSON (e.g. {"static": true, "smoothing": true})
+    option_names = ("transformer",)
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx
@@ -198,7 +207,12 @@ class OrtExporter(Exporter):
         if request.onnx.quantization is None and (request.precision == "int4-weight" or (
                 request.precision != "fp32" and has_token_inputs(request))):
             source = request.prepared or request.onnx.path
-            details["quantization"] = quantize_transformer_graph(request, source, out, request.precision, options)
+            extra = self.options.get("transformer") or {}
+            if not isinstance(extra, dict):
+                raise EdgekitError("backend option 'transformer' takes a JSON object, e.g. "
+                                   "transformer='{\"static\": true}'")
+            details["quantization"] = quantize_transformer_graph(request, source, out, request.precision, options,
+                                                                 extra)
             if request.precision == "int4-weight":
                 details["quantization"]["weight_bits"] = 4
         elif request.precision == "fp32":

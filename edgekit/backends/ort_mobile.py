@@ -22,6 +22,7 @@ class OrtMobileExporter(Exporter):
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
     calibrates_token_models = True
+    option_names = OrtExporter.option_names
 
     def export(self, request: ExportRequest) -> ExportResult:
         options = request.target.backend_options
@@ -39,7 +40,7 @@ class OrtMobileExporter(Exporter):
             onnx_dir = Path(tmp) / "onnx"
             onnx_dir.mkdir()
             staged = dataclasses.replace(request, out_dir=onnx_dir)
-            onnx_result = OrtExporter().export(staged)
+            onnx_result = OrtExporter(**self.options).export(staged)
             cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
                    str(onnx_dir / onnx_result.model_file), "--output_dir", str(request.out_dir),
                    "--optimization_style", style, "--target_platform", platform]
