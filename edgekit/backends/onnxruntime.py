@@ -168,7 +168,9 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
         # the quantizer logs one INFO line per node it skips, on its own handler
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
         opts = {**options, **(transformer_options or {})}
-        block = int(opts.get("block_size", 32))
+        # all-MiniLM-L6-v2, held-out sentences, asymmetric MatMul+Gather: block 32 cosine 0.974 at 16% of the
+        # FP32 file, block 16 0.982 at 20%
+        block = int(opts.get("block_size", 16))
         symmetric = bool(opts.get("symmetric", False))
         quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
                                      op_types_to_quantize=("MatMul", "Gather"),
