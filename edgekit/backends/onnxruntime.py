@@ -172,11 +172,16 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
         # FP32 file, block 16 0.982 at 20%
         block = int(opts.get("block_size", 16))
         symmetric = bool(opts.get("symmetric", False))
-        quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
-                                     op_types_to_quantize=("MatMul", "Gather"),
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
-        quant.process()
-        quant.model.save_model_to_file(str(dest), use_external_data_format=False)
+        import contextlib
+
+        dest = dest.resolve()
+        # the quantizer leaves a UUID-named external-data file in the working directory: give it a scratch one
+        with tempfile.TemporaryDirectory(prefix="edgekit-int4-") as tmp, contextlib.chdir(tmp):
+            quant = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric,
+                                         op_types_to_quantize=("MatMul", "Gather"),
+                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
+            quant.process()
+            quant.model.save_model_to_file(str(dest), use_external_data_format=False)
         return {"format": "MatMulNBits int4 weights (+ GatherBlockQuantized embeddings)", "block_size": block,
                 "symmetric": symmetric, "quantizer": "onnxruntime MatMulNBitsQuantizer"}
     from onnxruntime.quantization import QuantType, quantize_dynamic
