@@ -102,15 +102,12 @@ def _from_zoo(spec: str) -> SourceModel:
 
 
 def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
-    import torch
-
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
-        import torch.ao.quantization.fx._decomposed
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as exc:
-        raise EdgekitError(f"cannot load {path} as a torch.export .pt2 program: {type(exc).__name__}") from None
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+    from edgekit.safe_load import load_exported_program
+
+    ep = load_exported_program(path)  # refuses archives whose pickles could run code
     if input_shape is None:
         args = ep.example_inputs[0] if ep.example_inputs else ()
         if len(args) != 1 or not hasattr(args[0], "shape"):

@@ -1,0 +1,156 @@
+"""Trust boundaries: checkpoints, exported programs and artifacts received from others are data, never code.
+
+Each crafted file carries a real payload (a pickle whose `__reduce__` creates a marker file, or a manifest
+that names code to import); every test first shows the payload works where it is not guarded against, so a
+test that passes proves the guard, not a broken payload.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.errors import EdgekitError
+
+
+class Payload:
+    """Unpickling this creates `marker`: stands for any code an attacker wants run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _one_line_refusal(r, marker: Path) -> None:
+    assert r.rc == 2, (r.rc, r.err)
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "could run code" in r.err or "refused" in r.err, r.err
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.fixture(scope="module")
+def real_pt2(tmp_path_factory) -> Path:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    path = tmp_path_factory.mktemp("pt2") / "real.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 8, 8),)), str(path))
+    return path
+
+
+def _rewrite_zip(src: Path, dst: Path, mutate) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, mutate(info.filename, zin.read(info.filename)))
+    return dst
+
+
+def crafted_pt2(real: Path, dst: Path, marker: Path, where: str) -> Path:
+    """A real .pt2 with a payload in its sample inputs (torch retries them with weights_only=False) or in a
+    weight declared as pickled (torch loads those with weights_only=False)."""
+    def mutate(name: str, data: bytes) -> bytes:
+        if where == "sample_inputs" and name.endswith("data/sample_inputs/model.pt"):
+            return _torch_bytes((Payload(marker),))
+        if where == "weight" and name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(config).encode()
+        if where == "weight" and name.endswith("data/weights/weight_0"):
+            return _torch_bytes(Payload(marker))
+        return data
+    return _rewrite_zip(real, dst, mutate)
+
+
+# -- the payloads are real ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["sample_inputs", "weight"])
+def test_crafted_pt2_runs_code_in_plain_torch_export_load(tmp_path, real_pt2, where):
+    """Why the .pt2 check exists: torch 2.13's own loader runs the payload."""
+    marker = tmp_path / "ran"
+    evil = crafted_pt2(real_pt2, tmp_path / "evil.pt2", marker, where)
+    try:
+        torch.export.load(str(evil))
+    except Exception:  # the weight variant fails after the payload ran; that is the point
+        pass
+    assert marker.exists()
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+def test_distill_resume_refuses_a_crafted_checkpoint(tmp_path, cli):
+    from edgekit.train.distill.trainer import CHECKPOINT_VERSION
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "ran"
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(_torch_bytes({"version": CHECKPOINT_VERSION, "fingerprint": {}, "student": Payload(marker)}))
+    r = cli("distill", "--epochs", 1, "--no-progress", "--resume", "--out", out)
+    _one_line_refusal(r, marker)
+    assert "checkpoint" in r.err and str(ckpt) in r.err
+    torch.load(ckpt, weights_only=False)  # the same file, read as before: the payload is real
+    assert marker.exists()
+
+
+def test_student_weights_refuse_a_crafted_file(tmp_path, cli):
+    marker = tmp_path / "ran"
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(_torch_bytes({"fc.weight": Payload(marker)}))
+    r = cli("distill", "--epochs", 1, "--no-progress", "--student-weights", weights, "--out", tmp_path / "run")
+    _one_line_refusal(r, marker)
+
+
+def test_load_torch_file_reads_state_dicts(tmp_path):
+    from edgekit.safe_load import load_torch_file
+
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.ones(2), "meta": {"epoch": 3, "history": [1.0, 2.0]}}, path)
+    state = load_torch_file(path, "weights")
+    assert state["meta"]["epoch"] == 3 and torch.equal(state["w"], torch.ones(2))
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(EdgekitError, match="not a readable torch file"):
+        load_torch_file(tmp_path / "junk.pt", "weights")
+
+
+# -- exported programs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["sample_inputs", "weight"])
+def test_export_refuses_a_crafted_pt2(tmp_path, cli, real_pt2, where):
+    marker = tmp_path / "ran"
+    evil = crafted_pt2(real_pt2, tmp_path / "evil.pt2", marker, where)
+    r = cli("export", evil, "--target", "x86-server-cpu", "--out", tmp_path / "art")
+    _one_line_refusal(r, marker)
+    assert not (tmp_path / "art").exists()
+
+
+def test_distill_teacher_refuses_a_crafted_pt2(tmp_path, cli, real_pt2):
+    marker = tmp_path / "ran"
+    evil = crafted_pt2(real_pt2, tmp_path / "teacher.pt2", marker, "sample_inputs")
+    r = cli("distill", "--teacher", evil, "--epochs", 1, "--no-progress", "--out", tmp_path / "run")
+    _one_line_refusal(r, marker)
+
+
+def test_real_pt2_still_loads_and_garbage_is_one_line(tmp_path, real_pt2):
+    from edgekit.safe_load import load_exported_program
+
+    assert load_exported_program(real_pt2).module()(torch.randn(1, 3, 8, 8)).shape == (1, 10)
+    garbage = tmp_path / "garbage.pt2"
+    with zipfile.ZipFile(garbage, "w") as z:
+        z.writestr("m/data/sample_inputs/model.pt", b"\x80\x04garbage")
+        z.writestr("m/models/model.json", b"{}")
+    with pytest.raises(EdgekitError) as info:
+        load_exported_program(garbage)
+    assert "\n" not in str(info.value)
+    (tmp_path / "text.pt2").write_text("hello")
+    with pytest.raises(EdgekitError, match="not a torch.export archive"):
+        load_exported_program(tmp_path / "text.pt2")
