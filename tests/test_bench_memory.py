@@ -4,6 +4,7 @@ are really used (MatMul inputs), so their size is known exactly."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +146,17 @@ def test_reference_artifact_and_sequential_mode(mlps):
 
 
 def test_missing_source_model_falls_back_to_an_fp32_artifact(tmp_path):
-    """The manifest names a source model that is gone from this machine: the run's fp32 artifact serves."""
+    """The manifest names a source model that is gone from this machine: another fp32 artifact of it in the
+    run serves (never the artifact itself: agreeing with itself would say nothing)."""
     mlp_onnx(tmp_path / "gone.onnx", 32)
     art = export_fp32(tmp_path / "gone.onnx", tmp_path / "art-gone")
     (tmp_path / "gone.onnx").unlink()
-    result = run_bench([art], QUICK)
+    alone = run_bench([art], QUICK).records[0]
+    assert alone["agreement"] is None and "no fp32 artifact of it" in alone["eval"]["reference"]
+    twin = tmp_path / "art-gone-twin"
+    shutil.copytree(art, twin)
+    result = run_bench([art, twin], QUICK)
     assert result.ok, result.failures
     rec = result.records[0]
     assert rec["agreement"] == 1.0 and "source model not loadable here" in rec["eval"]["reference"]
+    assert str(twin) in rec["eval"]["reference"]

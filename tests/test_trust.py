@@ -7,6 +7,7 @@ test that passes proves the guard, not a broken payload.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -80,10 +81,8 @@ def test_crafted_pt2_runs_code_in_plain_torch_export_load(tmp_path, real_pt2, wh
     """Why the .pt2 check exists: torch 2.13's own loader runs the payload."""
     marker = tmp_path / "ran"
     evil = crafted_pt2(real_pt2, tmp_path / "evil.pt2", marker, where)
-    try:
+    with contextlib.suppress(Exception):  # the weight variant fails after the payload ran; that is the point
         torch.export.load(str(evil))
-    except Exception:  # the weight variant fails after the payload ran; that is the point
-        pass
     assert marker.exists()
 
 
@@ -152,5 +151,87 @@ def test_real_pt2_still_loads_and_garbage_is_one_line(tmp_path, real_pt2):
         load_exported_program(garbage)
     assert "\n" not in str(info.value)
     (tmp_path / "text.pt2").write_text("hello")
-    with pytest.raises(EdgekitError, match="not a torch.export archive"):
+    with pytest.raises(EdgekitError, match=r"not a torch\.export archive"):
         load_exported_program(tmp_path / "text.pt2")
+
+
+# -- bench never runs a manifest's code ---------------------------------------------------------------------
+QUICK_BENCH = ["--iters", "5", "--min-seconds", "0.02", "--warmup-seconds", "0", "--rounds", "1", "--no-progress",
+               "--eval-samples", "32"]
+
+
+@pytest.fixture(scope="module")
+def digits_fp32(tmp_path_factory) -> Path:
+    from edgekit.export import ExportPipeline
+
+    out = tmp_path_factory.mktemp("art") / "digits-fp32"
+    with ExportPipeline("zoo:digits-student") as pipeline:
+        return pipeline.export("x86-server-cpu", "fp32", out=out).path
+
+
+def _with_source(art: Path, dst: Path, source: str) -> Path:
+    """A copy of a real artifact whose manifest names `source` as its model (the manifest is not hashed)."""
+    import shutil
+
+    shutil.copytree(art, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["model"]["source"] = source
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def _helper(folder: Path, marker: Path) -> None:
+    (folder / "helper.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "def make():\n"
+        "    import torch\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))\n")
+
+
+def test_bench_runs_no_code_a_manifest_names(tmp_path, digits_fp32):
+    """helper:make with helper.py beside the artifacts (in the working directory), sys:exit and os:abort:
+    bench imports none of them, measures all three and exits 0 with the table, agreement empty, said once."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    _helper(tmp_path, marker)
+    arts = [_with_source(digits_fp32, tmp_path / name, source)
+            for name, source in (("a-helper", "helper:make"), ("a-exit", "sys:exit"), ("a-abort", "os:abort"))]
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "bench", *map(str, arts), *QUICK_BENCH,
+                           "--json", str(tmp_path / "r.json")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists(), "bench imported helper.py"
+    assert "a-helper" in proc.stdout and "agreement" in proc.stdout
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert all(r["agreement"] is None for r in records)
+    assert "is code" in records[0]["eval"]["reference"]
+    hints = [line for line in proc.stderr.splitlines() if "--trust-model-source" in line]
+    assert len(hints) == 1 and "--reference" in hints[0], proc.stderr
+
+    # the same helper, imported as the manifest asks: the marker appears (the payload is real)
+    r2 = subprocess.run([sys.executable, "-c", "import helper"], cwd=tmp_path, timeout=60)
+    assert r2.returncode == 0 and marker.exists()
+
+
+def test_bench_reference_and_trust_flag(tmp_path, digits_fp32, cli, monkeypatch):
+    """--reference MODEL gives agreement without touching the manifest's source; --trust-model-source
+    imports it, and says so on stderr."""
+    marker = tmp_path / "ran"
+    _helper(tmp_path, marker)
+    art = _with_source(digits_fp32, tmp_path / "a-helper", "helper:make")
+    r = cli("bench", art, *QUICK_BENCH, "--reference", "zoo:digits-student", "--json", tmp_path / "r.json",
+            cwd=tmp_path)
+    assert r.rc == 0, r.err
+    rec = json.loads((tmp_path / "r.json").read_text())[0]
+    assert rec["agreement"] == 1.0 and rec["eval"]["reference"] == "reference model zoo:digits-student"
+    assert not marker.exists()
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = cli("bench", art, *QUICK_BENCH, "--trust-model-source", "--json", tmp_path / "t.json", cwd=tmp_path)
+    assert r.rc == 0, r.err
+    assert marker.exists() and "--trust-model-source: importing 'helper:make'" in r.err
+    rec = json.loads((tmp_path / "t.json").read_text())[0]
+    assert rec["agreement"] is not None and "FP32 source model helper:make" in rec["eval"]["reference"]

@@ -206,9 +206,9 @@ class AdbDevice(Device):
 
     def bench(self, artifacts: Sequence[str | Path], config: Any, *, eval_data: str | None = None,
               reference: str | Path | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> Any:
+              log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> Any:
         """Measure each artifact with its tool (.tflite: benchmark_model, .ort: onnxruntime_perf_test); one
-        record per artifact (its own batch)."""
+        record per artifact (its own batch). No outputs come back, so no reference is built."""
         from edgekit.bench.harness import BenchConfig, BenchResult
 
         log = log or (lambda _m: None)
