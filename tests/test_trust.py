@@ -235,3 +235,114 @@ def test_bench_reference_and_trust_flag(tmp_path, digits_fp32, cli, monkeypatch)
     assert marker.exists() and "--trust-model-source: importing 'helper:make'" in r.err
     rec = json.loads((tmp_path / "t.json").read_text())[0]
     assert rec["agreement"] is not None and "FP32 source model helper:make" in rec["eval"]["reference"]
+
+
+# -- manifests: plain names inside the folder, model_file hashed, locally, over ssh and on the device --------
+def _edit_manifest(art: Path, edit) -> Path:
+    manifest = json.loads((art / "manifest.json").read_text())
+    edit(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+def _hash(path: Path) -> dict:
+    import hashlib
+
+    data = path.read_bytes()
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def crafted_artifacts(digits_fp32: Path, root: Path) -> dict[str, Path]:
+    """Real artifacts, each with one trust violation whose hashes are right (only the path is wrong)."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    secret = root / "secret.txt"
+    secret.write_text("not part of any artifact\n")
+    outside_model = root / "outside.onnx"
+    shutil.copy(digits_fp32 / "model.onnx", outside_model)
+    arts = {name: shutil.copytree(digits_fp32, root / name) for name in
+            ("escaping-entry", "absolute-model", "unlisted-model", "symlink-out")}
+    depth = "../" * len(arts["escaping-entry"].resolve().parts)
+    _edit_manifest(arts["escaping-entry"], lambda m: m["files"].update({f"{depth}{secret.resolve()}"[1:]:
+                                                                         _hash(secret)}))
+    _edit_manifest(arts["absolute-model"], lambda m: (m["files"].update({str(outside_model): _hash(outside_model)}),
+                                                      m.update(model_file=str(outside_model))))
+    (arts["unlisted-model"] / "other.onnx").write_bytes(outside_model.read_bytes())
+    _edit_manifest(arts["unlisted-model"], lambda m: m.update(model_file="other.onnx"))
+    (arts["symlink-out"] / "model.onnx").unlink()
+    (arts["symlink-out"] / "model.onnx").symlink_to(outside_model)
+    return arts
+
+
+def test_crafted_artifacts_are_refused_locally_with_one_line(tmp_path, digits_fp32, cli):
+    from edgekit.artifact import load_artifact
+
+    arts = crafted_artifacts(digits_fp32, tmp_path)
+    expect = {"escaping-entry": "plain relative file name", "absolute-model": "plain relative file name",
+              "unlisted-model": "must be one of the hashed files", "symlink-out": "outside the artifact folder"}
+    for name, art in arts.items():
+        with pytest.raises(EdgekitError, match=expect[name]) as info:
+            load_artifact(art)
+        assert len(str(info.value).splitlines()) == 1
+    # bench measures the good artifact and refuses each crafted one by name, exit 2
+    r = cli("bench", digits_fp32, *arts.values(), *QUICK_BENCH, "--json", tmp_path / "r.json")
+    assert r.rc == 2 and "4 of 5 artifact(s) could not be measured" in r.err, r.err
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [rec["status"] for rec in records] == ["ok"] + ["error"] * 4
+    for rec in records[1:]:
+        assert expect[Path(rec["artifact"]).name] in rec["error"]
+
+
+def test_ssh_stage_refuses_crafted_artifacts_before_sending(tmp_path, digits_fp32):
+    """The ssh device runs the same checks before anything leaves this machine (no connection needed to
+    show it: a run that reached the transfer would fail on the missing host instead)."""
+    from edgekit.bench.ssh import SshDevice
+
+    device = SshDevice("nobody@127.0.0.1:1")
+    device.remote_dir = "/nonexistent/edgekit-bench.x"  # as if connected; any transfer would fail loudly
+    sent: list[str] = []
+    device._push = lambda files, *a, **k: sent.append([n for n, _, _ in files]) or {}
+    for art in crafted_artifacts(digits_fp32, tmp_path).values():
+        with pytest.raises(EdgekitError) as info:
+            device.stage(art)
+        assert len(str(info.value).splitlines()) == 1
+    assert sent == []
+    device.stage(digits_fp32)
+    assert sent == [["manifest.json", "model.onnx"]]
+
+
+def test_device_receiver_refuses_names_leaving_its_folder(tmp_path):
+    """The receiver script ssh runs on the board: a name leaving dest is refused there, nothing written."""
+    import subprocess
+    import sys
+
+    from edgekit.bench.ssh import RECEIVER
+
+    dest = tmp_path / "dest"
+    for name in ("../escaped.txt", "/tmp/abs.txt", "a/../../escaped.txt", "..\\escaped.txt", "ok/../x"):
+        head = {"dest": str(dest), "files": [{"name": name, "bytes": 3}], "modules": []}
+        proc = subprocess.run([sys.executable, "-c", RECEIVER], input=json.dumps(head).encode() + b"\nabc",
+                              capture_output=True, timeout=60)
+        reply = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        assert reply["ok"] is False and "refused file name" in reply["error"], reply
+    assert not (tmp_path / "escaped.txt").exists() and list(dest.iterdir()) == []
+    head = {"dest": str(dest), "files": [{"name": "sub/fine.bin", "bytes": 3}], "modules": []}
+    proc = subprocess.run([sys.executable, "-c", RECEIVER], input=json.dumps(head).encode() + b"\nabc",
+                          capture_output=True, timeout=60)
+    assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["ok"] is True
+    assert (dest / "sub" / "fine.bin").read_bytes() == b"abc"
+
+
+def test_device_worker_refuses_crafted_artifacts(tmp_path, digits_fp32):
+    """The worker (what ssh runs on the board) checks the artifact again after the transfer."""
+    import subprocess
+    import sys
+
+    arts = crafted_artifacts(digits_fp32, tmp_path)
+    lines = [json.dumps({"cmd": "load", "artifact": str(a), "batch": 1}) for a in arts.values()]
+    proc = subprocess.run([sys.executable, "-m", "edgekit.bench.worker"], capture_output=True, text=True,
+                          input="\n".join([*lines, json.dumps({"cmd": "exit"})]) + "\n", timeout=120)
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["ok"] for r in replies] == [False] * 4 + [True], proc.stdout
+    assert all(r["user_error"] for r in replies[:4])
