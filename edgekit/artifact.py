@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     """Yield a private folder beside `out`; on success it replaces `out`, on any error it is removed."""
     check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from edgekit.rundir import sweep
+
+    # a run killed here (SIGKILL) left its staging folder; it is gone with its PID, so remove it now
+    sweep(None, [out], log=lambda m: print(m, file=sys.stderr))
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
