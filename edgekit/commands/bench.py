@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edgekit.commands import DATA_HELP, log
 
@@ -43,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         log(f"bench: device {r.device.name}: error: {r.error}")
     records = multi.all_records(runs, args.artifacts)
-    print(report.table(records, baseline=args.baseline or args.reference))
+    # a --reference artifact is also the speed-up baseline; a reference model (not measured) cannot be
+    reference_art = args.reference if args.reference and (Path(args.reference) / "manifest.json").is_file() else None
+    baseline = args.baseline or reference_art
+    print(report.table(records, baseline=baseline))
     written = []
     if args.json:
         written.append(report.write_json(records, args.json))
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         path = args.markdown
         with open(path, "w") as f:
-            f.write(report.markdown(records, baseline=args.baseline or args.reference) + "\n")
+            f.write(report.markdown(records, baseline=baseline) + "\n")
         written.append(path)
     if args.plot:
         written.append(report.write_plot(records, args.plot))
