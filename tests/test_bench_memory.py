@@ -159,4 +159,5 @@ def test_missing_source_model_falls_back_to_an_fp32_artifact(tmp_path):
     assert result.ok, result.failures
     rec = result.records[0]
     assert rec["agreement"] == 1.0 and "source model not loadable here" in rec["eval"]["reference"]
-    assert str(twin) in rec["eval"]["reference"]
+    assert f"fp32 artifact {twin} " in rec["eval"]["reference"]
+    assert f"fp32 artifact {art} " in result.records[1]["eval"]["reference"]  # each the other, never itself

@@ -434,13 +434,19 @@ class Harness:
                 self._announced.add(source)
                 self.log(f"bench: --trust-model-source: importing '{source}', named by {job.path}'s manifest, "
                          "to build the FP32 reference (this runs that code)")
-            try:
-                src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
-                how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
-                return reference_outputs(src, job.evalset.x), f"FP32 source model {source} ({how})"
-            except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                reason = f"source model not loadable here: {first}"
+            key = (source, job.evalset.key)
+            if key not in self._references:  # one load and run per source and evaluation set
+                try:
+                    src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
+                    how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
+                    self._references[key] = (reference_outputs(src, job.evalset.x),
+                                             f"FP32 source model {source} ({how})")
+                except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    self._references[key] = (None, f"source model not loadable here: {first}")
+            outputs, reason = self._references[key]
+            if outputs is not None:
+                return outputs, reason
         else:
             reason = f"the manifest's source '{source}' is code, which bench does not import unless asked"
         # an fp32 artifact of the same model, preferring torch-eager (the model itself) over a converted one
@@ -456,13 +462,11 @@ class Harness:
 
     def reference_for(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
         assert job.evalset is not None
-        key = (str(self.reference_path) if self.reference_path else str(job.manifest["model"].get("source")),
-               job.evalset.key)
+        if self.reference_path is None:
+            return self._source_outputs(job)  # per job: the fp32-artifact fallback is never the job itself
+        key = (str(self.reference_path), job.evalset.key)
         if key not in self._references:
-            if self.reference_path is not None:
-                self._references[key] = self._reference_artifact_outputs(job.evalset)
-            else:
-                self._references[key] = self._source_outputs(job)
+            self._references[key] = self._reference_artifact_outputs(job.evalset)
         return self._references[key]
 
     def compare_all(self) -> None:
