@@ -70,12 +70,13 @@ def test_help_states_the_defaults(cli):
     text = " ".join(r.out.split())
     assert "benchmark_model" in text and ">= 50 runs and >= 1.0 s" in text and "warm-up >= 1 run and >= 0.5 s" in text
     assert "(default 1)" in text  # threads, batch
+    from edgekit.bench import records
     from edgekit.commands import bench as command
 
     assert (command._WARMUP, command._WARMUP_S, command._ITERS, command._MIN_S, command._MAX_S, command._ROUNDS,
-            command._THREADS) == (harness.DEFAULT_WARMUP, harness.DEFAULT_WARMUP_SECONDS, harness.DEFAULT_ITERS,
-                                  harness.DEFAULT_MIN_SECONDS, harness.DEFAULT_MAX_SECONDS, harness.DEFAULT_ROUNDS,
-                                  harness.DEFAULT_THREADS)
+            command._THREADS) == (records.DEFAULT_WARMUP, records.DEFAULT_WARMUP_SECONDS, records.DEFAULT_ITERS,
+                                  records.DEFAULT_MIN_SECONDS, records.DEFAULT_MAX_SECONDS, records.DEFAULT_ROUNDS,
+                                  records.DEFAULT_THREADS)
 
 
 def test_record_validation_and_flattening():

@@ -6,7 +6,7 @@ import argparse
 
 from edgekit.commands import DATA_HELP, log
 
-# kept equal to edgekit.bench.harness's defaults (not imported: this module must stay light for --help)
+# kept equal to edgekit.bench.records' defaults (not imported: this module must stay light for --help)
 _WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0, 150.0, 5, 1
 
 
