@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.targets import PRECISIONS, Target
+from edgekit.facade import make_callable
+from edgekit.targets import PRECISIONS, Target, load_target
 
 PRIORITIES = ("latency", "cost")
 WORKLOADS = ("online", "batch")
@@ -538,11 +539,23 @@ class Recommendation:
         return out
 
 
-def recommend(target: Target, priority: str = "latency", workload: str | None = None,
-              max_accuracy_drop: float | None = None, results: Sequence[Mapping[str, Any]] | None = None,
-              source: str = "results") -> Recommendation:
+def recommend(target: str | Path | Target, results: Any = None, priority: str = "latency",
+              max_accuracy_drop: float | None = None, workload: str | None = None,
+              source: str | None = None) -> Recommendation:
     """The tree's answer, overridden by measurements when `results` (bench records) are given: a measured
-    accuracy loss outranks the tree's general expectation for a device class."""
+    accuracy loss outranks the tree's general expectation for a device class.
+
+    `target`: a name, a .toml path or a Target. `results`: bench records (what `edgekit.bench` returns), a
+    BenchResult, or the path of a bench JSON file. `max_accuracy_drop`: percentage points of accuracy.
+    """
+    if not isinstance(target, Target):
+        target = load_target(str(target))
+    if isinstance(results, str | Path):
+        source = source or str(results)
+        results = load_results(results)
+    elif results is not None and hasattr(results, "records"):
+        results = results.records
+    source = source or "results"
     tree = decide(target, priority, workload)
     _check_drop(max_accuracy_drop)
     if results is None:
@@ -590,3 +603,6 @@ def format_text(rec: Recommendation) -> list[str]:
     for artifact, why in j.ignored:
         lines.append(f"ignored     {artifact}: {why}")
     return lines
+
+
+make_callable(__name__, "recommend")

@@ -118,7 +118,7 @@ class Harness:
     """One `run_bench` call. Split into steps so each is small; see the module docstring for the order."""
 
     def __init__(self, paths: Sequence[str | Path], config: BenchConfig, device: Device,
-                 eval_data: str | None, reference: str | Path | None, progress: bool,
+                 eval_data: Any, reference: str | Path | None, progress: bool,
                  log: Callable[[str], None]) -> None:
         self.config = config
         self.device = device
@@ -183,7 +183,9 @@ class Harness:
     def choose_eval_sets(self) -> None:
         from edgekit.quant.calibrate import check_matches, load_data
 
-        given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
+        given = self.eval_data  # already a data set when it came from Python in memory
+        if isinstance(given, str | Path):
+            given = load_data(str(given), max_samples=self.config.eval_samples)
         cache: dict[str, Any] = {}
         for job in self.active():
             shape = tuple(job.manifest["model"]["input_shape"])
@@ -470,7 +472,7 @@ def measure_on(device: Device, artifacts: Sequence[str | Path], config: BenchCon
 
 
 def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None, *, device: str | Device = "local",
-              eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
+              eval_data: Any = None, reference: str | Path | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None) -> BenchResult:
     """Benchmark artifacts on a device, interleaved; one record per artifact and batch size.
 
