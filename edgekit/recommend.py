@@ -288,7 +288,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise EdgekitError(f"cannot read results file {p}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise EdgekitError(f"{p}: not a text file; --results takes the JSON that `edgekit bench --json` "
+        raise EdgekitError(f"{p}: not a text file; results= (--results) takes the JSON that `edgekit bench --json` "
                            "writes") from None
     try:
         data = json.loads(text)
@@ -413,13 +413,15 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
             return reject(RULE_SIZE, f"its size reduction costs {recall_points:.2f} points of {recall_metric}; "
                                      f"at most {SIZE_RECALL_POINTS:g} allowed")
     if max_drop is not None and points > max_drop + 1e-9:
-        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); --max-accuracy-drop is {max_drop:g}")
+        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); the budget (max_accuracy_drop) is "
+                                   f"{max_drop:g}")
     return v
 
 
 def _check_drop(max_accuracy_drop: float | None) -> None:
     if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
-        raise EdgekitError(f"--max-accuracy-drop must be a non-negative number of points (got {max_accuracy_drop:g})")
+        raise EdgekitError(f"max_accuracy_drop (--max-accuracy-drop) must be a non-negative number of points "
+                           f"(got {max_accuracy_drop:g})")
 
 
 def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_drop: float | None = None,
@@ -478,7 +480,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         + (" (agreement with FP32 is the proxy where no labelled accuracy exists)" if "agreement" in metrics else ""),
         f"rules: each point lost must buy >= {SPEEDUP_PER_POINT:g}x over FP32; a size reduction may cost at most "
         f"{SIZE_RECALL_POINTS:g} points of recall"
-        + (f"; at most {max_accuracy_drop:g} points lost (--max-accuracy-drop)" if max_accuracy_drop is not None
+        + (f"; at most {max_accuracy_drop:g} points lost (max_accuracy_drop)" if max_accuracy_drop is not None
            else ""),
     ]
     for v in verdicts:

@@ -42,7 +42,7 @@ CASES = {
     "factory returns non-module": (["export", "factories:not_a_module", "-t", "x86-server-cpu",
                                     "--input-shape", "1x16"], "returned int, not a torch.nn.Module"),
     "output folder exists": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--out", "exists"],
-                             "output folder exists exists; choose another --out or pass --force"),
+                             "output folder exists exists; choose another out= (--out) or pass force=True (--force)"),
     "int8 without calibration data": (["export", "factories:tiny", "-t", "x86-server-cpu", "-p", "int8",
                                        "--input-shape", "1x16"], "needs calibration data: give calib="),
     "unknown calibration method": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--calib-method",

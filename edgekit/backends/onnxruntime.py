@@ -138,7 +138,7 @@ class OrtExporter(Exporter):
                 details["quantization"] = copy_prequantized(request.onnx.path, out, request.onnx.quantization)
             else:
                 if request.ranges is None or request.prepared is None:
-                    raise EdgekitError("int8 needs calibration ranges; pass --calib DATA")
+                    raise EdgekitError("int8 needs calibration ranges: give calibration data (calib=, --calib)")
                 details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
         elif request.precision == "dynamic-int8":
             from onnxruntime.quantization import quantize_dynamic

@@ -53,7 +53,8 @@ def parse_batches(text: str) -> tuple[int, ...]:
     except ValueError:
         batches = ()
     if not batches or any(b < 1 for b in batches):
-        raise EdgekitError(f"malformed --batch '{text}': expected positive integers separated by commas, e.g. 1,8")
+        raise EdgekitError(f"malformed batch sizes '{text}' (batches=, --batch): expected positive "
+                           "integers separated by commas, e.g. 1,8")
     return batches
 
 
@@ -211,7 +212,7 @@ class Harness:
             rng = np.random.default_rng(self.config.seed)
             x = rng.standard_normal((RANDOM_EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
             job.evalset = EvalSet(x, None, f"random normal, {RANDOM_EVAL_SAMPLES} samples (seed "
-                                           f"{self.config.seed}; pass --eval DATA for real data)")
+                                           f"{self.config.seed}; give eval= data (--eval) for real data)")
 
     def start_workers(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:

@@ -144,19 +144,19 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.warmup >= 0, f"--warmup must be >= 0 (got {self.warmup})"),
-            (self.warmup_seconds >= 0, f"--warmup-seconds must be >= 0 (got {self.warmup_seconds})"),
-            (self.iters >= 1, f"--iters must be >= 1 (got {self.iters})"),
-            (self.min_seconds >= 0, f"--min-seconds must be >= 0 (got {self.min_seconds})"),
-            (self.max_seconds > 0, f"--max-seconds must be > 0 (got {self.max_seconds})"),
+            (self.warmup >= 0, f"warmup (--warmup) must be >= 0 (got {self.warmup})"),
+            (self.warmup_seconds >= 0, f"warmup_seconds (--warmup-seconds) must be >= 0 (got {self.warmup_seconds})"),
+            (self.iters >= 1, f"iters (--iters) must be >= 1 (got {self.iters})"),
+            (self.min_seconds >= 0, f"min_seconds (--min-seconds) must be >= 0 (got {self.min_seconds})"),
+            (self.max_seconds > 0, f"max_seconds (--max-seconds) must be > 0 (got {self.max_seconds})"),
             (self.max_seconds >= self.min_seconds,
-             f"--max-seconds ({self.max_seconds}) must be >= --min-seconds ({self.min_seconds})"),
-            (self.rounds >= 1, f"--rounds must be >= 1 (got {self.rounds})"),
+             f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})"),
+            (self.rounds >= 1, f"rounds (--rounds) must be >= 1 (got {self.rounds})"),
             (len(self.batches) >= 1 and all(b >= 1 for b in self.batches),
-             f"--batch sizes must be positive integers (got {list(self.batches)})"),
-            (self.threads >= 0, f"--threads must be >= 0, 0 for the runtime's default (got {self.threads})"),
+             f"batch sizes (batches=, --batch) must be positive integers (got {list(self.batches)})"),
+            (self.threads >= 0, f"threads (--threads) must be >= 0, 0 for the runtime's default (got {self.threads})"),
             (self.eval_samples is None or self.eval_samples >= 1,
-             f"--eval-samples must be >= 1 (got {self.eval_samples})"),
+             f"eval_samples (--eval-samples) must be >= 1 (got {self.eval_samples})"),
         ]
         for ok, message in checks:
             if not ok:
