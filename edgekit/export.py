@@ -279,7 +279,7 @@ class ExportPipeline:
         if tgt.backend not in fallback.SUPPORTED_BACKENDS:
             raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(fallback.SUPPORTED_BACKENDS)})"
                                f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
-                               "artifacts instead")
+                               "artifacts instead (`edgekit diagnose ART --against ART`)")
         method, opts = resolve_method(calib_method)
         cset = self._calibration(calib, calib_samples)
         if cset is None:
