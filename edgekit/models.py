@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, MissingTorchError
 
 
 @dataclass
@@ -35,6 +35,15 @@ class SourceModel:
                 self.module = self.exported.module()
             return self.module
         return None
+
+
+def require_torch(what: str):
+    """The torch module, or a one-line error naming the extra that installs it."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingTorchError(what) from None
+    return torch
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -71,7 +80,7 @@ def _import_factory(spec: str):
 
 def call_factory(spec: str):
     """The nn.Module that `package.module:factory` returns, or an error saying what went wrong."""
-    import torch
+    torch = require_torch(f"model '{spec}'")
 
     factory = _import_factory(spec)
     if not callable(factory):
@@ -95,6 +104,7 @@ def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel
 
 
 def _from_zoo(spec: str) -> SourceModel:
+    require_torch(f"model '{spec}'")
     from edgekit.data import zoo
 
     name = spec.split(":", 1)[1]
@@ -105,7 +115,7 @@ def _from_zoo(spec: str) -> SourceModel:
 
 
 def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
-    import torch
+    torch = require_torch(f"model {path}")
 
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
@@ -162,7 +172,7 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None) -> S
                 raise EdgekitError("an nn.Module needs its input shape: pass input_shape=(1, 3, 224, 224), or "
                                    "in-memory calib= data to take it from")
             return SourceModel("torch", type(spec).__name__, type(spec).__name__, input_shape, module=spec.eval())
-    except ImportError:  # pragma: no cover - torch is a core dependency
+    except ImportError:  # torch is an optional extra: without it, no object can be an nn.Module
         pass
     if isinstance(spec, SourceModel):
         return spec

@@ -116,7 +116,7 @@ register_backend(
         precisions=("fp32",),
         exporter="edgekit.backends.torch_eager:TorchEagerExporter",
         runner="edgekit.backends.torch_eager:TorchEagerRunner",
-        requires=(Requirement("torch", "torch", "core"),),
+        requires=(Requirement("torch", "torch", "torch"),),
         runtime_module="torch",
     )
 )
