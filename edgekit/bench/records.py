@@ -1,4 +1,4 @@
-"""The benchmark record (DESIGN.md): one per artifact, batch size and device, JSON-ready.
+"""The benchmark record: one per artifact, batch size and device, JSON-ready.
 
 Every record has every field of the contract, so a consumer (`edgekit recommend --results`, a CSV reader)
 never meets a missing key; a field that does not apply is null. `status` says whether the numbers exist:
@@ -19,7 +19,7 @@ from edgekit.errors import EdgekitError
 
 SCHEMA = "edgekit.bench/1"
 
-#: the fields DESIGN.md names, in the order records are written
+#: the contract's fields, in the order records are written
 CONTRACT_FIELDS = (
     "artifact", "target", "precision", "device", "runtime", "runtime_version", "threads", "batch", "warmup",
     "iters", "latency_ms", "throughput_per_s", "cold_start_ms", "peak_rss_mb", "model_bytes", "accuracy",

@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perf-test", metavar="PATH",
                    help="ONNX Runtime's onnxruntime_perf_test binary built for the phone, pushed to adb devices to "
                         "measure ort-mobile (.ort) artifacts (run with -e cpu -m times -r ITERS -x THREADS -I -s)")
-    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
+    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list of benchmark records)")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of latency vs accuracy with the Pareto front")
