@@ -154,7 +154,9 @@ def as_dataset(data: Any, *, what: str = "data", max_samples: int | None = DEFAU
         raise EdgekitError(f"{what} is None: give an array, an (x, y) tuple, a dict of arrays, a DataLoader or a "
                            "path (.npz, .npy, zoo:digits)")
     if isinstance(data, str | Path):
-        return load_data(str(data), max_samples=max_samples, seed=seed)
+        loaded = load_data(str(data), max_samples=max_samples, seed=seed)
+        _array(loaded.x, f"{what} ({loaded.source})")  # NaN or infinite samples are refused from files too
+        return loaded
     batches = None
     if isinstance(data, Mapping):
         arrays, y = _from_dict(data, what)

@@ -135,6 +135,12 @@ def test_in_memory_data_is_subsampled_like_a_file(samples, tmp_path) -> None:
     assert in_memory.selection == from_file.selection == "8 of 20, seeded random (seed 0)"
 
 
+def test_a_file_with_nan_is_refused_like_an_array(tmp_path) -> None:
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]], dtype=np.float32))
+    with pytest.raises(EdgekitError, match=r"calib= \(.*nan.npy\) holds 1 NaN or infinite value"):
+        edgekit.as_dataset(tmp_path / "nan.npy", what="calib=")
+
+
 @pytest.mark.parametrize("data, words", [
     (np.zeros((4, 3), dtype=np.complex64), "complex"),
     (np.array([[1.0, np.nan]], dtype=np.float32), "NaN or infinite"),
