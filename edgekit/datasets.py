@@ -130,8 +130,8 @@ def _make_set(arrays: dict[str, np.ndarray], y: np.ndarray | None, source: str, 
     x = np.ascontiguousarray(first, dtype=np.float32) if np.issubdtype(first.dtype, np.floating) else first
     kwargs: dict[str, Any] = {}
     names = {f.name for f in dataclasses.fields(CalibrationSet)}
-    if "named" in names and (len(arrays) > 1 or "x" not in arrays):
-        kwargs["named"] = arrays  # models with named (or several) inputs keep every array under its name
+    if "named" in names and len(arrays) > 1:
+        kwargs["named"] = arrays  # models with several inputs keep every array under its input name
     elif len(arrays) > 1:
         raise EdgekitError(f"data with several inputs ({', '.join(arrays)}) is not supported by this version; "
                            "give one array")
