@@ -245,3 +245,10 @@ def test_factories_are_named_after_their_model(tmp_path, monkeypatch) -> None:
 
     assert load_model("facta:make", (1, 3)).name == "AlphaNet"
     assert load_model("factb:make", (1, 3)).name == "BetaNet"
+
+
+def test_diagnose_from_python_takes_in_memory_data(samples) -> None:
+    x, _ = samples
+    report = edgekit.diagnose(tiny(), "x86-server-cpu", calib=np.concatenate([x, x]), verify=2)
+    assert report["target"] == "x86-server-cpu" and report["calibration"]["source"].startswith("in-memory array")
+    assert report["ranking"] and {r["layer"] for r in report["ranking"]} <= {r["layer"] for r in report["layers"]}
