@@ -123,14 +123,16 @@ class ExportPipeline:
 
     # -- one export -----------------------------------------------------------------------------------
     def export(
-        self, target: str | Target, precision: str | None = None, *, calib: str | CalibrationSet | None = None,
+        self, target: str | Target, precision: str | None = None, *, calib: Any = None,
         calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
-        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
+        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: Any = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
         techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
+
+        `calib` / `eval_data`: any form `edgekit.as_dataset` takes (a path, arrays, a DataLoader, ...).
 
         `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
         layers are kept in higher precision until the budget holds on a held-out part of the calibration set
