@@ -36,7 +36,8 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 def check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise EdgekitError(f"output folder {out} exists; choose another --out or pass --force to replace it")
+        raise EdgekitError(f"output folder {out} exists; choose another out= (--out) or pass force=True (--force) "
+                           "to replace it")
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"output path {out} exists and is not a folder")
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edgekit import commands
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, MissingTorchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except EdgekitError as exc:
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        # torch is an optional extra; the commands that need it say so in one line, like any missing piece
+        print(f"edgekit {args.command}: error: {MissingTorchError(f'edgekit {args.command}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)

@@ -115,7 +115,7 @@ def test_a_new_device_kind_plugs_in_without_touching_the_harness(mlps, monkeypat
 
     monkeypatch.setitem(devices._DEVICE_KINDS, "recording", RecordingDevice)
     small, _ = mlps["small"]
-    records = devices.make_device("recording:board-7").measure(small, QUICK)
+    records = run_bench([small], QUICK, device=devices.make_device("recording:board-7")).records
     assert [r["status"] for r in records] == ["ok"]
     assert records[0]["device"]["kind"] == "recording" and records[0]["device"]["name"] == "recording:board-7"
     assert calls == ["open_worker", "stage folder", "stage .npy", "fetch"]

@@ -38,64 +38,15 @@ import numpy as np
 
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
+from edgekit.bench.records import BenchConfig as BenchConfig
+from edgekit.bench.records import BenchResult as BenchResult
 from edgekit.errors import EdgekitError
 
 # Defaults follow TFLite's benchmark_model: warm-up of >= 1 run and >= 0.5 s, then >= 50 runs and >= 1 s,
 # at most 150 s per artifact and batch size. Threads default to 1 so runtimes compare on equal terms.
-DEFAULT_WARMUP = 1
-DEFAULT_WARMUP_SECONDS = 0.5
-DEFAULT_ITERS = 50
-DEFAULT_MIN_SECONDS = 1.0
-DEFAULT_MAX_SECONDS = 150.0
-DEFAULT_ROUNDS = 5
-DEFAULT_THREADS = 1
 RANDOM_EVAL_SAMPLES = 64
 _LOAD_TIMEOUT_S = 900.0
 _SLACK_S = 300.0
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """How long and how to measure; validated at construction, so a bad value fails before any work."""
-
-    warmup: int = DEFAULT_WARMUP
-    warmup_seconds: float = DEFAULT_WARMUP_SECONDS
-    iters: int = DEFAULT_ITERS
-    min_seconds: float = DEFAULT_MIN_SECONDS
-    max_seconds: float = DEFAULT_MAX_SECONDS
-    rounds: int = DEFAULT_ROUNDS
-    batches: tuple[int, ...] = (1,)
-    threads: int = DEFAULT_THREADS  # 0: the runtime's own default
-    eval_samples: int | None = None  # cap on evaluation samples (None: all)
-    seed: int = 0
-    #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
-    interleave: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.warmup >= 0, f"--warmup must be >= 0 (got {self.warmup})"),
-            (self.warmup_seconds >= 0, f"--warmup-seconds must be >= 0 (got {self.warmup_seconds})"),
-            (self.iters >= 1, f"--iters must be >= 1 (got {self.iters})"),
-            (self.min_seconds >= 0, f"--min-seconds must be >= 0 (got {self.min_seconds})"),
-            (self.max_seconds > 0, f"--max-seconds must be > 0 (got {self.max_seconds})"),
-            (self.max_seconds >= self.min_seconds,
-             f"--max-seconds ({self.max_seconds}) must be >= --min-seconds ({self.min_seconds})"),
-            (self.rounds >= 1, f"--rounds must be >= 1 (got {self.rounds})"),
-            (len(self.batches) >= 1 and all(b >= 1 for b in self.batches),
-             f"--batch sizes must be positive integers (got {list(self.batches)})"),
-            (self.threads >= 0, f"--threads must be >= 0, 0 for the runtime's default (got {self.threads})"),
-            (self.eval_samples is None or self.eval_samples >= 1,
-             f"--eval-samples must be >= 1 (got {self.eval_samples})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise EdgekitError(message)
-        object.__setattr__(self, "batches", tuple(sorted(dict.fromkeys(self.batches))))
-
-    def settings(self) -> dict[str, Any]:
-        return {"warmup_min_iters": self.warmup, "warmup_min_seconds": self.warmup_seconds,
-                "min_iters": self.iters, "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
-                "rounds": self.rounds, "interleaved": self.interleave}
 
 
 REFERENCE_HINT = ("for them pass --reference MODEL_OR_ARTIFACT, bench the fp32 artifact of the same model in this "
@@ -115,7 +66,8 @@ def parse_batches(text: str) -> tuple[int, ...]:
     except ValueError:
         batches = ()
     if not batches or any(b < 1 for b in batches):
-        raise EdgekitError(f"malformed --batch '{text}': expected positive integers separated by commas, e.g. 1,8")
+        raise EdgekitError(f"malformed batch sizes '{text}' (batches=, --batch): expected positive "
+                           "integers separated by commas, e.g. 1,8")
     return batches
 
 
@@ -164,18 +116,6 @@ class Job:
         return self.path.name or str(self.path)
 
 
-@dataclass
-class BenchResult:
-    records: list[dict[str, Any]]
-    failures: list[tuple[str, str]]  # (artifact, message)
-    config: BenchConfig
-    device: str
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
 def _fixed_batch(manifest: dict[str, Any]) -> int | None:
     dim = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
     return dim if isinstance(dim, int) and dim > 0 else None
@@ -192,7 +132,7 @@ class Harness:
     """One `run_bench` call. Split into steps so each is small; see the module docstring for the order."""
 
     def __init__(self, paths: Sequence[str | Path], config: BenchConfig, device: Device,
-                 eval_data: str | None, reference: str | Path | None, progress: bool,
+                 eval_data: Any, reference: str | Path | None, progress: bool,
                  log: Callable[[str], None], trust_model_source: bool = False) -> None:
         self.config = config
         self.device = device
@@ -263,7 +203,9 @@ class Harness:
     def choose_eval_sets(self) -> None:
         from edgekit.quant.calibrate import check_matches, load_data
 
-        given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
+        given = self.eval_data  # already a data set when it came from Python in memory
+        if isinstance(given, str | Path):
+            given = load_data(str(given), max_samples=self.config.eval_samples)
         cache: dict[str, Any] = {}
         for job in self.active():
             shape = tuple(job.manifest["model"]["input_shape"])
@@ -289,7 +231,7 @@ class Harness:
             rng = np.random.default_rng(self.config.seed)
             x = rng.standard_normal((RANDOM_EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
             job.evalset = EvalSet(x, None, f"random normal, {RANDOM_EVAL_SAMPLES} samples (seed "
-                                           f"{self.config.seed}; pass --eval DATA for real data)")
+                                           f"{self.config.seed}; give eval= data (--eval) for real data)")
 
     def start_workers(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
@@ -585,8 +527,21 @@ class Harness:
         return BenchResult(records, failures, self.config, self.device.name)
 
 
+def measure_on(device: Device, artifacts: Sequence[str | Path], config: BenchConfig, *, eval_data: Any = None,
+               reference: str | Path | None = None, progress: bool = False,
+               log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> BenchResult:
+    """The measuring strategy is chosen here, from what the device declares: edgekit's worker wherever one
+    runs (the device only moves files and starts it), else the runtime's own tools on the device."""
+    if device.measuring == "runtime-tools":
+        return device.run_tools(artifacts, config, eval_data=eval_data, log=log)  # type: ignore[attr-defined]
+    with device:
+        device.prepare(artifacts)
+        return Harness(artifacts, config, device, eval_data, reference, progress, log or (lambda _m: None),
+                       trust_model_source=trust_model_source).run()
+
+
 def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None, *, device: str | Device = "local",
-              eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
+              eval_data: Any = None, reference: str | Path | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> BenchResult:
     """Benchmark artifacts on a device, interleaved; one record per artifact and batch size.
 
@@ -601,9 +556,8 @@ def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None
     config = config or BenchConfig()
     dev = make_device(device)
     started = time.monotonic()
-    with dev:
-        result = Harness(artifacts, config, dev, eval_data, reference, progress, log or (lambda _m: None),
-                         trust_model_source=trust_model_source).run()
+    result = measure_on(dev, artifacts, config, eval_data=eval_data, reference=reference, progress=progress, log=log,
+                        trust_model_source=trust_model_source)
     if log is not None:
         log(f"bench: {len(artifacts)} artifact(s) on {dev.name} in {time.monotonic() - started:.1f} s")
     return result

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device
+from edgekit.bench.harness import measure_on
 from edgekit.errors import EdgekitError
 
 
@@ -85,9 +86,9 @@ def bench_devices(artifacts: Sequence[str | Path], config: Any, devices: Sequenc
                 log(f"[{device.name}] {msg}" if several else msg)
 
         try:
-            result = device.bench(artifacts, config, eval_data=eval_data, reference=reference,
-                                  progress=progress and not several, log=dev_log,
-                                  trust_model_source=trust_model_source)
+            result = measure_on(device, artifacts, config, eval_data=eval_data, reference=reference,
+                                progress=progress and not several, log=dev_log,
+                                trust_model_source=trust_model_source)
             return DeviceRun(device, result=result)
         except EdgekitError as exc:
             message = str(exc)

@@ -275,23 +275,18 @@ class SshDevice(Device):
         raise AssertionError("unreachable")
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def bench(self, artifacts: Sequence[str | Path], config: Any, **kwargs: Any) -> Any:
+    def prepare(self, artifacts: Sequence[str | Path]) -> None:
         """Connect first, so an unreachable device fails once, as a whole, in one line; but only when some
-        artifact is worth sending (bad artifacts fail here, without contacting the device)."""
+        artifact is worth sending (bad artifacts fail in the harness, without contacting the device)."""
         from edgekit.artifact import load_artifact
-        from edgekit.bench.harness import run_bench
 
         loadable = 0
         for path in artifacts:
             with contextlib.suppress(EdgekitError):
                 load_artifact(path)
                 loadable += 1
-        try:
-            if loadable:
-                self.connect()
-            return run_bench(artifacts, config, device=self, **kwargs)
-        finally:
-            self.close()
+        if loadable:
+            self.connect()
 
     def connect(self) -> None:
         """Make the remote working folder and push the worker bundle; on failure leave nothing there."""

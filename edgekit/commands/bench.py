@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgekit.commands import DATA_HELP, log
 
-# kept equal to edgekit.bench.harness's defaults (not imported: this module must stay light for --help)
+# kept equal to edgekit.bench.records' defaults (not imported: this module must stay light for --help)
 _WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0, 150.0, 5, 1
 
 
@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perf-test", metavar="PATH",
                    help="ONNX Runtime's onnxruntime_perf_test binary built for the phone, pushed to adb devices to "
                         "measure ort-mobile (.ort) artifacts (run with -e cpu -m times -r ITERS -x THREADS -I -s)")
-    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
+    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list of benchmark records)")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of latency vs accuracy with the Pareto front")
