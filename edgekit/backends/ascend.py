@@ -186,6 +186,8 @@ class AscendOnnxRunner(OrtRunner):
     """Runs the artifact's ONNX (the graph given to atc) with ONNX Runtime on the CPU; the .om runs only on
     an Ascend device, through CANN's ACL runtime."""
 
+    executes = "onnxruntime-cpu"
+
     @property
     def runtime_version(self) -> str:
         import onnxruntime as ort

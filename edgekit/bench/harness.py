@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bench import provenance
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
 from edgekit.errors import EdgekitError
@@ -173,6 +174,19 @@ def _model_bytes(manifest: dict[str, Any]) -> int:
     main = manifest["model_file"]
     return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main
                    or name.startswith(main + ".")))
+
+
+def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the quality figures were measured on; `calibration_data` is True when it is the very data the
+    artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
+    import hashlib
+
+    cal = manifest.get("calibration") or {}
+    h = hashlib.sha256(str(ev.x.shape).encode())
+    h.update(np.ascontiguousarray(ev.x, dtype=np.float32).tobytes())
+    same = bool(cal.get("sha256")) and h.hexdigest() == cal.get("sha256")
+    same = same or (bool(cal.get("source")) and cal.get("source") == ev.source)
+    return {"source": ev.source, "samples": len(ev.x), "labels": ev.y is not None, "calibration_data": same}
 
 
 class Harness:
@@ -453,6 +467,11 @@ class Harness:
                 "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
                 "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,
             })
+            if job.load:
+                base.update(provenance.where(m.get("backend"), job.load.get("runtime"), job.load.get("executes"),
+                                             job.env, self.device.name))
+            if job.evalset is not None:
+                base["eval_data"] = _eval_data(job.evalset, m)
             bases.append((job, base))
         out = []
         for b in self.config.batches:  # batch-major, so a table reads one batch size at a time

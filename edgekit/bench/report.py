@@ -1,8 +1,9 @@
 """Ways to show benchmark records: a terminal table, JSON (the records as they are), CSV (flattened), a
 Markdown table with speed-ups, and a PNG of latency vs accuracy with the Pareto front marked.
 
-Speed-ups are relative to a baseline record of the same model and batch size: the artifact given as the
-baseline, else the torch eager FP32 one when it was measured (the baseline the design names).
+Speed-ups are relative to a baseline record of the same batch size and device: the artifact given as the
+baseline, else the rule `recommend` uses too (edgekit.bench.baseline): the same target's fp32 artifact, else
+torch eager fp32. Rows that ran as a stand-in for a device runtime are marked `*` with a footnote.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.baseline import pick as pick_baseline
+from edgekit.bench.provenance import ran_on
 from edgekit.bench.records import columns, flatten
 from edgekit.errors import EdgekitError
 
-BASELINE_BACKEND = "torch-eager"
+STAND_IN_NOTE = ("* ran in ONNX Runtime on this CPU as a stand-in for the device runtime named in 'ran on': its "
+                 "latency and memory say nothing about that device; its agreement checks the artifact's numerics")
 
 
 def ok_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,14 +45,13 @@ def _sqnr(r: dict[str, Any]) -> str:
 
 
 def baseline_for(records: Sequence[dict[str, Any]], rec: dict[str, Any], baseline: str | None = None):
-    """The record `rec` is compared with: same model and batch, from the baseline artifact or backend."""
+    """The record `rec` is compared with: the artifact given as `baseline` (same batch and device), else the
+    shared rule of edgekit.bench.baseline (the same target's fp32 artifact, else torch eager fp32)."""
+    if baseline is None:
+        return pick_baseline(ok_records(records), rec)
     for r in ok_records(records):
-        if r["batch"] != rec["batch"] or r.get("model") != rec.get("model") or _device(r) != _device(rec):
-            continue
-        if baseline is not None:
-            if Path(r["artifact"]).resolve() == Path(baseline).resolve():
-                return r
-        elif r.get("backend") == BASELINE_BACKEND:
+        if r["batch"] == rec["batch"] and _device(r) == _device(rec) \
+                and Path(r["artifact"]).resolve() == Path(baseline).resolve():
             return r
     return None
 
@@ -71,14 +74,23 @@ def device_names(records: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(n for n in (_device(r) for r in records) if n))
 
 
+def speedup_header(baseline: str | None) -> str:
+    return f"speed-up vs {Path(baseline).name}" if baseline else "speed-up vs fp32"
+
+
+def _name(r: dict[str, Any]) -> str:
+    name = r.get("name") or Path(r["artifact"]).name
+    return f"{name}*" if r.get("stand_in_for") else name
+
+
 def _rows(records: Sequence[dict[str, Any]], baseline: str | None) -> tuple[list[str], list[list[str]]]:
     several = len(device_names(records)) > 1
-    headers = ["artifact", *(["device"] if several else []), "backend", "precision", "batch", "thr", "p50 ms",
-               "p90 ms", "p99 ms", "mean±std ms", "items/s", "cold ms", "peak MB", "size KiB", "accuracy",
-               "agreement", "SQNR dB", "speed-up"]
+    headers = ["artifact", *(["device"] if several else []), "ran on", "backend", "precision", "batch", "thr",
+               "p50 ms", "p95 ms", "p99 ms", "runs", "mean±std ms", "items/s", "cold ms", "peak MB", "size KiB",
+               "accuracy", "agreement", "SQNR dB", speedup_header(baseline)]
     rows = []
     for r in records:
-        head = [r.get("name") or Path(r["artifact"]).name, *([_device(r) or "?"] if several else []),
+        head = [_name(r), *([_device(r) or "?"] if several else []), ran_on(r) if r.get("status") == "ok" else "-",
                 r.get("backend") or "?", r.get("precision") or "?",
                 "-" if r.get("batch") is None else str(r["batch"]),
                 "-" if r.get("threads") is None else str(r["threads"])]
@@ -88,12 +100,40 @@ def _rows(records: Sequence[dict[str, Any]], baseline: str | None) -> tuple[list
         lat = r["latency_ms"]
         sp = speedup(records, r, baseline)
         rows.append([
-            *head, _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), f"{_ms(lat['mean'])}±{_ms(lat['std'])}",
-            f"{r['throughput_per_s']:.0f}", _ms(r["cold_start_ms"]),
+            *head, _ms(lat["p50"]), _ms(lat.get("p95")), _ms(lat.get("p99")), str(r.get("iters") or "-"),
+            f"{_ms(lat['mean'])}±{_ms(lat.get('std'))}", f"{r['throughput_per_s']:.0f}", _ms(r["cold_start_ms"]),
             "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.1f}", f"{r['model_bytes'] / 1024:.1f}",
             _frac(r["accuracy"]), _frac(r["agreement"]), _sqnr(r), "-" if sp is None else f"{sp:.2f}x",
         ])
     return headers, rows
+
+
+def _eval_lines(measured: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per distinct evaluation set: its source, size, and a warning when it is the calibration data."""
+    seen: dict[tuple, list[str]] = {}
+    for r in measured:
+        ev = r.get("eval_data")
+        if isinstance(ev, dict):
+            key = (ev.get("source"), ev.get("samples"), ev.get("calibration_data"))
+            seen.setdefault(key, []).append(_name(r))
+    lines = []
+    for (source, samples, calib), names in seen.items():
+        what = (" - the artifact's own calibration data, a weak check: pass --eval DATA with held-out data"
+                if calib else "")
+        who = "" if len(seen) == 1 else f" ({', '.join(names)})"
+        lines.append(f"quality measured on {samples} samples of {source}{who}{what}")
+    return lines
+
+
+def notes(records: Sequence[dict[str, Any]], baseline: str | None = None) -> list[str]:
+    """The lines under a table: the baseline rule, the stand-in footnote, the evaluation data."""
+    measured = ok_records(records)
+    out = [f"{speedup_header(baseline)}: p50 of " + (f"artifact {baseline}" if baseline else
+           "the same target's fp32 artifact (same batch and device), else torch eager fp32; '-' when neither "
+           "was measured")]
+    if any(r.get("stand_in_for") for r in measured):
+        out.append(STAND_IN_NOTE)
+    return out + _eval_lines(measured)
 
 
 def table(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str:
@@ -122,16 +162,21 @@ def table(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         else:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1])
+    if measured:
+        lines += notes(records, baseline)
     return "\n".join(lines)
 
 
 def markdown(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str:
     headers, rows = _rows(records, baseline)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in
                                                               range(len(headers))) + "|"]
     for row in rows:
         cells = row if len(row) == len(headers) else [*row[:-1], row[-1], *[""] * (len(headers) - len(row))]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    if ok_records(records):
+        lines += ["", *(f"{n.replace('*', chr(92) + '*', 1) if n.startswith('*') else n}  " for n in
+                        notes(records, baseline))]
     return "\n".join(lines)
 
 
