@@ -35,6 +35,13 @@ def atc_path() -> str | None:
     return shutil.which("atc")
 
 
+def compile_support() -> tuple[bool, str]:
+    """(True, why) where atc can compile a .om here; the .om itself runs only on an Ascend device."""
+    if atc_path() is None:
+        return False, "atc (CANN toolkit) is not on PATH"
+    return True, "atc compiles the .om here (it runs only on an Ascend device)"
+
+
 def to_opset(model, lo: int, hi: int) -> tuple[Any, int | None]:
     """`model` converted into the opset range atc accepts; (model, old opset or None)."""
     from edgekit.graph.onnx_export import convert_opset
