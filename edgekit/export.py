@@ -196,7 +196,7 @@ class ExportPipeline:
                 manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
             if improve is not None:
                 manifest.update(improve["manifest"])
-            manifest["verification"] = self._verify(stage, manifest, evalset)
+            manifest["verification"] = self._verify(stage, manifest, evalset, cset)
             manifest["tool_versions"] = tool_versions()
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
@@ -269,7 +269,8 @@ class ExportPipeline:
         check_matches(evalset, self.src.input_shape, "evaluation set")
         return evalset
 
-    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None) -> dict[str, Any]:
+    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None,
+                calibration: CalibrationSet | None = None) -> dict[str, Any]:
         """Run the new artifact with its own runner and compare with the FP32 reference."""
         if evalset is None:
             rng = np.random.default_rng(0)
@@ -281,9 +282,14 @@ class ExportPipeline:
         with runner:
             got = run_batched(runner, evalset.x)[0]
         result = compare(reference, got, evalset.y)
+        details = manifest.get("backend_details", {})
         result.update({"reference": manifest["onnx_export"].get("reference", "torch fp32"),
                        "data": evalset.source, "data_sha256": evalset.sha256,
-                       "runtime": runner.runtime_version})
+                       "runtime": runner.runtime_version,
+                       "verified_precision": details.get("verified_precision", manifest["precision"]),
+                       "calibration_data": calibration is not None and evalset.sha256 == calibration.sha256})
+        if details.get("not_verified"):
+            result["not_verified"] = details["not_verified"]
         return result
 
 

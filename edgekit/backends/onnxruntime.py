@@ -222,10 +222,14 @@ class OrtRunner(Runner):
         opts.log_severity_level = 3
         path = self.artifact_dir / self.manifest["model_file"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(self.model_input(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise EdgekitError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         self._out_names = [o.name for o in self.session.get_outputs()]
+
+    def model_input(self) -> str | bytes:
+        """What the session loads: the model file's path, or (in a subclass) a variant of it built in memory."""
+        return str(self.artifact_dir / self.manifest["model_file"])
 
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._out_names, self.as_feed(inputs))
