@@ -161,6 +161,9 @@ class ExportPipeline:
             improve["ranges"] if improve is not None else None)
         prepared = (improve["prepared"] if improve is not None else self.prepared()) if needs_ranges else None
 
+        from edgekit.bench.worker import peak_bytes, reset_peak
+
+        peak_reset = reset_peak()  # this export's own peak, not an earlier one's in the same process
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src)
@@ -198,6 +201,10 @@ class ExportPipeline:
                 manifest.update(improve["manifest"])
             manifest["verification"] = self._verify(stage, manifest, evalset, cset)
             manifest["tool_versions"] = tool_versions()
+            manifest["export_resources"] = {
+                "peak_rss_mb": round(peak_bytes() / 2**20, 1),
+                "how": "the exporting process's RSS high-water mark (VmHWM) " + (
+                    "since this export began" if peak_reset else "over the process's lifetime (could not reset)")}
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
@@ -287,7 +294,9 @@ class ExportPipeline:
                        "data": evalset.source, "data_sha256": evalset.sha256,
                        "runtime": runner.runtime_version,
                        "verified_precision": details.get("verified_precision", manifest["precision"]),
-                       "calibration_data": calibration is not None and evalset.sha256 == calibration.sha256})
+                       # the same samples, or the same source the calibration samples were drawn from
+                       "calibration_data": calibration is not None and (evalset.sha256 == calibration.sha256
+                                                                        or evalset.source == calibration.source)})
         if details.get("not_verified"):
             result["not_verified"] = details["not_verified"]
         return result
