@@ -209,15 +209,10 @@ def write_csv(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (lower latency x, higher accuracy y),
-    ordered by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+    """Indices of the points no other point beats on both axes (see edgekit.bench.plot)."""
+    from edgekit.bench.plot import pareto_front as front
+
+    return front(points)
 
 
 def check_plot_support() -> None:
@@ -230,54 +225,8 @@ def check_plot_support() -> None:
 
 
 def write_plot(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Latency p50 (x, log scale) vs accuracy (agreement with FP32 when no labels): one panel per batch
-    size, the Pareto front drawn as a step line through its points."""
+    """Latency vs accuracy, one panel per target, points labelled by artifact (edgekit.bench.plot)."""
     check_plot_support()
-    import matplotlib
+    from edgekit.bench.plot import write_plot as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    measured = ok_records(records)
-    batches = sorted({r["batch"] for r in measured}) or [1]
-    backends = sorted({str(r.get("backend")) for r in measured})
-    colour = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
-    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
-    for ax, b in zip(axes[0], batches, strict=True):
-        recs = [r for r in measured if r["batch"] == b]
-        use_acc = bool(recs) and all(r.get("accuracy") is not None for r in recs)
-        metric = "accuracy" if use_acc else "agreement"
-        recs = [r for r in recs if r.get(metric) is not None]
-        pts = [(r["latency_ms"]["p50"], r[metric]) for r in recs]
-        for backend in backends:  # one colour per backend; many points, so only the front is labelled
-            mine = [p for r, p in zip(recs, pts, strict=True) if str(r.get("backend")) == backend]
-            if mine:
-                ax.scatter([x for x, _ in mine], [y for _, y in mine], s=28, color=colour[backend], zorder=3,
-                           label=backend)
-        front = pareto_front(pts)
-        if front:
-            fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
-            ax.step(fx, fy, where="post", c="tab:red", lw=1.2, zorder=2)
-            ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="tab:red", linewidths=1.6, zorder=4,
-                       label="Pareto front")
-            for k, i in enumerate(front):
-                r = recs[i]
-                ax.annotate(f"{r.get('backend')} {r.get('precision')}", pts[i], textcoords="offset points",
-                            xytext=(6, 6 if k % 2 == 0 else -12), fontsize=8)
-        if pts:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            ax.margins(x=0.25, y=0.15)
-            ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel(f"latency p50 (ms), batch {b}")
-        ax.set_ylabel(f"{metric} (fraction{'' if use_acc else ', top-1 vs FP32'})")
-        ax.set_title(f"latency vs {metric}, batch {b}")
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot(records, path)
