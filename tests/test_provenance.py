@@ -113,3 +113,23 @@ def test_baseline_falls_back_to_torch_eager_then_none():
     assert baseline.pick([eager, int8], int8) is eager and baseline.speedup([eager, int8], int8) == 5.0
     assert baseline.pick([int8], int8) is None and baseline.speedup([int8], int8) is None
     assert baseline.pick([dict(eager, batch=8), int8], int8) is None  # another batch size is no baseline
+
+
+def test_profile_puts_ort_per_op_times_into_the_record(benched):
+    from edgekit.bench.opprofile import profile
+
+    paths = [r["artifact"] for r in benched if Path(r["artifact"]).name in ("cpu-int8", "cpu-fp32", "jetson-int8")]
+    config = BenchConfig(iters=5, min_seconds=0.01, warmup_seconds=0.0, rounds=1, profile=True)
+    recs = _by_name(run_bench(paths, config).records)
+    for name in ("cpu-int8", "cpu-fp32", "jetson-int8"):
+        prof = recs[name]["profile"]
+        assert prof["available"] and prof["runs"] == 20 and prof["total_ms_per_run"] > 0, (name, prof)
+        assert prof["top_ops"] and abs(sum(prof["time_share"].values()) - 1.0) < 1e-6
+    assert recs["cpu-fp32"]["profile"]["time_share"]["int8"] == 0.0
+    assert recs["cpu-int8"]["profile"]["time_share"]["int8"] > 0.2
+    assert any(o["op"].startswith(("QLinear", "Conv")) for o in recs["cpu-int8"]["profile"]["top_ops"])
+    lines = report.profile_lines(list(recs.values()))
+    assert any(line.startswith("profile cpu-int8: ") and "int8 " in line for line in lines)
+    # LiteRT's runner holds no ONNX Runtime session: the record says the profiler is not reachable
+    litert = profile(object(), None, "ai_edge_litert")
+    assert litert["available"] is False and "not available" in litert["reason"] and "Python" in litert["reason"]

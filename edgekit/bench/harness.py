@@ -68,6 +68,8 @@ class BenchConfig:
     seed: int = 0
     #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
     interleave: bool = True
+    #: the runtime's per-op profile (edgekit.bench.opprofile) into each record, after the timed runs
+    profile: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -142,6 +144,7 @@ class Job:
     evalset: EvalSet | None = None
     outputs: list[np.ndarray] | None = None
     quality: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -342,6 +345,17 @@ class Harness:
                 if mem is not None:
                     job.memory[b] = mem
 
+    def run_profiles(self, jobs: list[Job]) -> None:
+        """After timing (so the profiler never disturbs the timed runs): one profile per artifact."""
+        for job in [j for j in jobs if j.ok]:
+            try:
+                reply = job.channel.request({"cmd": "profile", "batch": job.batches[0] if job.batches else 1},
+                                            timeout=_LOAD_TIMEOUT_S) if job.channel is not None else None
+            except WorkerError as exc:  # a profiler failure does not fail the measurement
+                job.profile = {"available": False, "reason": f"profiling failed: {exc}"}
+                continue
+            job.profile = reply["profile"] if reply else None
+
     def run_evaluation(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
             bar.set_postfix_str(f"eval {job.name}")
@@ -472,6 +486,8 @@ class Harness:
                                              job.env, self.device.name))
             if job.evalset is not None:
                 base["eval_data"] = _eval_data(job.evalset, m)
+            if self.config.profile:
+                base["profile"] = job.profile
             bases.append((job, base))
         out = []
         for b in self.config.batches:  # batch-major, so a table reads one batch size at a time
@@ -526,6 +542,8 @@ class Harness:
                     try:
                         self.start_workers(group, bar)
                         self.time_all(group, bar)
+                        if self.config.profile:
+                            self.run_profiles(group)
                         self.run_evaluation(group, bar)
                     finally:
                         self.close_workers(group)

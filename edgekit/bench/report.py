@@ -167,6 +167,25 @@ def table(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str
     return "\n".join(lines)
 
 
+def profile_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """`--profile`: per artifact, the time shares and the top ops, or why there is no profile."""
+    lines = []
+    for r in ok_records(records):
+        prof = r.get("profile")
+        if not isinstance(prof, dict):
+            continue
+        name = _name(r)
+        if not prof.get("available"):
+            lines.append(f"profile {name}: {prof.get('reason')}")
+            continue
+        share = prof["time_share"]
+        top = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:5])
+        lines.append(f"profile {name}: {prof['total_ms_per_run']:.3f} ms/run in kernels; int8 "
+                     f"{100 * share['int8']:.0f}%, float {100 * share['float']:.0f}%, Q/DQ "
+                     f"{100 * share['quantize_dequantize']:.0f}%; top: {top}")
+    return lines
+
+
 def markdown(records: Sequence[dict[str, Any]], baseline: str | None = None) -> str:
     headers, rows = _rows(records, baseline)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in

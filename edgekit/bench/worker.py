@@ -179,6 +179,17 @@ class Worker:
         return {"peak_rss_mb": (peak - self.rss_before) / _MB, "peak_rss_total_mb": peak / _MB,
                 "rss_mb": rss_bytes() / _MB, "method": self.peak_method}
 
+    def cmd_profile(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The runtime's per-op profile of the loaded artifact (edgekit.bench.opprofile)."""
+        from edgekit.backends import registry
+        from edgekit.bench.opprofile import profile
+
+        if self.runner is None:
+            raise ValueError("'profile' before 'load'")
+        runtime = registry.get_spec(self.manifest["backend"]).runtime_module
+        return {"profile": profile(self.runner, self._input(int(msg.get("batch", 1))), runtime,
+                                   int(msg.get("iters", 20)))}
+
     def cmd_eval(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Outputs on the evaluation inputs, written to an .npz (out0, out1, ...) the harness compares."""
         from edgekit.export import run_batched
