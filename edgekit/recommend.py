@@ -28,10 +28,12 @@ and batch for servers; latency decisions are online by nature.
 Whatever a leaf wants, the target may not offer; the precision then falls back along `FALLBACK_ORDER`
 (accelerators and MCUs skip dynamic-int8) and the path says so.
 
-With measurements, each candidate is judged against its closest FP32 baseline (same target, same runtime, same
-batch; a torch eager fp32 record when the target has none): every point lost must buy >= 2x speed-up, a size
-reduction may cost <= 5 points of recall (accuracy, or agreement, when no recall is recorded), and the user's
---max-accuracy-drop holds. The fastest survivor (p50) wins; quantized artifacts slower than FP32 are flagged.
+With measurements, each candidate is judged against its FP32 baseline by the rule the bench table uses too
+(edgekit.bench.baseline: the same target's fp32 record at the same batch and device, else torch eager fp32):
+every point lost must buy >= 2x speed-up, a size reduction may cost <= 5 points of recall (accuracy, or
+agreement, when no recall is recorded), and the user's --max-accuracy-drop holds. The fastest survivor (p50)
+wins; quantized artifacts slower than FP32 are flagged. Only records measured on a device of the target's class
+count, unless --allow-proxy.
 
 Accuracies are fractions in [0, 1]; "points" are percentage points (x100) of them, as everywhere in edgekit.
 """
@@ -78,6 +80,7 @@ RULE_SIZE = "size-recall"
 RULE_BUDGET = "max-accuracy-drop"
 RULE_NO_LATENCY = "no-latency"
 RULE_NO_ACCURACY = "no-accuracy"
+RULE_NO_BASELINE = "no-baseline"
 SPEEDUP_PER_POINT = 2.0
 SIZE_RECALL_POINTS = 5.0
 
@@ -367,12 +370,6 @@ def parse_record(rec: Mapping[str, Any], index: int, source: str) -> Record:
     )
 
 
-def _pick_baseline(cand: Record, baselines: Sequence[Record]) -> Record:
-    """The closest FP32 reference: same target over torch eager, then same runtime, then same batch size."""
-    return min(baselines, key=lambda b: (b.eager, b.runtime != cand.runtime,
-                                         cand.batch is not None and b.batch != cand.batch, b.index))
-
-
 def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
     speedup = base.p50_ms / cand.p50_ms if cand.p50_ms is not None and base.p50_ms is not None else None
     is_base = cand is base
@@ -506,10 +503,15 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
     by_index = {b.index: b for b in baselines}
     usable = [raw[b.index] for b in sorted(baselines, key=lambda b: b.index)]
     verdicts = []
-    for c in mine:  # the shared baseline rule (the bench table's too), else the closest fp32 reference
+    for c in mine:  # the shared baseline rule, the bench table's too
         picked = pick_baseline(usable, raw[c.index])
         base = next((b for i, b in by_index.items() if picked is not None and raw[i] is picked), None)
-        verdicts.append(_judge_one(c, base or _pick_baseline(c, baselines), max_accuracy_drop))
+        if base is None:
+            verdicts.append(Verdict(c.artifact, c.precision, "", c.p50_ms, None, None, None, None,
+                                    rule=RULE_NO_BASELINE, reason="no fp32 record of its target (or torch eager) "
+                                    "at its batch size on its device to compare its speed with"))
+            continue
+        verdicts.append(_judge_one(c, base, max_accuracy_drop))
     passed = [v for v in verdicts if v.rule is None]
     chosen = min(passed, key=lambda v: (v.p50_ms, v.points_lost or 0.0, v.size_ratio or 1.0), default=None)
     main_base = min(baselines, key=lambda b: (b.eager, b.index))
