@@ -133,3 +133,14 @@ def test_profile_puts_ort_per_op_times_into_the_record(benched):
     # LiteRT's runner holds no ONNX Runtime session: the record says the profiler is not reachable
     litert = profile(object(), None, "ai_edge_litert")
     assert litert["available"] is False and "not available" in litert["reason"] and "Python" in litert["reason"]
+
+
+def test_export_records_its_peak_memory_and_checks_big_inputs_in_small_batches(benched):
+    from edgekit.graph.onnx_export import batch_for
+
+    for r in benched:
+        res = json.loads((Path(r["artifact"]) / "manifest.json").read_text())["export_resources"]
+        assert 50 < res["peak_rss_mb"] < 8000 and "VmHWM" in res["how"]
+    assert batch_for((1, 16, 16)) == 64  # small inputs: the old batch of 64
+    assert batch_for((3, 224, 224)) == 13  # ImageNet-size: activations of 64 at once took gigabytes
+    assert batch_for((3, 2048, 2048)) == 1

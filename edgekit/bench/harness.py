@@ -120,7 +120,7 @@ class EvalSet:
         import hashlib
 
         h = hashlib.sha256(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        h.update(np.ascontiguousarray(self.x).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
 
 
@@ -184,9 +184,11 @@ def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
     artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
     import hashlib
 
+    from edgekit.quant.calibrate import byte_view
+
     cal = manifest.get("calibration") or {}
     h = hashlib.sha256(str(ev.x.shape).encode())
-    h.update(np.ascontiguousarray(ev.x, dtype=np.float32).tobytes())
+    h.update(byte_view(ev.x))
     same = bool(cal.get("sha256")) and h.hexdigest() == cal.get("sha256")
     same = same or (bool(cal.get("source")) and cal.get("source") == ev.source)
     return {"source": ev.source, "samples": len(ev.x), "labels": ev.y is not None, "calibration_data": same}

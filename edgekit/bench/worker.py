@@ -197,7 +197,7 @@ class Worker:
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
         x = np.load(msg["inputs"], allow_pickle=False)
-        outs = run_batched(self.runner, x, batch=int(msg.get("batch", 64)))
+        outs = run_batched(self.runner, x, batch=int(msg["batch"]) if msg.get("batch") else None)
         Path(msg["outputs"]).parent.mkdir(parents=True, exist_ok=True)
         np.savez(msg["outputs"], **{f"out{i}": o for i, o in enumerate(outs)})
         return {"samples": len(x)}
