@@ -19,7 +19,7 @@ DEVICE_RUNTIMES = {"tensorrt": "TensorRT", "ascend": "Ascend (CANN .om)"}
 NATIVE_EXECUTION = {"tensorrt": "tensorrt-engine", "ascend": "ascend-acl"}
 _RUNTIME_LABELS = {"onnxruntime": "ORT", "ai_edge_litert": "LiteRT", "tensorflow": "TFLite (TensorFlow)",
                    "torch": "torch eager", "tensorrt": "TensorRT"}
-_ARM = ("aarch64", "arm64", "armv7l", "armv8l", "armv7")
+_ARM = ("aarch64", "arm")  # aarch64, arm64, arm64-v8a (an Android ABI), armv7l, ...
 
 
 def arch_label(arch: str | None) -> str:
@@ -52,7 +52,7 @@ def device_class(arch: str | None, executes: str | None) -> str:
         return "gpu"
     if executes == NATIVE_EXECUTION["ascend"]:
         return "npu"
-    return "edge-cpu" if (arch or "").lower() in _ARM else "cpu"
+    return "edge-cpu" if (arch or "").lower().startswith(_ARM) else "cpu"
 
 
 def where(backend: str | None, runtime_module: str | None, executes: str | None, env: dict[str, Any],
