@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     records = load_results(args.results) if args.results else None
     rec = recommend(target, priority=args.priority, workload=args.workload,
                     max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results",
-                    min_cosine=args.min_cosine)
+                    allow_proxy=args.allow_proxy, min_cosine=args.min_cosine)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
@@ -44,5 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-cosine", type=float, metavar="C",
                    help="embeddings/hidden states: reject artifacts whose mean cosine to FP32 is below C (e.g. 0.99)")
     p.add_argument("--results", metavar="FILE", help="bench JSON: a list of records, or {\"records\": [...]}")
+    p.add_argument("--allow-proxy", action="store_true",
+                   help="rank records not measured on a device of the target's class (e.g. a TensorRT artifact "
+                        "run in ONNX Runtime on this CPU) under a loud warning; without it they are refused")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)

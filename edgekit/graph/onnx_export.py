@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import TensorSpec
 from edgekit.errors import EdgekitError
+from edgekit.graph.ort_session import ort_session as ort_session
+from edgekit.graph.tensors import TensorSpec
 from edgekit.io import Feeds, count, run_batched
 from edgekit.models import SourceModel
 
@@ -56,25 +57,6 @@ def quantization_of(path: Path) -> str | None:
         return None
     meta = {p.key: p.value for p in model.metadata_props}
     return meta.get(QUANTIZATION_METADATA_KEY, "pre-quantized (Q/DQ nodes in the given model)")
-
-
-def ort_session(path: Path, recorded: dict[str, str] | None = None, threads: int | None = None):
-    """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime): on x86
-    CPUs without VNNI the int8 kernels saturate unless `session.x64quantprecision` is set, and a quantized
-    graph's check would measure that saturation instead of the graph. `recorded`: the session config a
-    manifest records; `threads`: intra-op threads (one inter-op thread), else ONNX Runtime's default."""
-    import onnxruntime as ort
-
-    from edgekit.backends.onnxruntime import effective_session_config
-
-    opts = ort.SessionOptions()
-    for key, value in effective_session_config(recorded).items():
-        opts.add_session_config_entry(key, value)
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def quantization_label(src: SourceModel) -> str:
@@ -227,6 +209,17 @@ def _torch_outputs(fn, feeds: Feeds, names: list[str]) -> list[np.ndarray]:
     return [o.detach().float().numpy() for o in out]
 
 
+#: input elements per batch the checks run at once (2M floats = 8 MB of input): a batch of 64 digits, but of
+#: 13 ImageNet-size images, whose activations would otherwise take gigabytes at batch 64
+BATCH_ELEMENTS = 2**21
+
+
+def batch_for(sample_shape: tuple[int, ...] | list[int], cap: int = 64) -> int:
+    """How many samples of this shape to run at once in the checks: at most `cap`, at least 1."""
+    per = int(np.prod([d for d in sample_shape if isinstance(d, int) and d > 0], dtype=np.int64)) or 1
+    return max(1, min(cap, BATCH_ELEMENTS // per))
+
+
 def as_feeds(src: SourceModel, data: np.ndarray | Feeds) -> Feeds:
     """A bare array is the one input of a single-input model."""
     if isinstance(data, dict):
@@ -240,18 +233,20 @@ def session_batch(sess, default: int) -> int:
     return static_batch if isinstance(static_batch, int) and static_batch > 0 else default
 
 
-def run_session(sess, feeds: Feeds, batch: int = 64) -> list[np.ndarray]:
+def run_session(sess, feeds: Feeds, batch: int | None = None) -> list[np.ndarray]:
     """An ONNX Runtime session over all samples of `feeds` (named after its inputs), in batches."""
     names = [i.name for i in sess.get_inputs()]
     if len(names) == 1 and names[0] not in feeds and len(feeds) == 1:
         feeds = {names[0]: next(iter(feeds.values()))}
-    return run_batched(lambda f: sess.run(None, {n: f[n] for n in names}), feeds, session_batch(sess, batch))
+    step = session_batch(sess, batch or batch_for(next(iter(feeds.values())).shape[1:]))
+    return run_batched(lambda f: sess.run(None, {n: f[n] for n in names}), feeds, step)
 
 
-def reference_outputs(src: SourceModel, x: np.ndarray | Feeds, batch: int = 64) -> list[np.ndarray]:
+def reference_outputs(src: SourceModel, x: np.ndarray | Feeds, batch: int | None = None) -> list[np.ndarray]:
     """FP32 reference outputs: torch for torch models, ONNX Runtime for a given .onnx. `x` is the one
     input's array, or the arrays keyed by input name."""
     feeds = as_feeds(src, x)
+    batch = batch or batch_for(next(iter(feeds.values())).shape[1:])
     if src.kind == "onnx":
         return run_session(ort_session(src.onnx_path), feeds, batch)
     fn = src.torch_callable()
@@ -438,7 +433,7 @@ def verify_against_reference(
     report: dict[str, Any] = {"atol": atol, "rtol": rtol, "max_abs_err": {}, "inputs": {}}
     for label, feeds in sets.items():
         ref = reference_outputs(src, feeds) if src.kind != "onnx" else None
-        got = run_session(sess, feeds, count(feeds))
+        got = run_session(sess, feeds)
         report["inputs"][label] = count(feeds)
         if ref is None:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -36,6 +37,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
     "percentile": {"num_bins": 2048, "percentile": 99.999},
 }
+
+
+def byte_view(x: np.ndarray) -> np.ndarray:
+    """The float32 bytes of `x` for hashing, without copying when it is already contiguous float32."""
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint8)
 
 
 @dataclass
@@ -65,8 +71,10 @@ class CalibrationSet:
             return {names[0]: self.named["x"]}
         return dict(self.named)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        """Hashed in place (a byte view, not a copy: `tobytes()` of 300 ImageNet-size samples is 180 MB more
+        at the export's peak) and once per set."""
         h = hashlib.sha256()
         if self.named and set(self.named) != {"x"}:
             for name in sorted(self.named):
@@ -75,7 +83,7 @@ class CalibrationSet:
                 h.update(arr.tobytes())
             return h.hexdigest()
         h.update(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
+        h.update(byte_view(self.x))
         return h.hexdigest()
 
     def provenance(self) -> dict[str, Any]:
