@@ -54,6 +54,25 @@ def tool_versions() -> dict[str, str]:
     return {"edgekit": __version__, **installed_versions(_VERSIONED)}
 
 
+def transformer_quantizer() -> Callable[..., dict[str, Any]] | None:
+    """edgekit.quant.transformer's quantizer, adapted to what an exporter passes (the target's backend options,
+    of which it takes the ones it knows, and the user's own transformer options), or None where that module
+    is absent (the exporters then use ONNX Runtime's quantizers directly)."""
+    try:
+        from edgekit.quant import transformer as tq
+    except ImportError:
+        return None
+    known = set(getattr(tq, "OPTION_NAMES", ()))
+
+    def run(src: Path, dest: Path, precision: str, feeds: Any, target_options: dict[str, Any],
+            user_options: dict[str, Any]) -> dict[str, Any]:
+        options = {k: v for k, v in target_options.items() if k in known}
+        options.update(user_options)
+        return tq.quantize_transformer(src, dest, precision, feeds, options)
+
+    return run
+
+
 def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
     """The opset range to export at: the one asked for, which must lie in the target's range, else the range."""
     if opset is None:
@@ -220,7 +239,8 @@ class ExportPipeline:
         peak_reset = reset_peak()  # this export's own peak, not an earlier one's in the same process
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
-            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src)
+            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src,
+                                    None if self.src.single_float else transformer_quantizer())
             result = exporter.export(request)
             manifest: dict[str, Any] = {
                 "manifest_version": 1,

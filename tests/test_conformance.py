@@ -22,7 +22,7 @@ from edgekit.targets import Target, list_targets
 
 INPUT_SHAPE = (1, 3, 16, 16)
 #: the least output SQNR (dB) against FP32 each precision must keep on the tiny model
-MIN_SQNR = {"fp32": 40.0, "fp16": 25.0, "mixed": 15.0, "int8": 8.0, "dynamic-int8": 8.0}
+MIN_SQNR = {"fp32": 40.0, "fp16": 25.0, "mixed": 15.0, "int8": 8.0, "dynamic-int8": 8.0, "int4-weight": 8.0}
 
 CASES = [(b, p) for b in registry.backend_names() for p in registry.backend_precisions(b)]
 

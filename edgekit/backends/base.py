@@ -9,6 +9,7 @@ else, so a new runtime is one module and one registry entry.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,10 @@ class ExportRequest:
     prepared: Path | None = None
     #: the model the user gave, for backends that need more than the ONNX graph (the torch eager baseline)
     source: SourceModel | None = None
+    #: the transformer quantizer the pipeline hands down (a higher layer's code, so backends never import it):
+    #: (src, dest, precision, calibration feeds, target options, user options) -> report; None: ONNX Runtime's
+    #: own dynamic/int4 quantizers are used
+    quantize_transformer: Callable[..., dict[str, Any]] | None = None
 
 
 class Exporter(abc.ABC):

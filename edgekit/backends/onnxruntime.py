@@ -149,20 +149,12 @@ def attention_matmuls(model) -> list[str]:
 def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, precision: str,
                                options: dict[str, Any], transformer_options: dict[str, Any] | None = None
                                ) -> dict[str, Any]:
-    """int8 / dynamic-int8 / int4-weight of a transformer graph: edgekit.quant.transformer's quantizer when it
-    is installed, else ONNX Runtime's dynamic int8 of the weight MatMuls and embedding Gathers with the
-    attention MatMuls kept float (int4: MatMulNBits)."""
-    try:
-        from edgekit.quant import transformer as tq
-    except ImportError:
-        tq = None
-    if tq is not None:
-        # the target's ONNX Runtime options the transformer quantizer shares (per_channel, block_size, ...),
-        # plus what the user passed as --backend-option transformer='{"static": true, ...}'
-        names = set(getattr(tq, "OPTION_NAMES", ()))
-        chosen = {k: v for k, v in options.items() if k in names}
-        chosen.update(transformer_options)
-        report = tq.quantize_transformer(src, dest, precision, calibration_feeds(request), chosen)
+    """int8 / dynamic-int8 / int4-weight of a transformer graph: the quantizer the pipeline hands down in the
+    request (edgekit.quant.transformer) when there is one, else ONNX Runtime's dynamic int8 of the weight
+    MatMuls and embedding Gathers with the attention MatMuls kept float (int4: MatMulNBits)."""
+    if request.quantize_transformer is not None:
+        report = request.quantize_transformer(src, dest, precision, calibration_feeds(request), dict(options),
+                                              dict(transformer_options or {}))
         return {"quantizer": "edgekit.quant.transformer", **(report or {})}
     import onnx
 

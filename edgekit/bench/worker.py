@@ -202,7 +202,8 @@ class Worker:
 
     def cmd_eval(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Outputs on the evaluation inputs, written to an .npz (out0, out1, ...) the harness compares."""
-        from edgekit.export import run_batched
+        from edgekit import io
+        from edgekit.graph.onnx_export import batch_for
 
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
@@ -212,7 +213,11 @@ class Worker:
                 x = {k: loaded[k] for k in loaded.files}
         else:
             x = loaded
-        outs = run_batched(self.runner, x, batch=int(msg["batch"]) if msg.get("batch") else None)
+        feeds = x if isinstance(x, dict) else {self.runner.input_names()[0]: x}
+        first = next(iter(feeds.values()))
+        step = io.fixed_batch(self.manifest["inputs"]) or (int(msg["batch"]) if msg.get("batch") else
+                                                           batch_for(first.shape[1:]))
+        outs = io.run_batched(self.runner.infer, feeds, step)
         Path(msg["outputs"]).parent.mkdir(parents=True, exist_ok=True)
         np.savez(msg["outputs"], **{f"out{i}": o for i, o in enumerate(outs)})
         return {"samples": len(next(iter(x.values())) if isinstance(x, dict) else x)}
