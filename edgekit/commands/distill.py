@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from edgekit.commands import DATA_HELP, log
-from edgekit.commands.distill_text import add_text_args
+from edgekit.commands._distill_text import add_text_args
 
 MODEL_HELP = ("zoo:NAME, package.module:factory (a function returning an nn.Module), or for a teacher a .pt2 "
               "program")
@@ -118,7 +118,7 @@ CNN_DEFAULTS = {"alpha": "0.9", "temperature": "1", "lr": 3e-3, "epochs": 20, "b
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from edgekit.commands.distill_text import is_text, resolve_defaults, run_text
+    from edgekit.commands._distill_text import is_text, resolve_defaults, run_text
 
     if is_text(args):
         return run_text(args)

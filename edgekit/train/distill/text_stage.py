@@ -44,7 +44,9 @@ def load_hf_teacher(spec: str | Path) -> tuple[nn.Module, Any]:
         raise EdgekitError(f"teacher folder {path} has no config.json: pass hf:DIR with a Hugging Face "
                            "save_pretrained folder (model + tokenizer)")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # stderr carries edgekit's own progress lines and one-line errors
     try:
         model = AutoModel.from_pretrained(path, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(path)
