@@ -143,3 +143,37 @@ def test_sampler_moves_from_diverse_to_quality_and_hard():
     hard_rank = sampler.difficulty
     assert hard_rank[late.long()].mean() > hard_rank[early.long()].mean() + 10  # hard samples later
     assert all(len(set(b.tolist())) == 20 for b in sampler.epoch_batches(3, 10, 5))  # no repeats in a batch
+
+
+def test_cnn_distillation_with_scored_sampling_drops_blank_and_duplicate_images(cli, tmp_path):
+    import json
+    import textwrap
+
+    import numpy as np
+
+    from edgekit.data import zoo
+
+    (tmp_path / "cnnpair.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def teacher():
+            torch.manual_seed(1)
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, 10))
+
+        def student():
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 10))
+    """))
+    train = zoo.digits_split("train")
+    x = np.concatenate([train.x[:200], np.repeat(train.x[:1], 5, 0), np.zeros_like(train.x[:3])])
+    y = np.concatenate([train.y[:200], np.repeat(train.y[:1], 5, 0), np.zeros(3, dtype=train.y.dtype)])
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    r = cli("distill", "--teacher", "cnnpair:teacher", "--student", "cnnpair:student", "--data", "train.npz",
+            "--epochs", "2", "--batch-size", "32", "--alpha", "1", "--sampling", "scored", "--no-progress",
+            "--out", tmp_path / "out", cwd=tmp_path)
+    assert r.rc == 0, r.err[-2000:]
+    scores = json.loads((tmp_path / "out" / "report.json").read_text())["data_scores"]
+    assert scores["samples"] == 208
+    assert scores["dropped"]["near_constant"] == 3 and scores["dropped"]["near_duplicate"] >= 5

@@ -137,12 +137,20 @@ def run(args: argparse.Namespace) -> int:
         from edgekit.errors import EdgekitError
 
         raise EdgekitError(f"--baseline trains the student on labels alone, but '{train.source}' has no labels y")
+    sampler = None
+    if args.sampling == "scored":
+        from edgekit.train.distill.data_score import ClassifierSampler, score_classifier_data
+        from edgekit.train.distill.trainer import predict, world_size
+
+        scores = score_classifier_data(pair.teacher, train.x, args.seed)
+        sampler = ClassifierSampler(scores, train.x, predict(pair.teacher, train.x), args.batch_size * world_size(),
+                                    args.seed)
     init_distributed()
     main = is_main_process()
     started = time.perf_counter()
     try:
         result = distill(pair.teacher, pair.student, train, evaluation, loss=loss, config=config,
-                         baseline=args.baseline, log=log if main else None)
+                         baseline=args.baseline, log=log if main else None, sampler=sampler)
         report = {"stage": "distill", "teacher": pair.teacher_spec, "student": pair.student_spec,
                   "train_data": train.source, **result.metrics, "history": result.train.history,
                   "world_size": result.train.world_size, "resumed_from_epoch": result.train.resumed_from_epoch,

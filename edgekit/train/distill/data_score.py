@@ -63,10 +63,13 @@ def ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def score_samples(embeddings: torch.Tensor, augmented: torch.Tensor, degenerate: dict[str, torch.Tensor] | None = None,
-                  *, dup_threshold: float = 0.97, drop_inconsistent: float = 0.02, k: int = 10) -> DataScores:
+                  *, dup_threshold: float = 0.97, drop_inconsistent: float = 0.02, k: int = 10,
+                  duplicates_in: torch.Tensor | None = None) -> DataScores:
     """Score N samples from the teacher's embeddings of them (N, D) and of augmented copies (N, D).
 
     `degenerate` maps a reason to a boolean mask (N) of samples failing that modality check.
+    `duplicates_in` (N, ...) finds near-duplicates in another space than the embeddings': a classifier's
+    10 logits are too few dimensions to tell distinct images apart, their pixels are not.
     """
     n = len(embeddings)
     e = F.normalize(embeddings.float(), dim=-1)
@@ -86,8 +89,14 @@ def score_samples(embeddings: torch.Tensor, augmented: torch.Tensor, degenerate:
     for reason, mask in (degenerate or {}).items():
         drop(reason, mask.bool())
     sim = e @ e.T
+    if duplicates_in is not None:
+        d = duplicates_in.float().flatten(1)
+        d = F.normalize(d - d.mean(1, keepdim=True), dim=-1)
+        dup_sim = d @ d.T
+    else:
+        dup_sim = sim
     earlier = torch.ones(n, n, dtype=torch.bool).tril(-1)  # earlier[i, j]: j < i
-    dup = ((sim >= dup_threshold) & earlier & alive[None, :]).any(1)
+    dup = ((dup_sim >= dup_threshold) & earlier & alive[None, :]).any(1)
     drop("near_duplicate", dup)
     if drop_inconsistent > 0 and alive.sum() > 1:
         cut = torch.quantile(consistency[alive], drop_inconsistent)
@@ -201,3 +210,36 @@ def uniform_batches(n: int, batch_size: int, seed: int, epoch: int, steps: int) 
             idx = torch.cat([idx, order[: b - len(idx)]])
         out.append(idx)
     return out
+
+
+# -- classifiers (CNN students) ---------------------------------------------------------------------------------
+@torch.no_grad()
+def score_classifier_data(teacher: torch.nn.Module, x: torch.Tensor, seed: int = 0, sigma: float = 0.05,
+                          **kwargs: Any) -> DataScores:
+    """Scores for image (or any tensor) samples in the space of the teacher's logits; the augmentation is
+    Gaussian noise of `sigma` times the data's standard deviation."""
+    from edgekit.train.distill.trainer import predict
+
+    gen = torch.Generator().manual_seed(seed + 12345)
+    logits = predict(teacher, x)
+    noisy = predict(teacher, image_jitter(x, sigma, gen))
+    return score_samples(logits, noisy, image_degenerate(x), duplicates_in=x, **kwargs)
+
+
+class ClassifierSampler(ScheduledSampler):
+    """A ScheduledSampler whose difficulty is KL(teacher || student) per kept sample, recomputed at the start
+    of each epoch from the student's current weights (the trainer calls `refresh`)."""
+
+    def __init__(self, scores: DataScores, x: torch.Tensor, teacher_logits: torch.Tensor, batch_size: int,
+                 seed: int = 0) -> None:
+        super().__init__(scores, batch_size, seed)
+        self.x = x[scores.kept]
+        self.log_p_t = F.log_softmax(teacher_logits[scores.kept].float(), dim=-1)
+
+    @torch.no_grad()
+    def refresh(self, student: torch.nn.Module, device: torch.device | None = None) -> None:
+        from edgekit.train.distill.trainer import predict
+
+        log_p_s = F.log_softmax(predict(student, self.x, device=device), dim=-1)
+        kl = (self.log_p_t.exp() * (self.log_p_t - log_p_s)).sum(-1)
+        self.difficulty = kl  # a full recomputation each epoch: no stale values, resume-safe
