@@ -11,7 +11,7 @@ import argparse
 
 from edgekit.commands import log
 
-TEXT_DEFAULTS = {"alpha": "0.7:0.3", "temperature": "5,2,1", "lr": 2e-3, "epochs": 3, "batch_size": 32}
+TEXT_DEFAULTS = {"alpha": "0.7:0.3", "temperature": "5,2,1", "lr": 1e-3, "epochs": 3, "batch_size": 32}
 DEFAULT_STUDENT = "layers=3,hidden=192,heads=6,intermediate=768"
 
 
@@ -28,7 +28,8 @@ def add_text_args(p: argparse.ArgumentParser) -> None:
                    help="loss on the mean-pooled sentence embedding (default cosine)")
     g.add_argument("--max-length", type=int, default=64, metavar="N", help="tokens per sentence (default 64)")
     g.add_argument("--sampling", default="uniform", choices=("uniform", "scored"),
-                   help="uniform, or scored: drop poor samples and move from diverse to high-quality + hard")
+                   help="uniform, or scored: drop poor samples and move from diverse to high-quality + hard "
+                        "(CNN students too)")
 
 
 def is_text(args: argparse.Namespace) -> bool:

@@ -178,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "edgekit distill --pair digits-vit (attention and hidden-state distillation). "
                "Transformers: edgekit distill --teacher hf:DIR --student-config layers=3,hidden=192,heads=6,"
                "intermediate=768 --data sentences.txt --out DIR (defaults there: --alpha 0.7:0.3, -T 5,2,1, "
-               "--lr 2e-3, --epochs 3, --batch-size 32; alpha is the weight of the hidden-state and attention "
+               "--lr 1e-3, --epochs 3, --batch-size 32; alpha is the weight of the hidden-state and attention "
                "terms, 1-alpha that of the embedding cosine; --baseline trains the same student on the embedding "
                "alone).",
     )
