@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--student-config", default="layers=3,hidden=192,heads=6,intermediate=768")
     ap.add_argument("--runs", default="full,baseline,scored")
+    ap.add_argument("--alpha", default="0.7:0.3", help="weight of the layer terms (schedule)")
+    ap.add_argument("--temperature", default="5,2,1", help="attention temperature (schedule)")
+    ap.add_argument("--attention-weight", type=float, default=1.0)
+    ap.add_argument("--hidden-weight", type=float, default=1.0)
     ap.add_argument("--out", default="benchmarks/results/text_distill.json")
     ap.add_argument("--save-student", metavar="DIR", help="also save the full run's student here (not committed)")
     args = ap.parse_args()
@@ -56,7 +60,8 @@ def main() -> None:
     corpus = build_corpus(max_train=args.train, max_heldout=args.heldout)
     everyday = everyday_sentences()
     spec = parse_student_config(args.student_config)
-    config = TextDistillConfig()
+    config = TextDistillConfig(alpha=args.alpha, temperature=args.temperature,
+                               attention_weight=args.attention_weight, hidden_weight=args.hidden_weight)
     setup = prepare(teacher, tok, corpus.train, spec, config, seed=args.seed, score=True, log=print)
     t_params = sum(p.numel() for p in teacher.parameters())
     results: dict = {
@@ -66,6 +71,7 @@ def main() -> None:
                   "heldout": unk_rates(tok, setup.student, corpus.heldout, config.max_length),
                   "everyday": unk_rates(tok, setup.student, everyday, config.max_length)},
         "corpus": corpus.stats, "data_scores": setup.data.scores.report(len(corpus.train)),
+        "command": "python benchmarks/text_distill.py " + " ".join(sys.argv[1:]),
         "train": {"sentences": len(corpus.train), "epochs": args.epochs, "batch_size": args.batch_size,
                   "lr": args.lr, "seed": args.seed, "threads": 1},
         "prepare_seconds": time.perf_counter() - t0, "runs": {},
