@@ -98,3 +98,21 @@ def test_offline_corpus_is_prose_and_heldout_is_separate():
     text = "A first sentence is here today. Then comes a second one, quite long.\n\n    x = f(1)  # code\n"
     assert split_sentences(text) == ["A first sentence is here today.", "Then comes a second one, quite long."]
 
+
+
+def test_student_of_the_teachers_shape_starts_as_the_teacher(textdir):
+    """Where every shape allows, initialisation copies the teacher: same embeddings, trimmed vocabulary or not."""
+    from edgekit.train.distill.student import build_student, parse_student_config
+    from edgekit.train.distill.text import embed, encode
+    from edgekit.train.distill.text_stage import load_hf_teacher
+
+    teacher, tok = load_hf_teacher(f"hf:{textdir / 'teacher'}")
+    sentences = everyday_sentences()[:20]
+    ids = encode(tok, sentences, 64)
+    expected = embed(teacher, ids, tok.pad_token_id, teacher=True)
+    for vocab in ("shared", "trim"):
+        spec = parse_student_config(f"layers=2,hidden=32,heads=4,intermediate=64,vocab={vocab}")
+        student = build_student(teacher, tok.get_vocab(), spec, ids)
+        got = embed(student.model, ids, tok.pad_token_id, vocab_map=student.vocab_map)
+        assert torch.allclose(got, expected, atol=1e-5), vocab
+    assert len(student.tokens) < len(tok.get_vocab())  # trimmed to the sentences' tokens + single characters
