@@ -43,8 +43,12 @@ def load_hf_teacher(spec: str | Path) -> tuple[nn.Module, Any]:
     if not (path / "config.json").is_file():
         raise EdgekitError(f"teacher folder {path} has no config.json: pass hf:DIR with a Hugging Face "
                            "save_pretrained folder (model + tokenizer)")
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise EdgekitError("a hf:DIR teacher needs the Python package 'transformers', which is not installed; "
+                           "pip install 'edgekit[text]'") from None
 
     hf_logging.disable_progress_bar()  # stderr carries edgekit's own progress lines and one-line errors
     try:
