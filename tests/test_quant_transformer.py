@@ -147,3 +147,27 @@ def test_bad_requests_are_one_line_errors(tiny_bert, tmp_path, precision, option
     with pytest.raises(EdgekitError, match=match):
         quantize_transformer(tiny_bert, dest, precision, feeds, options)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_tensorrt_qdq_int8_projections_fp16_attention(tiny_bert, tmp_path, mixed):
+    from edgekit.quant.qdq import check_tensorrt_qdq
+    from edgekit.quant.transformer import tensorrt_qdq
+
+    dest = tmp_path / "trt.onnx"
+    report = tensorrt_qdq(tiny_bert, dest, _feeds(16, 5), mixed=mixed)
+    model = onnx.load(str(dest))
+    check_tensorrt_qdq(model)  # int8, zero point 0, per-tensor activations, float biases
+    inits = {t.name: t for t in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.data_type == onnx.TensorProto.INT8 for z in zero_points)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    attn = set(report["int8_nodes"]) and {n.name for n in attention_matmuls(onnx.load(str(tiny_bert)))}
+    for node in model.graph.node:
+        if node.name in attn:
+            kinds = {producers[i].op_type for i in node.input}
+            assert "DequantizeLinear" not in kinds
+            assert (kinds == {"Cast"}) == mixed  # fp16: float inputs cast down right before the MatMul
+    assert sum(producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+               for n in model.graph.node if n.op_type == "MatMul") == 12
+    assert _cosine(tiny_bert, dest, _feeds(8, 6)) > 0.98

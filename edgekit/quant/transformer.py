@@ -357,3 +357,54 @@ def quantize_transformer(src: Path, dest: Path, precision: str,
     if feeds is not None:
         report["calibration_samples"] = len(feeds)
     return report
+
+
+def tensorrt_qdq(src: Path, dest: Path, calib_feeds: Iterable[dict[str, np.ndarray]], mixed: bool = True
+                 ) -> dict[str, Any]:
+    """TensorRT's explicit-quantization form of a transformer, from the ONNX file alone: int8 symmetric Q/DQ
+    (zero point 0, per-tensor activations, per-channel weights, float biases) on the projection and
+    feed-forward GEMMs; with `mixed`, the attention MatMuls run in fp16; Softmax and LayerNorm stay fp32.
+    The result is checked against TensorRT's Q/DQ rules; ONNX Runtime runs it on the CPU as the accuracy check.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, check_tensorrt_qdq, nodes_to_fp16, transformer_split
+
+    src, dest = Path(src), Path(dest)
+    feeds = list(calib_feeds)
+    if not feeds:
+        raise EdgekitError("TensorRT int8 Q/DQ needs calibration feeds (named input arrays); pass calibration data")
+    model = onnx.load(str(src))
+    _name_nodes(model)
+    split = transformer_split(model)
+    if split is None:
+        raise EdgekitError(f"{src.name} has no attention (Softmax and activation-by-activation MatMuls); use the "
+                           "generic TensorRT int8 export for it")
+    with tempfile.TemporaryDirectory(prefix="edgekit-trtq-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        staged = Path(tmp) / "q.onnx"
+        onnx.save(model, str(named))
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            quantize_static(str(named), str(staged), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=split["not_int8"],
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "QuantizeBias": False,
+                                           "OpTypesToExcludeOutputQuantization": NO_OUTPUT_QUANTIZATION})
+        finally:
+            logging.getLogger().setLevel(level)
+        out = onnx.load(str(staged))
+        if mixed:
+            out = nodes_to_fp16(out, split["attention"])
+        summary = check_tensorrt_qdq(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(out, str(dest))
+    return {"precision": "mixed" if mixed else "int8", "int8_nodes": split["int8_nodes"],
+            "fp16_nodes": split["attention"] if mixed else [],
+            "kept_float": _float_report(out, [n for n in out.graph.node if n.name in set(split["attention"])], []),
+            "qdq_check": {k: v for k, v in summary.items() if k != "weights"},
+            "calibration_samples": len(feeds)}
