@@ -54,11 +54,15 @@ def smooth(model, matmuls: list[Any], feeds: Iterable[dict[str, np.ndarray]], al
     """
     from onnx import helper, numpy_helper
 
+    from collections import Counter
+
     inits = {t.name: t for t in model.graph.initializer}
+    uses = Counter(i for n in model.graph.node for i in n.input)
     groups: dict[str, list[Any]] = {}
     for node in matmuls:
         w = inits.get(node.input[1])
-        if w is not None and len(w.dims) == 2:
+        # a weight shared with another node would be rescaled under that node too: left alone
+        if w is not None and len(w.dims) == 2 and uses[w.name] == 1:
             groups.setdefault(node.input[0], []).append(node)
     if not groups:
         return {"smoothed_inputs": 0}
