@@ -127,12 +127,12 @@ VARIANTS = [
     ("edgekit static int8 + smoothing", "int8", {"static": True}, True, "static QDQ with smoothing"),
     ("  smoothing off", "int8", {"static": True, "smoothing": False}, True, "smoothing"),
     ("  + FFN down-proj float", "int8", {"static": True, "keep_float": "@down"}, True, "sensitive layers float"),
-    ("edgekit int4-weight (default)", "int4-weight", {}, False, "RTN asymmetric block 32, int4 embeddings"),
+    ("edgekit int4-weight (default)", "int4-weight", {}, False, "RTN asymmetric block 16, int4 embeddings"),
     ("  int8 embeddings", "int4-weight", {"embedding_bits": 8}, False, "embedding bits"),
     ("  symmetric", "int4-weight", {"symmetric": True}, False, "zero points"),
     ("  FFN down-proj int8", "int4-weight", {"int8_down_projections": True}, False, "sensitive layers int8"),
-    ("  HQQ", "int4-weight", {"algorithm": "hqq"}, False, "HQQ scales"),
-    ("  block 16", "int4-weight", {"block_size": 16}, False, "block size 16"),
+    ("  HQQ (block 32)", "int4-weight", {"algorithm": "hqq", "block_size": 32}, False, "HQQ scales"),
+    ("  block 32", "int4-weight", {"block_size": 32}, False, "block size 32"),
 ]
 
 

@@ -52,9 +52,9 @@ def smooth(model, matmuls: list[Any], feeds: Iterable[dict[str, np.ndarray]], al
     Consumers of one input tensor share one s (the max over their weights), so a single Mul serves, e.g.,
     the query, key and value projections. Returns what was smoothed and how far the ranges moved.
     """
-    from onnx import helper, numpy_helper
-
     from collections import Counter
+
+    from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     uses = Counter(i for n in model.graph.node for i in n.input)
