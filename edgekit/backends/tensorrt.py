@@ -297,7 +297,8 @@ class TensorRTExporter(Exporter):
     def _int8(self, request: ExportRequest, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
         import onnx
 
-        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, transformer_split, weighted_nodes
+        from edgekit.graph.attention import transformer_split
+        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
 
         if request.ranges is None or request.prepared is None:
             raise EdgekitError(f"{request.precision} needs calibration ranges: give calibration data (calib=, --calib)")

@@ -328,23 +328,3 @@ def nodes_to_fp16(model, names: list[str]) -> Any:
         raise EdgekitError(f"cannot run node(s) {', '.join(names)} in float16: {str(exc).splitlines()[0]}") from None
     return model
 
-
-def transformer_split(model) -> dict[str, Any] | None:
-    """For a graph with attention (Softmax, and MatMuls whose two inputs are both computed): which nodes
-    TensorRT's int8 Q/DQ should cover and which stay out; None for a graph without attention (CNNs keep the
-    generic rules unchanged).
-
-    int8 goes on the projection and feed-forward GEMMs only (constant weights, where the time goes);
-    the attention score and context MatMuls, Softmax, LayerNorm and the rest stay out of int8: `mixed` runs
-    the attention MatMuls in fp16, the way TensorRT's fused attention kernels run them.
-    """
-    from edgekit.quant.transformer import attention_matmuls, projection_nodes
-
-    if not any(n.op_type == "Softmax" for n in model.graph.node):
-        return None
-    attention = [n.name for n in attention_matmuls(model)]
-    if not attention:
-        return None
-    int8 = {n.name for n in projection_nodes(model)}
-    return {"attention": attention, "int8_nodes": sorted(int8),
-            "not_int8": [n.name for n in model.graph.node if n.name and n.name not in int8]}

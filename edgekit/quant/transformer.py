@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.graph.attention import attention_matmuls, down_projections, projection_nodes, transformer_split
+
+__all__ = ["attention_matmuls", "down_projections", "projection_nodes", "quantize_transformer", "tensorrt_qdq"]
 
 PRECISIONS = ("dynamic-int8", "int8", "int4-weight")
 #: ops kept float in every int8 variant, with the reason the report gives
@@ -103,37 +106,6 @@ def _options(options: Mapping[str, Any] | None, precision: str) -> dict[str, Any
 
 # ---------------------------------------------------------------------------------------------------------
 # the graph's structure
-def _constant_names(model) -> set[str]:
-    names = {t.name for t in model.graph.initializer}
-    names |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    return names
-
-
-def attention_matmuls(model) -> list[Any]:
-    """MatMul nodes whose inputs are both computed tensors: attention scores (Q K^T) and context (P V)."""
-    consts = _constant_names(model)
-    return [n for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
-
-
-def projection_nodes(model) -> list[Any]:
-    """MatMul/Gemm nodes with a constant 2-D weight: the Q/K/V/output projections and the feed-forward."""
-    inits = {t.name: t for t in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits \
-                and len(inits[n.input[1]].dims) == 2:
-            out.append(n)
-    return out
-
-
-def down_projections(model) -> list[Any]:
-    """Projections that narrow (weight rows > columns): a feed-forward block's second GEMM, whose input is the
-    GELU output with the widest activation outliers of the layer, the first place 4-bit weights hurt."""
-    inits = {t.name: t for t in model.graph.initializer}
-    return [n for n in projection_nodes(model) if n.op_type == "MatMul"
-            and inits[n.input[1]].dims[0] > inits[n.input[1]].dims[1]]
-
-
 def _name_nodes(model) -> None:
     """Give every node a unique name: quantizers address nodes by name, and exporters leave some blank."""
     seen: set[str] = set()
@@ -380,7 +352,7 @@ def tensorrt_qdq(src: Path, dest: Path, calib_feeds: Iterable[dict[str, np.ndarr
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, check_tensorrt_qdq, nodes_to_fp16, transformer_split
+    from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, check_tensorrt_qdq, nodes_to_fp16
 
     src, dest = Path(src), Path(dest)
     feeds = list(calib_feeds)
