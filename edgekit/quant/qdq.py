@@ -327,4 +327,3 @@ def nodes_to_fp16(model, names: list[str]) -> Any:
     except Exception as exc:
         raise EdgekitError(f"cannot run node(s) {', '.join(names)} in float16: {str(exc).splitlines()[0]}") from None
     return model
-
