@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         exporter_options["require_engine"] = True
     if args.allow_float_fallback:
         exporter_options["allow_float_fallback"] = True
+    from edgekit.backends.options import validate
+
+    # the same declaration the target's [backend_options] is checked against, before the model is loaded
+    exporter_options = validate(target.backend, exporter_options, "--backend-option")
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
                                   ("bias-correction", args.bias_correction)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
@@ -136,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", metavar="NxCxHxW", help="model input shape, e.g. 1x3x224x224")
     p.add_argument("--out", "-o", help="artifact folder (default: ./MODEL-TARGET-PRECISION)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option for the backend's exporter (repeatable); an unknown one lists those accepted")
+                   help="an option for the backend, as in a target's [backend_options] (repeatable), e.g. "
+                        "per_channel=false; an unknown one lists those the backend declares")
     p.add_argument("--require-engine", action="store_true",
                    help="fail unless the device engine itself is built here (TensorRT .engine, Ascend .om)")
     p.add_argument("--allow-float-fallback", action="store_true",

@@ -8,10 +8,14 @@ import json
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.backends import registry
+    from edgekit.commands import log
     from edgekit.targets import list_targets
 
+    def skip(path, exc) -> None:
+        log(f"targets: skipped {path}: {exc}")
+
     rows = []
-    for t in list_targets():
+    for t in list_targets(on_skip=skip):
         missing = registry.missing_requirement(t.backend)
         rows.append({
             "name": t.name, "backend": t.backend, "device_class": t.device_class, "precisions": list(t.precisions),

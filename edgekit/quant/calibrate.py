@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.resources import builtin_dir, load_toml
+from edgekit.schema import OptionSpec
 
 DEFAULT_MAX_SAMPLES = 300
 MIN_SAMPLES = 1
@@ -181,8 +182,59 @@ class Ranges:
         return TensorsData(CalibrationMethod.MinMax, data)
 
 
+_SYMMETRIC = OptionSpec("symmetric", "bool", "symmetric ranges (centred on zero)", False)
+_BINS = OptionSpec("num_bins", "int", "histogram bins", 2048, lo=16, hi=1 << 20)
+#: what each method's options take, for recipes and `--calib-option` alike
+METHOD_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
+    "minmax": (_SYMMETRIC,),
+    "entropy": (_SYMMETRIC, _BINS,
+                OptionSpec("num_quantized_bins", "int", "bins of the quantized distribution", 128, lo=2,
+                           hi=1 << 20)),
+    "percentile": (_SYMMETRIC, _BINS,
+                   OptionSpec("percentile", "float", "the percentile of |x| kept, e.g. 99.99", 99.999, lo=90,
+                              hi=100)),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A calibration method and its options, checked at construction: from a recipe file, `--calib-method`
+    and `--calib-option`. `source` is what errors name (the file, or the flag)."""
+
+    method: str
+    options: dict[str, Any]
+    source: str = "--calib-option"
+
+    def __post_init__(self) -> None:
+        from edgekit import schema
+
+        schema.string(self.source, "method", self.method, METHODS)
+        opts = schema.table(self.source, "options", self.options)
+        declared = {o.name: o for o in METHOD_OPTIONS[self.method]}
+        schema.refuse_unknown(self.source, opts, declared, what=f"option(s) of calibration method '{self.method}'")
+        merged = {**METHODS[self.method], **{k: declared[k].check(v, self.source) for k, v in opts.items()}}
+        if self.method == "entropy" and merged["num_quantized_bins"] > merged["num_bins"]:
+            raise schema.bad(self.source, "num_quantized_bins", merged["num_quantized_bins"],
+                             f"at most num_bins ({merged['num_bins']})")
+        object.__setattr__(self, "options", merged)
+
+
+def load_recipe(path: Path) -> tuple[str, dict[str, Any]]:
+    """A recipe file's method and options (options not yet checked: the command line may add to them)."""
+    from edgekit import schema
+
+    where = str(path)
+    recipe = load_toml(path, "calibration recipe")
+    schema.refuse_unknown(where, recipe, ("method", "options"))
+    if "method" not in recipe:
+        raise EdgekitError(f"{where}: missing required field 'method' (one of {', '.join(METHODS)})")
+    method = schema.string(where, "method", recipe["method"], METHODS)
+    return method, dict(schema.table(where, "options", recipe.get("options", {})))
+
+
 def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """A method name, or a recipe .toml (built-in name or path) with `method` and options."""
+    """A method name, or a recipe .toml (built-in name or path) with `method` and options; `options` (from
+    `--calib-option`) override the recipe's."""
     options = dict(options or {})
     recipe_path = None
     if method.endswith(".toml"):
@@ -191,24 +243,20 @@ def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[
         candidate = builtin_dir("calibration") / f"{method}.toml"
         if candidate.is_file():
             recipe_path = candidate
+    source = "--calib-option"
     if recipe_path is not None:
         if not recipe_path.is_file():
             raise EdgekitError(f"calibration recipe not found: {recipe_path}")
-        recipe = load_toml(recipe_path, "calibration recipe")
-        method = recipe.get("method", "")
-        options = {**recipe.get("options", {}), **options}
+        method, recipe_options = load_recipe(recipe_path)
+        options = {**recipe_options, **options}
+        source = f"{recipe_path} (with --calib-option)" if options.keys() - recipe_options.keys() else str(recipe_path)
     if method not in METHODS:
         raise EdgekitError(
             f"unknown calibration method '{method}'; available: {', '.join(METHODS)} or a recipe in "
             f"{builtin_dir('calibration')}"
         )
-    merged = {**METHODS[method], **options}
-    unknown = set(merged) - set(METHODS[method]) - {"symmetric"}
-    if unknown:
-        raise EdgekitError(f"calibration method '{method}' has no option(s) {', '.join(sorted(unknown))}")
-    if method == "percentile" and not 90.0 <= float(merged["percentile"]) <= 100.0:
-        raise EdgekitError(f"percentile must be within [90, 100] (got {merged['percentile']})")
-    return method, merged
+    recipe = Recipe(method, options, source)
+    return recipe.method, dict(recipe.options)
 
 
 def file_sha256(path: Path) -> str:
