@@ -71,12 +71,9 @@ def load_teacher(spec: str) -> nn.Module:
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"teacher file not found: {path}")
-        try:
-            import torch.ao.quantization.fx._decomposed
+        from edgekit.models import load_pt2
 
-            return FrozenProgram(torch.export.load(str(path)).module())
-        except Exception as exc:
-            raise EdgekitError(f"cannot load {path} as a torch.export program: {type(exc).__name__}") from None
+        return FrozenProgram(load_pt2(path).module())
     if ":" in spec:
         return _call_factory(spec)
     raise EdgekitError(f"cannot load teacher '{spec}': expected zoo:NAME, package.module:factory or a .pt2 file")
