@@ -27,6 +27,7 @@ from edgekit.quant.calibrate import (
     DEFAULT_MAX_SAMPLES,
     CalibrationSet,
     Ranges,
+    check_calibration,
     check_matches,
     compute_ranges,
     load_data,
@@ -258,6 +259,8 @@ class ExportPipeline:
             return None
         cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
+        if not isinstance(calib, CalibrationSet):  # what the user's file holds (Python callers build their own)
+            check_calibration(cset, self.log)
         return cset
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:

@@ -138,6 +138,8 @@ def load_pt2(path: Path):
             return torch.export.load(str(path))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        if "warnings above" in first:  # torch points at the log records dropped above: they say no more
+            first = "not a program torch.export.save wrote, or a damaged one"
         raise EdgekitError(f"cannot load {path} as a torch.export .pt2 program: {type(exc).__name__}"
                            + (f" ({first})" if first else "")) from None
 

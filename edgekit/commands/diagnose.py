@@ -100,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
         if calib is None:
             raise EdgekitError("diagnose needs calibration data: pass --calib DATA")
         cset = load_data(calib, max_samples=args.calib_samples)
-        from edgekit.quant.calibrate import check_matches
+        from edgekit.quant.calibrate import check_calibration, check_matches
+
 
         check_matches(cset, pipeline.src.input_shape, "calibration set")
+        check_calibration(cset, log)
         pipeline.onnx(target, None)
         cal, held = fallback.split_calibration(cset)
         setup = fallback.QuantSetup(target.backend, pipeline.prepared(), pipeline.ranges(cal, method, opts),

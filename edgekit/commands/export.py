@@ -99,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
+    from pathlib import Path
+
+    from edgekit.artifact import check_destination, check_writable
+    from edgekit.quant.calibrate import resolve_method
+
+    # every check that needs no model comes first: a bad option or an unwritable --out costs nothing
+    resolve_method(args.calib_method, parse_options(args.calib_option))
+    if args.out:
+        check_destination(Path(args.out), args.force)
+    else:
+        check_writable(Path.cwd() / "artifact", "the default --out in")
     with ExportPipeline(args.model, shape, log=log) as pipeline:
         art = pipeline.export(
             target, args.precision, calib=args.calib, calib_method=args.calib_method,

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ from edgekit.resources import builtin_dir, load_toml
 from edgekit.schema import OptionSpec
 
 DEFAULT_MAX_SAMPLES = 300
-MIN_SAMPLES = 1
+#: a calibration set smaller than this cannot estimate ranges (one sample is one image's activations)
+MIN_SAMPLES = 10
+#: more identical samples than this fraction: a warning (the ranges come from fewer samples than it seems)
+MAX_DUPLICATE_FRACTION = 0.5
+#: a value further outside the bulk (0.1-99.9 percentile range) than this many times its width: a warning
+OUTLIER_SPANS = 10.0
 
 # method -> default options. Entropy and percentile use 2048 histogram bins: with ONNX Runtime's default
 # (128) entropy returns exactly the min-max range (STACK-NOTES.md), which would make the choice meaningless.
@@ -108,11 +114,23 @@ def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any
         raise
     except Exception as exc:
         raise EdgekitError(f"cannot read data file {path}: {exc}") from None
-    if not np.issubdtype(x.dtype, np.number):
+    if np.iscomplexobj(x):
+        raise EdgekitError(f"{path}: array 'x' is complex ({x.dtype}); models take real numbers: pass the real "
+                           "part or the magnitude, as the model was trained on")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise EdgekitError(f"{path}: array 'x' must be numeric (got dtype {x.dtype})")
-    if y is not None and len(y) != len(x):
-        raise EdgekitError(f"{path}: 'y' has {len(y)} labels but 'x' has {len(x)} samples")
-    return x.astype(np.float32), y, {"applied_by_edgekit": "none (samples used as given)"}, str(path)
+    if x.ndim == 0:
+        raise EdgekitError(f"{path}: array 'x' is a single number (0-d); it must hold samples, N x ...")
+    if y is not None:
+        if y.ndim == 0 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+                               or y.dtype == np.bool_):
+            raise EdgekitError(f"{path}: 'y' must be a numeric array of one label per sample (got dtype {y.dtype}, "
+                               f"shape {y.shape})")
+        if len(y) != len(x):
+            raise EdgekitError(f"{path}: 'y' has {len(y)} labels but 'x' has {len(x)} samples")
+    with np.errstate(all="ignore"):  # float64 beyond float32's range becomes inf, reported just below
+        x32 = x.astype(np.float32)
+    return x32, y, {"applied_by_edgekit": "none (samples used as given)"}, str(path)
 
 
 def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0) -> CalibrationSet:
@@ -123,6 +141,12 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
         x, y, prep, source = _load_file(Path(spec))
     if x.ndim == 0 or len(x) == 0:
         raise EdgekitError(f"data '{spec}' is empty: it has no samples")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad_samples = int((~finite.reshape(len(x), -1)).any(axis=1).sum())
+        raise EdgekitError(f"data '{spec}' holds {int((~finite).sum())} NaN/Inf value(s) in {bad_samples} of "
+                           f"{len(x)} sample(s); models and calibration need finite numbers: drop or fix those "
+                           "samples")
     available = len(x)
     x, y, selection = _subsample(x, y, max_samples, seed)
     return CalibrationSet(np.ascontiguousarray(x, dtype=np.float32), y, source, prep, available, selection)
@@ -137,6 +161,44 @@ def check_matches(cset: CalibrationSet, input_shape: tuple[int, ...], what: str 
             f"{what} '{cset.source}' has samples of shape {got or '(scalar)'}, but the model input is "
             f"{'x'.join(map(str, input_shape))} (samples must be {want})"
         )
+
+
+def check_calibration(cset: CalibrationSet, warn: Callable[[str], None] | None = None) -> None:
+    """Refuse a set that cannot calibrate, with the measured reason; warn (through `warn`) about one that
+    calibrates badly. Min-max ranges come from the extremes of these samples, so a set that is too small,
+    constant or one sample repeated gives every tensor a degenerate range, and one extreme outlier stretches
+    the ranges for all the others."""
+    where = f"calibration set '{cset.source}'"
+    x = cset.x
+    if cset.count < MIN_SAMPLES:
+        raise EdgekitError(f"{where} has {cset.count} sample(s); calibration needs at least {MIN_SAMPLES} (a few "
+                           "hundred is better): pass --calib with more samples or raise --calib-samples")
+    if not x.any():
+        raise EdgekitError(f"{where} is all zeros ({cset.count} samples): it gives every activation an empty "
+                           "range; pass real inputs, preprocessed as for the model")
+    flat = x.reshape(cset.count, -1)
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo == hi:
+        raise EdgekitError(f"{where} is constant (every value is {lo:g}): it gives every activation an empty range; "
+                           "pass real inputs, preprocessed as for the model")
+    unique = len(np.unique(flat, axis=0))
+    if unique == 1:
+        raise EdgekitError(f"{where} is one sample repeated {cset.count} times: the ranges would fit that one "
+                           "input; pass varied samples")
+    if warn is None:
+        return
+    duplicates = cset.count - unique
+    if duplicates > MAX_DUPLICATE_FRACTION * cset.count:
+        warn(f"warning: {where}: {duplicates} of {cset.count} samples duplicate others ({unique} distinct); "
+             "the ranges rest on fewer inputs than it seems")
+    q_lo, q_hi = (float(v) for v in np.percentile(flat, [0.1, 99.9]))
+    span = max(q_hi - q_lo, 1e-12)
+    far = (flat < q_lo - OUTLIER_SPANS * span) | (flat > q_hi + OUTLIER_SPANS * span)
+    if far.any():
+        extreme = lo if q_lo - lo > hi - q_hi else hi
+        warn(f"warning: {where}: {int(far.sum())} value(s) in {int(far.any(axis=1).sum())} sample(s) lie far "
+             f"outside the range of the other data (bulk [{q_lo:.3g}, {q_hi:.3g}], extreme {extreme:.3g}); "
+             "min-max ranges will stretch to them: check those samples or use --calib-method percentile")
 
 
 @dataclass

@@ -166,6 +166,9 @@ def prepare_out_dir(out: str | Path, resume: bool, force: bool) -> Path:
     ckpt = path / "checkpoint.pt"
     if path.exists() and not path.is_dir():
         raise EdgekitError(f"--out {path} exists and is not a folder")
+    from edgekit.artifact import check_writable
+
+    check_writable(path / "checkpoint.pt")  # before any training: the folder or its parent must take files
     if ckpt.is_file() and not (resume or force):
         raise EdgekitError(f"{path} already holds a training checkpoint: pass --resume to continue it, or --force "
                            "to start over")
