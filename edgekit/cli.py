@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from edgekit import commands
-from edgekit.errors import EdgekitError, stage
+from edgekit.errors import EdgekitError, last_progress, note_progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     debug = debug_requested(args)
+    note_progress("")
     try:
-        with stage(f"running `edgekit {args.command}`"):
-            rc = func(args)
+        rc = func(args)
     except EdgekitError as exc:
         if debug:
             traceback.print_exc()
@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # a bug, or a dependency that raised (or called sys.exit) where it should not
         if debug:
             traceback.print_exc()
-        where = getattr(exc, "edgekit_stage", None) or f"running `edgekit {args.command}`"
+        # the innermost named stage, else the last progress line, else the command itself
+        where = getattr(exc, "edgekit_stage", None) or last_progress() or f"running `edgekit {args.command}`"
         print(f"edgekit {args.command}: internal error while {where}: {type(exc).__name__}: "
               f"{one_line(str(exc)) or '(no message)'} (please report; rerun with --debug for the traceback)",
               file=sys.stderr)

@@ -59,3 +59,15 @@ def stage(what: str) -> Iterator[None]:
             with contextlib.suppress(AttributeError, TypeError):  # some built-in exceptions take no attributes
                 exc.edgekit_stage = what  # type: ignore[attr-defined]
         raise
+
+
+_PROGRESS: list[str] = [""]
+
+
+def note_progress(what: str) -> None:
+    """Remember the last progress line shown to the user: without a `stage`, it is where an error happened."""
+    _PROGRESS[0] = what
+
+
+def last_progress() -> str:
+    return _PROGRESS[0]

@@ -132,7 +132,8 @@ KINDS = ("bool", "int", "float", "str", "choice", "names", "ints", "numbers", "t
 @dataclass(frozen=True)
 class OptionSpec:
     """One option: its type (`kind`), the values it may take, its default (None: the backend decides) and
-    a help line. `ints` lists may have a fixed `length`; `lo`/`hi` bound ints and numbers."""
+    a help line. `ints` lists may have a fixed `length`; `lo`/`hi` bound ints and numbers (for `numbers`
+    lists, lo 0 means strictly positive: a scale of zero is never meant)."""
 
     name: str
     kind: str

@@ -101,6 +101,23 @@ def test_internal_error_names_the_innermost_stage(cli, monkeypatch):
                             "weights cache corrupt (please report"), r.err
 
 
+def test_internal_error_names_the_last_progress_step(cli, monkeypatch, tmp_path):
+    """Without a named stage, the step the user last saw is where it happened."""
+    from edgekit import export
+
+    def broken(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    monkeypatch.setattr(export, "compute_ranges", broken)
+    r = cli("export", "zoo:digits-student", "-t", "x86-server-cpu", "-p", "int8", "--out", tmp_path / "a")
+    assert r.rc == 1
+    assert r.err.splitlines()[-1] == (
+        "edgekit export: internal error while calibrating: minmax ranges from 300 samples of zoo:digits:train: "
+        "IndexError: list index out of range (please report; rerun with --debug for the traceback)")
+    assert "Traceback" not in r.err and not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(cli, monkeypatch, workdir, how):
     _break_targets(monkeypatch, ZeroDivisionError("division by zero"))

@@ -16,6 +16,7 @@ from edgekit.schema import OptionSpec
 
 __all__ = ["BACKEND_OPTIONS", "OptionSpec", "help_text", "names", "specs", "validate"]
 
+
 def _b(name: str, help: str, default: bool | None = None) -> OptionSpec:
     return OptionSpec(name, "bool", help, default)
 
