@@ -3,7 +3,7 @@ edgekit/commands/, one module each, found by listing that package; heavy imports
 functions so `edgekit --help` stays instant.
 
 Exit codes: 0 success, 2 user error (one line on stderr), 1 a bug in edgekit (one line; the traceback with
-`edgekit --debug CMD` or EDGEKIT_DEBUG=1).
+`edgekit --debug CMD` or EDGEKIT_DEBUG=1), 130 Ctrl-C, 143 SIGTERM (after removing the run's temporary files).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from edgekit import commands
-from edgekit.errors import EdgekitError, last_progress, note_progress
+from edgekit.errors import EdgekitError, MissingTorchError, last_progress, note_progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     debug = debug_requested(args)
     note_progress("")
+    from edgekit.rundir import Terminated, run_scope
+
+    out = getattr(args, "out", None)
     try:
-        rc = func(args)
+        # one temp root for the whole run, removed on every exit; leftovers of killed runs removed first
+        with run_scope(out_dirs=[out] if isinstance(out, str) and out else []):
+            rc = func(args)
+    except Terminated:
+        print(f"edgekit {args.command}: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 143
     except EdgekitError as exc:
         if debug:
             traceback.print_exc()
@@ -68,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # a bug, or a dependency that raised (or called sys.exit) where it should not
         if debug:
             traceback.print_exc()
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "torch":
+            # torch is an optional extra; the commands that need it say so in one line, like any missing piece
+            print(f"edgekit {args.command}: error: {MissingTorchError(f'edgekit {args.command}')}", file=sys.stderr)
+            return 2
         # the innermost named stage, else the last progress line, else the command itself
         where = getattr(exc, "edgekit_stage", None) or last_progress() or f"running `edgekit {args.command}`"
         print(f"edgekit {args.command}: internal error while {where}: {type(exc).__name__}: "

@@ -32,6 +32,18 @@ class MissingRuntimeError(EdgekitError):
         super().__init__(msg)
 
 
+TORCH_EXTRA = "torch"
+
+
+class MissingTorchError(EdgekitError):
+    """PyTorch is an optional extra: a .onnx model exports, benchmarks and is recommended on without it;
+    a torch model (nn.Module, factory, .pt2, zoo) and the training stages need it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs PyTorch, which is not installed; install it with: pip install "
+                         f"'edgekit[{TORCH_EXTRA}]' (a .onnx model exports without it)")
+
+
 class UserCodeError(EdgekitError):
     """Code the user named (a `module:factory`, its module's import) raised, or called `sys.exit`: the user's
     problem, so exit 2 with one line naming the stage; the original exception is kept as `__cause__` for

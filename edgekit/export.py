@@ -8,6 +8,7 @@ outputs between exports of the same model, so exporting to many targets calibrat
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,9 @@ from edgekit import __version__
 from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
+from edgekit.datasets import as_dataset
 from edgekit.errors import EdgekitError
+from edgekit.facade import make_callable, progress_log
 from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
 from edgekit.metrics import compare
 from edgekit.models import SourceModel, load_model
@@ -30,7 +33,6 @@ from edgekit.quant.calibrate import (
     check_calibration,
     check_matches,
     compute_ranges,
-    load_data,
     prepare_for_quantization,
     resolve_method,
 )
@@ -44,6 +46,16 @@ def tool_versions() -> dict[str, str]:
     from edgekit.bench.environment import installed_versions
 
     return {"edgekit": __version__, **installed_versions(_VERSIONED)}
+
+
+def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
+    """The opset range to export at: the one asked for, which must lie in the target's range, else the range."""
+    if opset is None:
+        return target.opset_min, target.opset_max
+    if isinstance(opset, bool) or not isinstance(opset, int) or not target.opset_min <= opset <= target.opset_max:
+        raise EdgekitError(f"opset {opset!r} is outside target {target.name}'s range {target.opset_min}-"
+                           f"{target.opset_max}; give an opset in that range (opset=, --opset) or leave it out")
+    return opset, opset
 
 
 def default_out(src: SourceModel, target: Target, precision: str) -> Path:
@@ -82,12 +94,13 @@ class ExportPipeline:
         self.close()
 
     # -- shared intermediates -------------------------------------------------------------------------
-    def onnx(self, target: Target, real_inputs: np.ndarray | None) -> OnnxModel:
-        if self._onnx is None or not target.opset_min <= self._onnx.opset <= target.opset_max:
+    def onnx(self, target: Target, real_inputs: np.ndarray | None, opset: int | None = None) -> OnnxModel:
+        """The verified ONNX export, made once and reused by every target whose opset range holds it."""
+        lo, hi = check_opset(target, opset)
+        if self._onnx is None or not lo <= self._onnx.opset <= hi:
             self.log(f"exporting {self.src.spec} to ONNX and checking it against the FP32 reference")
-            path = self.workdir / f"fp32-opset{target.opset_max}.onnx"
-            self._onnx = export_to_onnx(self.src, path, opset_range=(target.opset_min, target.opset_max),
-                                        real_inputs=real_inputs)
+            path = self.workdir / f"fp32-opset{hi}.onnx"
+            self._onnx = export_to_onnx(self.src, path, opset_range=(lo, hi), real_inputs=real_inputs)
             self._prepared = None
         return self._onnx
 
@@ -111,14 +124,16 @@ class ExportPipeline:
 
     # -- one export -----------------------------------------------------------------------------------
     def export(
-        self, target: str | Target, precision: str | None = None, *, calib: str | CalibrationSet | None = None,
+        self, target: str | Target, precision: str | None = None, *, calib: Any = None,
         calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
-        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
+        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: Any = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
-        techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None,
+        techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
+
+        `calib` / `eval_data`: any form `edgekit.as_dataset` takes (a path, arrays, a DataLoader, ...).
 
         `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
         layers are kept in higher precision until the budget holds on a held-out part of the calibration set
@@ -126,12 +141,13 @@ class ExportPipeline:
         edgekit.quant.ptq_improve) improve the int8 graph before that; the manifest reports what each one changed.
         `budget_first_try`:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
-        () for layer fallback alone).
+        () for layer fallback alone). `opset`: the ONNX opset to export at, within the target's range.
         """
         tgt = target if isinstance(target, Target) else load_target(target)
         if backend is not None:
             tgt = tgt.with_backend(backend)
         precision = tgt.check_precision(precision)
+        check_opset(tgt, opset)
         out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
@@ -142,17 +158,17 @@ class ExportPipeline:
         cset = self._calibration(calib, calib_samples)
         if needs_data and cset is None and not source_is_quantized(self.src):
             raise EdgekitError(
-                f"precision '{precision}' needs calibration data: "
-                "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
+                f"precision '{precision}' needs calibration data: give calib= (an array, a dict of arrays, a "
+                "DataLoader, or a .npz/.npy/zoo:digits path; --calib on the command line)"
             )
         evalset = self._evaluation(eval_data, cset)
-        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
+        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None, opset)
         if onnx_model.quantization is not None and needs_ranges:
             # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration
             needs_data = needs_ranges = False
         if needs_data and cset is None:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
-                               "complete Q/DQ quantization: pass --calib DATA")
+                               "complete Q/DQ quantization: give calibration data (calib=, --calib)")
         improve = None
         if min_agreement is not None or max_accuracy_drop is not None or techniques:
             improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
@@ -216,7 +232,7 @@ class ExportPipeline:
             budget = fallback.Budget(min_agreement, max_accuracy_drop)
         ptq_improve.check_techniques(techniques)
         if precision != "int8":
-            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques apply to --precision "
+            raise EdgekitError(f"min_agreement, max_accuracy_drop and the int8 techniques apply to precision "
                                f"int8 (got {precision})")
         if tgt.backend not in fallback.SUPPORTED_BACKENDS:
             raise EdgekitError(fallback.TFLITE_NOTE if tgt.backend == "tflite" else
@@ -227,7 +243,7 @@ class ExportPipeline:
                                f"({onnx_model.quantization}); budgeted fallback re-quantizes an FP32 model: export "
                                "the FP32 model instead")
         if cset is None:
-            raise EdgekitError("a budgeted int8 export needs calibration data: pass --calib DATA")
+            raise EdgekitError("a budgeted int8 export needs calibration data (calib=, --calib)")
         fallback.check_backend(tgt.backend, budget, labels=cset.y is not None)
         cal, held = fallback.split_calibration(cset)
         ranges = self.ranges(cal, method, method_opts)
@@ -252,15 +268,44 @@ class ExportPipeline:
         exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
         return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest}
 
+    def diagnose(self, target: str | Target, calib: Any = None, *, backend: str | None = None,
+                 calib_method: str = "minmax", calib_samples: int | None = DEFAULT_MAX_SAMPLES, samples: int = 64,
+                 verify: int = 12) -> dict[str, Any]:
+        """Where int8 loses accuracy on `target`: per-layer errors and the layers ranked by what keeping each
+        in higher precision buys, measured on a held-out quarter of the calibration data."""
+        from edgekit.quant import fallback
+        from edgekit.quant.diagnose import diagnose
+
+        tgt = load_target(target)
+        if backend is not None:
+            tgt = tgt.with_backend(backend)
+        if tgt.backend not in fallback.SUPPORTED_BACKENDS:
+            raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(fallback.SUPPORTED_BACKENDS)})"
+                               f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
+                               "artifacts instead (`edgekit diagnose ART --against ART`)")
+        method, opts = resolve_method(calib_method)
+        cset = self._calibration(calib, calib_samples)
+        if cset is None:
+            raise EdgekitError("diagnose needs calibration data (calib=, --calib)")
+        self.onnx(tgt, None)
+        cal, held = fallback.split_calibration(cset)
+        setup = fallback.QuantSetup(tgt.backend, self.prepared(), self.ranges(cal, method, opts),
+                                    dict(tgt.backend_options), held.x[:samples], self.reference(held)[0][:samples],
+                                    None, self.workdir / "diagnose")
+        setup.workdir.mkdir(exist_ok=True)
+        report = diagnose(setup, verify=verify, log=self.log)
+        report.update({"model": self.src.spec, "target": tgt.name, "calibration": cal.provenance(),
+                       "calibration_method": method})
+        return report
+
     def _calibration(self, calib, samples) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):
             calib = "zoo:digits"
         if calib is None:
             return None
-        cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
+        cset = as_dataset(calib, what="calib=", max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
-        if not isinstance(calib, CalibrationSet):  # what the user's file holds (Python callers build their own)
-            check_calibration(cset, self.log)
+        check_calibration(cset, self.log)  # too small, constant or repeated sets cannot calibrate
         return cset
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:
@@ -268,7 +313,7 @@ class ExportPipeline:
             eval_data = "zoo:digits:test"
         if eval_data is None:
             return cset
-        evalset = eval_data if isinstance(eval_data, CalibrationSet) else load_data(eval_data, max_samples=None)
+        evalset = as_dataset(eval_data, what="eval=", max_samples=None)
         check_matches(evalset, self.src.input_shape, "evaluation set")
         return evalset
 
@@ -277,7 +322,8 @@ class ExportPipeline:
         if evalset is None:
             rng = np.random.default_rng(0)
             x = rng.standard_normal((32, *self.src.input_shape[1:]), dtype=np.float32)
-            evalset = CalibrationSet(x, None, "random normal (no --calib or --eval given)", {}, 32, "all 32")
+            evalset = CalibrationSet(x, None, "random normal (no calibration or evaluation data given)", {}, 32,
+                                     "all 32")
         self.log(f"checking the artifact against FP32 on {evalset.count} samples of {evalset.source}")
         reference = self.reference(evalset)[0]
         runner = registry.runner_class(manifest["backend"])(stage, manifest)
@@ -290,9 +336,86 @@ class ExportPipeline:
         return result
 
 
+def _shape_from(data: CalibrationSet | None) -> tuple[int, ...] | None:
+    return None if data is None else (1, *(int(d) for d in data.x.shape[1:]))
+
+
+def diagnose(model: Any, target: str | Path | Target = "x86-server-cpu", calib: Any = None,
+             progress: Callable[[str], None] | logging.Logger | None = None, *,
+             input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Where `model` loses accuracy in int8 on `target`: the report of ExportPipeline.diagnose (keyword
+    arguments: backend, calib_method, calib_samples, samples, verify)."""
+    cset = as_dataset(calib, what="calib=", max_samples=kwargs.get("calib_samples", DEFAULT_MAX_SAMPLES)) \
+        if calib is not None else None
+    if input_shape is None and not isinstance(model, str | Path | SourceModel):
+        input_shape = _shape_from(cset)
+    with ExportPipeline(model, input_shape, log=progress_log(progress)) as pipeline:
+        return pipeline.diagnose(target if isinstance(target, Target) else str(target), cset, **kwargs)
+
+
+def export(model: Any, target: str | Path | Target | Sequence[str | Path | Target], precision: str | None = None,
+           calib: Any = None, eval: Any = None, out: Path | str | None = None, force: bool = False,
+           progress: Callable[[str], None] | logging.Logger | None = None, *,
+           input_shape: tuple[int, ...] | str | None = None, calib_method: str = "minmax",
+           calib_options: dict[str, Any] | None = None, calib_samples: int | None = DEFAULT_MAX_SAMPLES,
+           backend: str | None = None, opset: int | None = None, min_agreement: float | None = None,
+           max_accuracy_drop: float | None = None, techniques: Sequence[str] = (),
+           budget_first_try: Sequence[str] | None = None, **options: Any) -> Artifact | list[Artifact]:
+    """Export `model` for `target` and return the Artifact; with a list of targets, a list of Artifacts that
+    share one ONNX export, one calibration and one FP32 reference.
+
+    `model`: an nn.Module, a .onnx or .pt2 path, `package.module:factory` or `zoo:NAME`. `target`: a name, a
+    .toml path, a Target, or a list of them. `calib` / `eval`: any form `edgekit.as_dataset` takes (array,
+    (x, y), tensor, dict of arrays, DataLoader, path, zoo:digits); an nn.Module given no `input_shape` takes
+    its shape from them. `out`: the artifact folder (with several targets: the folder that holds one per
+    target), default `MODEL-TARGET-PRECISION` here. `progress`: a function or logger that sees the stage
+    lines. `min_agreement` / `max_accuracy_drop` are fractions. `**options` go to the backend's exporter
+    (e.g. `require_engine=True`); an unknown one lists those accepted. Everything is validated before
+    anything is written.
+    """
+    several = not isinstance(target, str | Path | Target)
+    wanted = list(target) if several else [target]  # type: ignore[arg-type]
+    if not wanted:
+        raise EdgekitError("target= is an empty list: name at least one target (see edgekit.targets())")
+    tgts = [t if isinstance(t, Target) else load_target(str(t)) for t in wanted]
+    if backend is not None:
+        tgts = [t.with_backend(backend) for t in tgts]
+    names = [t.name for t in tgts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgekitError(f"target(s) given more than once: {', '.join(twice)}")
+    if calib_samples is not None and calib_samples < 1:
+        raise EdgekitError(f"calib_samples must be at least 1 (got {calib_samples})")
+    for t in tgts:  # precisions, opsets and exporter options: all checked before any work
+        check_opset(t, opset)
+        registry.exporter_class(t.backend)(**options)
+    cset = as_dataset(calib, what="calib=", max_samples=calib_samples) if calib is not None else None
+    evalset = as_dataset(eval, what="eval=", max_samples=None) if eval is not None else None
+    if input_shape is None and not isinstance(model, str | Path | SourceModel):
+        input_shape = _shape_from(cset) or _shape_from(evalset)
+    log = progress_log(progress)
+    with ExportPipeline(model, input_shape, log=log) as pipeline:
+        plan = []
+        for t in tgts:
+            prec = t.check_precision(precision)
+            dest = Path(out) if out is not None and not several else (
+                Path(out) / default_out(pipeline.src, t, prec) if out is not None else None)
+            check_destination(dest if dest is not None else default_out(pipeline.src, t, prec), force)
+            plan.append((t, dest))
+        arts = [pipeline.export(t, precision, calib=cset, calib_method=calib_method, calib_options=calib_options,
+                                calib_samples=calib_samples, eval_data=evalset, out=dest, force=force,
+                                exporter_options=options or None, min_agreement=min_agreement,
+                                max_accuracy_drop=max_accuracy_drop, techniques=techniques,
+                                budget_first_try=budget_first_try, opset=opset)
+                for t, dest in plan]
+    return arts if several else arts[0]
+
+
 def export_model(model: Any, target: str | Target, precision: str | None = None, *,
                  input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> Artifact:
-    """One export: `edgekit export` as a function. See ExportPipeline.export for the keyword arguments."""
+    """One export through ExportPipeline.export's keyword arguments (kept for existing callers)."""
     with ExportPipeline(model, input_shape) as pipeline:
         return pipeline.export(target, precision, **kwargs)
 
+
+make_callable(__name__, "export")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, stage, user_code_error
+from edgekit.errors import EdgekitError, MissingTorchError, stage, user_code_error
 
 
 @dataclass
@@ -37,6 +37,15 @@ class SourceModel:
         return None
 
 
+def require_torch(what: str):
+    """The torch module, or a one-line error naming the extra that installs it."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingTorchError(what) from None
+    return torch
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224)."""
     parts = text.lower().replace("×", "x").split("x")
@@ -46,7 +55,8 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
         raise EdgekitError(
-            f"malformed --input-shape '{text}': expected positive integers joined by 'x', e.g. 1x3x224x224"
+            f"malformed input shape '{text}' (input_shape=, --input-shape): expected positive integers joined by "
+            "'x', e.g. 1x3x224x224"
         )
     return dims
 
@@ -78,7 +88,7 @@ def _import_factory(spec: str):
 
 def call_factory(spec: str):
     """The nn.Module that `package.module:factory` returns, or an error saying what went wrong."""
-    import torch
+    torch = require_torch(f"model '{spec}'")
 
     factory = _import_factory(spec)
     if not callable(factory):
@@ -97,11 +107,14 @@ def call_factory(spec: str):
 def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel:
     module = call_factory(spec)
     if input_shape is None:
-        raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224)")
-    return SourceModel("torch", spec.split(":")[-1], spec, input_shape, module=module.eval())
+        raise EdgekitError(f"model '{spec}' needs an input shape: input_shape=(1, 3, 224, 224) (--input-shape "
+                           "1x3x224x224 on the command line)")
+    # named after the model, not the factory: two `make` factories of different models must not collide
+    return SourceModel("torch", type(module).__name__, spec, input_shape, module=module.eval())
 
 
 def _from_zoo(spec: str) -> SourceModel:
+    require_torch(f"model '{spec}'")
     from edgekit.data import zoo
 
     name = spec.split(":", 1)[1]
@@ -126,31 +139,25 @@ def _quiet_torch_logs():
 
 
 def load_pt2(path: Path):
-    """A torch.export program from a .pt2 file, or one EdgekitError naming the file (a corrupt or foreign
-    file logs nothing)."""
-    import torch
-
+    """A torch.export program from a .pt2 file (refused first when its pickles could run code), or one
+    EdgekitError naming the file; a corrupt or foreign file logs nothing."""
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
-        import torch.ao.quantization.fx._decomposed
-    try:
-        with _quiet_torch_logs():
-            return torch.export.load(str(path))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        if "warnings above" in first:  # torch points at the log records dropped above: they say no more
-            first = "not a program torch.export.save wrote, or a damaged one"
-        raise EdgekitError(f"cannot load {path} as a torch.export .pt2 program: {type(exc).__name__}"
-                           + (f" ({first})" if first else "")) from None
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+    from edgekit.safe_load import load_exported_program
+
+    with _quiet_torch_logs():
+        return load_exported_program(path)
 
 
 def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
-
+    require_torch(f"model {path}")
     ep = load_pt2(path)
     if input_shape is None:
         args = ep.example_inputs[0] if ep.example_inputs else ()
         if len(args) != 1 or not hasattr(args[0], "shape"):
-            raise EdgekitError(f"{path}: cannot read one example input from the program; pass --input-shape")
+            raise EdgekitError(f"{path}: cannot read one example input from the program; give its input shape "
+                               "(input_shape=, --input-shape)")
         input_shape = tuple(int(d) for d in args[0].shape)
     return SourceModel("exported-program", path.stem, str(path), input_shape, exported=ep)
 
@@ -172,12 +179,13 @@ def _from_onnx(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
     if input_shape is None:
         if any(d is None for d in declared[1:]):
             name = graph_inputs[0].name
-            raise EdgekitError(f"{path}: input '{name}' has symbolic dims {declared}; pass --input-shape")
+            raise EdgekitError(f"{path}: input '{name}' has symbolic dims {declared}; give its input shape "
+                               "(input_shape=, --input-shape)")
         input_shape = (1, *(int(d) for d in declared[1:]))
     elif len(input_shape) != len(declared) or any(
         d is not None and d != s for d, s in zip(declared[1:], input_shape[1:], strict=False)
     ):
-        raise EdgekitError(f"--input-shape {input_shape} does not match {path}'s input of shape {declared}")
+        raise EdgekitError(f"input shape {input_shape} does not match {path}'s input of shape {declared}")
     return SourceModel("onnx", path.stem, str(path), input_shape, onnx_path=path)
 
 
@@ -190,9 +198,10 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None) -> S
 
         if isinstance(spec, torch.nn.Module):
             if input_shape is None:
-                raise EdgekitError("an nn.Module needs input_shape, e.g. (1, 3, 224, 224)")
+                raise EdgekitError("an nn.Module needs its input shape: pass input_shape=(1, 3, 224, 224), or "
+                                   "in-memory calib= data to take it from")
             return SourceModel("torch", type(spec).__name__, type(spec).__name__, input_shape, module=spec.eval())
-    except ImportError:  # pragma: no cover - torch is a core dependency
+    except ImportError:  # torch is an optional extra: without it, no object can be an nn.Module
         pass
     if isinstance(spec, SourceModel):
         return spec

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.targets import PRECISIONS, Target
+from edgekit.facade import make_callable
+from edgekit.targets import PRECISIONS, Target, load_target
 
 PRIORITIES = ("latency", "cost")
 WORKLOADS = ("online", "batch")
@@ -287,7 +288,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise EdgekitError(f"cannot read results file {p}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise EdgekitError(f"{p}: not a text file; --results takes the JSON that `edgekit bench --json` "
+        raise EdgekitError(f"{p}: not a text file; results= (--results) takes the JSON that `edgekit bench --json` "
                            "writes") from None
     try:
         data = json.loads(text)
@@ -436,13 +437,15 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
             return reject(RULE_SIZE, f"its size reduction costs {recall_points:.2f} points of {recall_metric}; "
                                      f"at most {SIZE_RECALL_POINTS:g} allowed")
     if max_drop is not None and points > max_drop + 1e-9:
-        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); --max-accuracy-drop is {max_drop:g}")
+        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); the budget (max_accuracy_drop) is "
+                                   f"{max_drop:g}")
     return v
 
 
 def _check_drop(max_accuracy_drop: float | None) -> None:
     if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
-        raise EdgekitError(f"--max-accuracy-drop must be a non-negative number of points (got {max_accuracy_drop:g})")
+        raise EdgekitError(f"max_accuracy_drop (--max-accuracy-drop) must be a non-negative number of points "
+                           f"(got {max_accuracy_drop:g})")
 
 
 def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_drop: float | None = None,
@@ -501,7 +504,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         + (" (agreement with FP32 is the proxy where no labelled accuracy exists)" if "agreement" in metrics else ""),
         f"rules: each point lost must buy >= {SPEEDUP_PER_POINT:g}x over FP32; a size reduction may cost at most "
         f"{SIZE_RECALL_POINTS:g} points of recall"
-        + (f"; at most {max_accuracy_drop:g} points lost (--max-accuracy-drop)" if max_accuracy_drop is not None
+        + (f"; at most {max_accuracy_drop:g} points lost (max_accuracy_drop)" if max_accuracy_drop is not None
            else ""),
     ]
     for v in verdicts:
@@ -562,11 +565,23 @@ class Recommendation:
         return out
 
 
-def recommend(target: Target, priority: str = "latency", workload: str | None = None,
-              max_accuracy_drop: float | None = None, results: Sequence[Mapping[str, Any]] | None = None,
-              source: str = "results") -> Recommendation:
+def recommend(target: str | Path | Target, results: Any = None, priority: str = "latency",
+              max_accuracy_drop: float | None = None, workload: str | None = None,
+              source: str | None = None) -> Recommendation:
     """The tree's answer, overridden by measurements when `results` (bench records) are given: a measured
-    accuracy loss outranks the tree's general expectation for a device class."""
+    accuracy loss outranks the tree's general expectation for a device class.
+
+    `target`: a name, a .toml path or a Target. `results`: bench records (what `edgekit.bench` returns), a
+    BenchResult, or the path of a bench JSON file. `max_accuracy_drop`: percentage points of accuracy.
+    """
+    if not isinstance(target, Target):
+        target = load_target(str(target))
+    if isinstance(results, str | Path):
+        source = source or str(results)
+        results = load_results(results)
+    elif results is not None and hasattr(results, "records"):
+        results = results.records
+    source = source or "results"
     tree = decide(target, priority, workload)
     _check_drop(max_accuracy_drop)
     if results is None:
@@ -614,3 +629,6 @@ def format_text(rec: Recommendation) -> list[str]:
     for artifact, why in j.ignored:
         lines.append(f"ignored     {artifact}: {why}")
     return lines
+
+
+make_callable(__name__, "recommend")

@@ -36,15 +36,15 @@ CASES = {
     "empty calib set": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--calib", "empty.npz"],
                         "is empty: it has no samples"),
     "malformed input shape": (["export", "factories:tiny", "-t", "x86-server-cpu", "--input-shape", "1x3xbig"],
-                              "malformed --input-shape '1x3xbig'"),
+                              "malformed input shape '1x3xbig'"),
     "factory not importable": (["export", "nosuchpkg.mod:make", "-t", "x86-server-cpu", "--input-shape", "1x16"],
                                "cannot import module 'nosuchpkg.mod'"),
     "factory returns non-module": (["export", "factories:not_a_module", "-t", "x86-server-cpu",
                                     "--input-shape", "1x16"], "returned int, not a torch.nn.Module"),
     "output folder exists": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--out", "exists"],
-                             "output folder exists exists; choose another --out or pass --force"),
+                             "output folder exists exists; choose another out= (--out) or pass force=True (--force)"),
     "int8 without calibration data": (["export", "factories:tiny", "-t", "x86-server-cpu", "-p", "int8",
-                                       "--input-shape", "1x16"], "needs calibration data: pass --calib DATA"),
+                                       "--input-shape", "1x16"], "needs calibration data: give calib="),
     "unknown calibration method": (["export", "zoo:digits-student", "-t", "x86-server-cpu", "--calib-method",
                                     "magic"], "unknown calibration method 'magic'"),
     "target file not text": (["export", "zoo:digits-student", "-t", "./binary.toml"], "binary.toml: not valid TOML"),
@@ -118,7 +118,7 @@ HARDENING = {
                              "unknown option(s) of calibration method 'minmax': 'bins'; known: symmetric"),
     "out under a regular file": (["--out", "afile/sub/out"], "cannot write --out afile/sub/out: "),
     "calibration with NaN/Inf": (["--calib", "nan.npz"],
-                                 "data 'nan.npz' holds 3 NaN/Inf value(s) in 2 of 40 sample(s)"),
+                                 "calib= (nan.npz) holds 3 NaN or infinite value(s) in 2 of 40 sample(s)"),
     "one calibration sample": (["--calib", "one.npz"], "calibration set 'one.npz' has 1 sample(s); calibration "
                                                        "needs at least 10"),
     "nine calibration samples": (["--calib", "nine.npz"], "has 9 sample(s); calibration needs at least 10"),
@@ -175,13 +175,17 @@ def test_diagnose_with_nan_calibration_data(cli, workdir):
     _arrays(workdir)
     r = cli("diagnose", "zoo:digits-student", "-t", "x86-server-cpu", "--calib", "nan.npz", cwd=workdir)
     assert r.rc == 2 and r.out == "", (r.rc, r.out)
-    assert r.err.splitlines()[-1] == ("edgekit diagnose: error: data 'nan.npz' holds 3 NaN/Inf value(s) in 2 of 40 "
-                                      "sample(s); models and calibration need finite numbers: drop or fix those "
-                                      "samples")
+    assert r.err.splitlines()[-1] == ("edgekit diagnose: error: calib= (nan.npz) holds 3 NaN or infinite value(s) "
+                                      "in 2 of 40 sample(s); models and calibration need finite numbers: drop or "
+                                      "fix those samples")
     assert "dB" not in r.err
 
 
-def test_garbage_pt2_is_one_line_without_torch_logs(workdir):
+@pytest.mark.parametrize("members", [
+    {"archive/data.pkl": b"\x00garbage" * 50, "archive/version": b"junk"},
+    {"archive/version": b"junk", "archive/models/model.json": b"{not json" * 20, "archive/data/0": b"\x01" * 64},
+])
+def test_garbage_pt2_is_one_line_without_torch_logs(workdir, members):
     """In a real process: torch logs its deserialisation traceback to the process's stderr (a logging handler
     that in-process capture would not see)."""
     import os
@@ -191,15 +195,15 @@ def test_garbage_pt2_is_one_line_without_torch_logs(workdir):
     from pathlib import Path
 
     with zipfile.ZipFile(workdir / "garbage.pt2", "w") as z:
-        z.writestr("archive/data.pkl", b"\x00garbage" * 50)
-        z.writestr("archive/version", b"junk")
+        for name, data in members.items():
+            z.writestr(name, data)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     env.pop("EDGEKIT_DEBUG", None)
     proc = subprocess.run([sys.executable, "-m", "edgekit", "export", "garbage.pt2", "-t", "x86-server-cpu",
                            "--out", "result"], cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("edgekit export: error: cannot load garbage.pt2 as a torch.export .pt2 program")
+    assert proc.stderr.startswith("edgekit export: error: ") and "garbage.pt2" in proc.stderr, proc.stderr
     assert not (workdir / "result").exists() and no_partial_left(workdir)
 
 

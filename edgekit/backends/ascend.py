@@ -104,9 +104,9 @@ class AscendExporter(Exporter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.options.get("require_engine") and atc_path() is None:
-            raise EdgekitError(f"--require-engine: Huawei's atc compiler (CANN toolkit) is not on PATH, so no .om "
-                               f"can be built here; {_GET_ATC}, or drop --require-engine to get the ONNX and the "
-                               "atc command")
+            raise EdgekitError(f"require_engine (--require-engine): Huawei's atc compiler (CANN toolkit) is not on "
+                               f"PATH, so no .om can be built here; {_GET_ATC}, or drop require_engine "
+                               "(--require-engine) to get the ONNX and the atc command")
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx

@@ -9,36 +9,20 @@ else, so a new runtime is one module and one registry entry.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.graph.tensors import TensorSpec as TensorSpec  # the manifest's tensor description, shared
 
 if TYPE_CHECKING:
     from edgekit.graph.onnx_export import OnnxModel
     from edgekit.models import SourceModel
     from edgekit.quant.calibrate import CalibrationSet, Ranges
     from edgekit.targets import Target
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-    layout: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"], layout=d.get("layout"))
 
 
 @dataclass
@@ -87,7 +71,7 @@ class Exporter(abc.ABC):
                 raise EdgekitError(f"{type(self).__name__} declares no options; it accepts none")
             self.options: dict[str, Any] = {}
             return
-        self.options = validate(self.backend, options, "--backend-option", self.passthrough_options)
+        self.options = validate(self.backend, options, "exporter options", self.passthrough_options)
 
     @property
     def option_names(self) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ register_backend(
     )
 )
 
-# --- TFLite / LiteRT (issue 3) ---------------------------------------------------------------------------
+# --- TFLite / LiteRT ---------------------------------------------------------------------------------------
 register_backend(
     BackendSpec(
         name="tflite",
@@ -82,7 +82,7 @@ register_backend(
     )
 )
 
-# --- TensorRT (issue 4): the Q/DQ / fp16 ONNX is made everywhere; the engine only where tensorrt + CUDA exist
+# --- TensorRT: the Q/DQ / fp16 ONNX is made everywhere; the engine only where tensorrt + CUDA exist
 register_backend(
     BackendSpec(
         name="tensorrt",
@@ -95,7 +95,7 @@ register_backend(
     )
 )
 
-# --- Huawei Ascend (issue 4): a stub by design; compiles with atc when it is on PATH ---------------------
+# --- Huawei Ascend: a stub by design; compiles with atc when it is on PATH ---------------------
 register_backend(
     BackendSpec(
         name="ascend",
@@ -108,7 +108,7 @@ register_backend(
     )
 )
 
-# --- torch eager FP32 (issue 6): the benchmark baseline, an artifact like the others ---------------------
+# --- torch eager FP32: the benchmark baseline, an artifact like the others ---------------------
 register_backend(
     BackendSpec(
         name="torch-eager",
@@ -116,7 +116,7 @@ register_backend(
         precisions=("fp32",),
         exporter="edgekit.backends.torch_eager:TorchEagerExporter",
         runner="edgekit.backends.torch_eager:TorchEagerRunner",
-        requires=(Requirement("torch", "torch", "core"),),
+        requires=(Requirement("torch", "torch", "torch"),),
         runtime_module="torch",
     )
 )

@@ -278,7 +278,7 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
         converter._experimental_disable_per_channel = not per_channel
     elif precision == "int8":
         if representative is None:
-            raise EdgekitError("int8 needs calibration data: pass --calib DATA")
+            raise EdgekitError("int8 needs calibration data (calib=, --calib)")
         samples = np.ascontiguousarray(representative, dtype=np.float32)
 
         def dataset():
@@ -299,7 +299,7 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
     except Exception as exc:
         detail = _converter_reason(str(exc)) or cap.error_line(type(exc).__name__)
         hint = "" if precision != "int8" or allow_float_fallback else \
-            "; if an op has no int8 kernel, pass --allow-float-fallback to keep it in float"
+            "; if an op has no int8 kernel, pass allow_float_fallback=True (--allow-float-fallback) to keep it in float"
         raise EdgekitError(f"TFLite converter (tensorflow {_version('tensorflow')}) failed for {precision}: "
                            f"{detail}{hint}") from None
 

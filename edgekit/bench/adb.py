@@ -26,6 +26,7 @@ from typing import Any
 from edgekit.bench import benchmark_model, perf_test
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel
+from edgekit.bench.records import BenchConfig, BenchResult
 from edgekit.errors import EdgekitError
 
 DEFAULT_WORKDIR = "/data/local/tmp"
@@ -46,9 +47,10 @@ _TAKES = ("adb devices measure .tflite models with benchmark_model (--benchmark-
 
 class AdbDevice(Device):
     """A phone behind adb, measured with benchmark_model (.tflite) or onnxruntime_perf_test (.ort). Nothing is
-    contacted until `bench` runs."""
+    contacted until `run_tools` runs."""
 
     kind = "adb"
+    measuring = "runtime-tools"
 
     def __init__(self, address: str = "", *, serial: str | None = None, benchmark_model: str | None = None,
                  perf_test: str | None = None, target: str | None = None, workdir: str | None = None,
@@ -204,13 +206,10 @@ class AdbDevice(Device):
             self._pushed_tools[attr] = remote
         return self._pushed_tools[attr]
 
-    def bench(self, artifacts: Sequence[str | Path], config: Any, *, eval_data: str | None = None,
-              reference: str | Path | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> Any:
+    def run_tools(self, artifacts: Sequence[str | Path], config: BenchConfig | None, *, eval_data: Any = None,
+                  log: Callable[[str], None] | None = None) -> BenchResult:
         """Measure each artifact with its tool (.tflite: benchmark_model, .ort: onnxruntime_perf_test); one
-        record per artifact (its own batch)."""
-        from edgekit.bench.harness import BenchConfig, BenchResult
-
+        record per artifact (its own batch). No outputs come back, so no reference is built."""
         log = log or (lambda _m: None)
         config = config or BenchConfig()
         if not artifacts:

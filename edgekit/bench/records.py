@@ -1,4 +1,4 @@
-"""The benchmark record (DESIGN.md): one per artifact, batch size and device, JSON-ready.
+"""The benchmark record: one per artifact, batch size and device, JSON-ready.
 
 Every record has every field of the contract, so a consumer (`edgekit recommend --results`, a CSV reader)
 never meets a missing key; a field that does not apply is null. `status` says whether the numbers exist:
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 SCHEMA = "edgekit.bench/1"
 
-#: the fields DESIGN.md names, in the order records are written
+#: the contract's fields, in the order records are written
 CONTRACT_FIELDS = (
     "artifact", "target", "precision", "device", "runtime", "runtime_version", "threads", "batch", "warmup",
     "iters", "latency_ms", "throughput_per_s", "cold_start_ms", "peak_rss_mb", "model_bytes", "accuracy",
@@ -110,3 +113,81 @@ def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     for row in rows:
         seen.update(dict.fromkeys(row))
     return list(seen)
+
+
+# -- how a measurement is asked for, and what one call returns -----------------------------------------
+DEFAULT_WARMUP = 1
+DEFAULT_WARMUP_SECONDS = 0.5
+DEFAULT_ITERS = 50
+DEFAULT_MIN_SECONDS = 1.0
+DEFAULT_MAX_SECONDS = 150.0
+DEFAULT_ROUNDS = 5
+DEFAULT_THREADS = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How long and how to measure; validated at construction, so a bad value fails before any work."""
+
+    warmup: int = DEFAULT_WARMUP
+    warmup_seconds: float = DEFAULT_WARMUP_SECONDS
+    iters: int = DEFAULT_ITERS
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    rounds: int = DEFAULT_ROUNDS
+    batches: tuple[int, ...] = (1,)
+    threads: int = DEFAULT_THREADS  # 0: the runtime's own default
+    eval_samples: int | None = None  # cap on evaluation samples (None: all)
+    seed: int = 0
+    #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
+    interleave: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.warmup >= 0, f"warmup (--warmup) must be >= 0 (got {self.warmup})"),
+            (self.warmup_seconds >= 0, f"warmup_seconds (--warmup-seconds) must be >= 0 (got {self.warmup_seconds})"),
+            (self.iters >= 1, f"iters (--iters) must be >= 1 (got {self.iters})"),
+            (self.min_seconds >= 0, f"min_seconds (--min-seconds) must be >= 0 (got {self.min_seconds})"),
+            (self.max_seconds > 0, f"max_seconds (--max-seconds) must be > 0 (got {self.max_seconds})"),
+            (self.max_seconds >= self.min_seconds,
+             f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})"),
+            (self.rounds >= 1, f"rounds (--rounds) must be >= 1 (got {self.rounds})"),
+            (len(self.batches) >= 1 and all(b >= 1 for b in self.batches),
+             f"batch sizes (batches=, --batch) must be positive integers (got {list(self.batches)})"),
+            (self.threads >= 0, f"threads (--threads) must be >= 0, 0 for the runtime's default (got {self.threads})"),
+            (self.eval_samples is None or self.eval_samples >= 1,
+             f"eval_samples (--eval-samples) must be >= 1 (got {self.eval_samples})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgekitError(message)
+        object.__setattr__(self, "batches", tuple(sorted(dict.fromkeys(self.batches))))
+
+    def settings(self) -> dict[str, Any]:
+        return {"warmup_min_iters": self.warmup, "warmup_min_seconds": self.warmup_seconds,
+                "min_iters": self.iters, "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
+                "rounds": self.rounds, "interleaved": self.interleave}
+
+
+@dataclass
+class BenchResult:
+    records: list[dict[str, Any]]
+    failures: list[tuple[str, str]]  # (artifact, message)
+    config: BenchConfig
+    device: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _fixed_batch(manifest: dict[str, Any]) -> int | None:
+    dim = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _model_bytes(manifest: dict[str, Any]) -> int:
+    """The model file plus files that belong to it by name (e.g. model.onnx.data external weights)."""
+    main = manifest["model_file"]
+    return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main
+                   or name.startswith(main + ".")))

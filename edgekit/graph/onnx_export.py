@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import TensorSpec
 from edgekit.errors import EdgekitError
+from edgekit.graph.ort_session import ort_session as ort_session
+from edgekit.graph.tensors import TensorSpec
 from edgekit.models import SourceModel
 
 DEFAULT_ATOL = 1e-4
@@ -55,25 +56,6 @@ def quantization_of(path: Path) -> str | None:
         return None
     meta = {p.key: p.value for p in model.metadata_props}
     return meta.get(QUANTIZATION_METADATA_KEY, "pre-quantized (Q/DQ nodes in the given model)")
-
-
-def ort_session(path: Path, recorded: dict[str, str] | None = None, threads: int | None = None):
-    """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime): on x86
-    CPUs without VNNI the int8 kernels saturate unless `session.x64quantprecision` is set, and a quantized
-    graph's check would measure that saturation instead of the graph. `recorded`: the session config a
-    manifest records; `threads`: intra-op threads (one inter-op thread), else ONNX Runtime's default."""
-    import onnxruntime as ort
-
-    from edgekit.backends.onnxruntime import effective_session_config
-
-    opts = ort.SessionOptions()
-    for key, value in effective_session_config(recorded).items():
-        opts.add_session_config_entry(key, value)
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def quantization_label(src: SourceModel) -> str:

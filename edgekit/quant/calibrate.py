@@ -133,8 +133,10 @@ def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any
     return x32, y, {"applied_by_edgekit": "none (samples used as given)"}, str(path)
 
 
-def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0) -> CalibrationSet:
-    """DATA is a .npz (x, optional y), a .npy, or zoo:digits[:train|:test]."""
+def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0,
+              what: str | None = None) -> CalibrationSet:
+    """DATA is a .npz (x, optional y), a .npy, or zoo:digits[:train|:test]. `what` names the parameter or flag
+    in errors (default: "data 'SPEC'")."""
     if spec.startswith("zoo:"):
         x, y, prep, source = _load_zoo(spec)
     else:
@@ -144,7 +146,8 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
     finite = np.isfinite(x)
     if not finite.all():
         bad_samples = int((~finite.reshape(len(x), -1)).any(axis=1).sum())
-        raise EdgekitError(f"data '{spec}' holds {int((~finite).sum())} NaN/Inf value(s) in {bad_samples} of "
+        named = f"{what} ({spec})" if what else f"data '{spec}'"
+        raise EdgekitError(f"{named} holds {int((~finite).sum())} NaN or infinite value(s) in {bad_samples} of "
                            f"{len(x)} sample(s); models and calibration need finite numbers: drop or fix those "
                            "samples")
     available = len(x)

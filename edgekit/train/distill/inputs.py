@@ -71,7 +71,7 @@ def load_teacher(spec: str) -> nn.Module:
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"teacher file not found: {path}")
-        from edgekit.models import load_pt2
+        from edgekit.models import load_pt2  # safe loading, Q/DQ ops registered, torch's logs quiet
 
         return FrozenProgram(load_pt2(path).module())
     if ":" in spec:
@@ -97,10 +97,9 @@ def load_weights(model: nn.Module, path: str | Path, role: str) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"{role} weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgekitError(f"cannot read {role} weights {path}: {type(exc).__name__}") from None
+    from edgekit.safe_load import load_torch_file
+
+    state = load_torch_file(path, f"{role} weights")
     if isinstance(state, dict) and "student" in state and "fingerprint" in state:  # a trainer checkpoint
         state = state["student"]
     try:
