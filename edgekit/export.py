@@ -62,10 +62,13 @@ def default_out(src: SourceModel, target: Target, precision: str) -> Path:
     return Path(f"{src.name}-{target.name}-{precision}")
 
 
-def run_batched(runner, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
-    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed."""
+def run_batched(runner, x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
+    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed (batch None:
+    as many as `batch_for` allows for the sample size)."""
+    from edgekit.graph.onnx_export import batch_for
+
     shape = runner.manifest["inputs"][0]["shape"]
-    step = shape[0] if shape and isinstance(shape[0], int) else batch
+    step = shape[0] if shape and isinstance(shape[0], int) else (batch or batch_for(x.shape[1:]))
     parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
@@ -178,6 +181,9 @@ class ExportPipeline:
             improve["ranges"] if improve is not None else None)
         prepared = (improve["prepared"] if improve is not None else self.prepared()) if needs_ranges else None
 
+        from edgekit.bench.worker import peak_bytes, reset_peak
+
+        peak_reset = reset_peak()  # this export's own peak, not an earlier one's in the same process
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src)
@@ -213,8 +219,12 @@ class ExportPipeline:
                 manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
             if improve is not None:
                 manifest.update(improve["manifest"])
-            manifest["verification"] = self._verify(stage, manifest, evalset)
+            manifest["verification"] = self._verify(stage, manifest, evalset, cset)
             manifest["tool_versions"] = tool_versions()
+            manifest["export_resources"] = {
+                "peak_rss_mb": round(peak_bytes() / 2**20, 1),
+                "how": "the exporting process's RSS high-water mark (VmHWM) " + (
+                    "since this export began" if peak_reset else "over the process's lifetime (could not reset)")}
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
@@ -317,7 +327,8 @@ class ExportPipeline:
         check_matches(evalset, self.src.input_shape, "evaluation set")
         return evalset
 
-    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None) -> dict[str, Any]:
+    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None,
+                calibration: CalibrationSet | None = None) -> dict[str, Any]:
         """Run the new artifact with its own runner and compare with the FP32 reference."""
         if evalset is None:
             rng = np.random.default_rng(0)
@@ -330,9 +341,16 @@ class ExportPipeline:
         with runner:
             got = run_batched(runner, evalset.x)[0]
         result = compare(reference, got, evalset.y)
+        details = manifest.get("backend_details", {})
         result.update({"reference": manifest["onnx_export"].get("reference", "torch fp32"),
                        "data": evalset.source, "data_sha256": evalset.sha256,
-                       "runtime": runner.runtime_version})
+                       "runtime": runner.runtime_version,
+                       "verified_precision": details.get("verified_precision", manifest["precision"]),
+                       # the same samples, or the same source the calibration samples were drawn from
+                       "calibration_data": calibration is not None and (evalset.sha256 == calibration.sha256
+                                                                        or evalset.source == calibration.source)})
+        if details.get("not_verified"):
+            result["not_verified"] = details["not_verified"]
         return result
 
 

@@ -25,6 +25,8 @@ from edgekit.graph.ort_session import effective_session_config
 from edgekit.graph.ort_session import session_config as session_config
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+_ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
 # ops whose second input is a weight that an int8 graph must hold as integers
@@ -172,7 +174,8 @@ class OrtRunner(Runner):
     (`effective_session_config`), so what is measured is what a deployment that follows the manifest gets.
     """
 
-    def load(self) -> None:
+    def session_options(self):
+        """The session options the manifest asks for (session config, optimisation level, threads)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -187,12 +190,37 @@ class OrtRunner(Runner):
             opts.inter_op_num_threads = 1
         self.threads_used = int(threads) if threads else 0
         opts.log_severity_level = 3
+        return opts
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        opts = self.session_options()
         path = self.artifact_dir / self.manifest["model_file"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(self.model_input(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise EdgekitError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         self._out_names = [o.name for o in self.session.get_outputs()]
+
+    def profile(self, inputs: np.ndarray | dict[str, np.ndarray], iters: int, folder: Path) -> str:
+        """Run `iters` inferences in a second session with ONNX Runtime's profiler on (the timed session stays
+        unprofiled, so its figures carry no profiling overhead); the path of the profile's JSON."""
+        import onnxruntime as ort
+
+        opts = self.session_options()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(folder) / "ort-profile")
+        session = ort.InferenceSession(self.model_input(), opts, providers=["CPUExecutionProvider"])
+        types = {i.name: _ORT_NP.get(i.type, np.float32) for i in session.get_inputs()}
+        feed = {k: np.asarray(v, dtype=types.get(k)) for k, v in self.as_feed(inputs).items()}
+        for _ in range(iters):
+            session.run(None, feed)
+        return session.end_profiling()
+
+    def model_input(self) -> str | bytes:
+        """What the session loads: the model file's path, or (in a subclass) a variant of it built in memory."""
+        return str(self.artifact_dir / self.manifest["model_file"])
 
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._out_names, self.as_feed(inputs))

@@ -28,6 +28,9 @@ class BackendSpec:
     runner: str | None
     requires: tuple[Requirement, ...]
     runtime_module: str  # whose version the records carry
+    #: "module:function" -> (bool, why): can the device runtime / compiler itself run here? None: the runtime
+    #: in `requires` is the one that runs the artifact, so installed means it runs here
+    native_check: str | None = None
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -92,6 +95,7 @@ register_backend(
         runner="edgekit.backends.tensorrt:TensorRTRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        native_check="edgekit.backends.tensorrt:engine_support",
     )
 )
 
@@ -105,6 +109,7 @@ register_backend(
         runner="edgekit.backends.ascend:AscendOnnxRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        native_check="edgekit.backends.ascend:compile_support",
     )
 )
 
@@ -147,6 +152,22 @@ def missing_requirement(name: str) -> Requirement | None:
 
 def runtime_installed(name: str) -> bool:
     return missing_requirement(name) is None
+
+
+def run_here(name: str) -> tuple[bool, str]:
+    """Whether this machine can run (or compile) the artifact in the device runtime itself, and why: for
+    TensorRT an engine needs the tensorrt package and a CUDA GPU, for Ascend the atc compiler; exporting only
+    needs the packages in `requires`."""
+    spec = get_spec(name)
+    if spec.native_check is not None:
+        ok, why = _load(spec.native_check)()
+        if not ok:
+            return False, f"{why}; checks run the ONNX in ONNX Runtime on the CPU as a stand-in"
+        return True, why or "the device runtime and its hardware are here"
+    req = missing_requirement(name)
+    if req is not None:
+        return False, f"{req.package} is not installed: pip install 'edgekit[{req.extra}]'"
+    return True, f"{spec.runtime_module} installed"
 
 
 def _load(dotted: str) -> type:

@@ -268,10 +268,22 @@ class AdbDevice(Device):
                 out = self.shell(self.perf_test_command(remote, tool, config), doing="running onnxruntime_perf_test",
                                  timeout=timeout)
                 r.update(self._ort_fields(perf_test.parse(out), m))
+            r.update(self._where(tool_name, env))
         except EdgekitError as exc:
             log(f"bench: {path}: error: {exc}")
             return dict(r, status="error", error=str(exc))
         return r
+
+    def _where(self, tool_name: str, env: dict[str, Any]) -> dict[str, Any]:
+        """The provenance fields: the phone's own runtime ran it, on the phone's CPU, on the tool's inputs."""
+        from edgekit.bench.provenance import arch_label, device_class
+
+        arch = env.get("arch") or env.get("abi")
+        return {"executed_on": f"{tool_name} on the phone's CPU ({arch_label(arch)}, Android)", "stand_in_for": None,
+                "measured_on": {"host": self.name, "device": self.name, "arch": arch, "cpu_model": env.get("cpu_model"),
+                                "device_class": device_class(arch or "arm64", None)},
+                "eval_data": {"source": f"inputs {tool_name} generates (no outputs returned)", "samples": 0,
+                              "labels": False, "calibration_data": False}}
 
     def _tflite_fields(self, parsed: benchmark_model.BenchmarkModelOutput, m: dict[str, Any]) -> dict[str, Any]:
         shape = (m.get("model") or {}).get("input_shape") or [1]

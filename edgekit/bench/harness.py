@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bench import provenance
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
 from edgekit.bench.records import BenchConfig as BenchConfig
@@ -82,7 +83,7 @@ class EvalSet:
         import hashlib
 
         h = hashlib.sha256(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        h.update(np.ascontiguousarray(self.x).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
 
 
@@ -106,6 +107,7 @@ class Job:
     evalset: EvalSet | None = None
     outputs: list[np.ndarray] | None = None
     quality: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,6 +128,21 @@ def _model_bytes(manifest: dict[str, Any]) -> int:
     main = manifest["model_file"]
     return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main
                    or name.startswith(main + ".")))
+
+
+def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the quality figures were measured on; `calibration_data` is True when it is the very data the
+    artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
+    import hashlib
+
+    from edgekit.quant.calibrate import byte_view
+
+    cal = manifest.get("calibration") or {}
+    h = hashlib.sha256(str(ev.x.shape).encode())
+    h.update(byte_view(ev.x))
+    same = bool(cal.get("sha256")) and h.hexdigest() == cal.get("sha256")
+    same = same or (bool(cal.get("source")) and cal.get("source") == ev.source)
+    return {"source": ev.source, "samples": len(ev.x), "labels": ev.y is not None, "calibration_data": same}
 
 
 class Harness:
@@ -288,6 +305,17 @@ class Harness:
                 mem = self.ask(job, {"cmd": "memory"}, timeout=60)
                 if mem is not None:
                     job.memory[b] = mem
+
+    def run_profiles(self, jobs: list[Job]) -> None:
+        """After timing (so the profiler never disturbs the timed runs): one profile per artifact."""
+        for job in [j for j in jobs if j.ok]:
+            try:
+                reply = job.channel.request({"cmd": "profile", "batch": job.batches[0] if job.batches else 1},
+                                            timeout=_LOAD_TIMEOUT_S) if job.channel is not None else None
+            except WorkerError as exc:  # a profiler failure does not fail the measurement
+                job.profile = {"available": False, "reason": f"profiling failed: {exc}"}
+                continue
+            job.profile = reply["profile"] if reply else None
 
     def run_evaluation(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
@@ -465,6 +493,13 @@ class Harness:
                 "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
                 "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,
             })
+            if job.load:
+                base.update(provenance.where(m.get("backend"), job.load.get("runtime"), job.load.get("executes"),
+                                             job.env, self.device.name))
+            if job.evalset is not None:
+                base["eval_data"] = _eval_data(job.evalset, m)
+            if self.config.profile:
+                base["profile"] = job.profile
             bases.append((job, base))
         out = []
         for b in self.config.batches:  # batch-major, so a table reads one batch size at a time
@@ -516,6 +551,8 @@ class Harness:
                     try:
                         self.start_workers(group, bar)
                         self.time_all(group, bar)
+                        if self.config.profile:
+                            self.run_profiles(group)
                         self.run_evaluation(group, bar)
                     finally:
                         self.close_workers(group)

@@ -25,6 +25,8 @@ CONTRACT_FIELDS = (
     "iters", "latency_ms", "throughput_per_s", "cold_start_ms", "peak_rss_mb", "model_bytes", "accuracy",
     "agreement", "sqnr_db",
 )
+#: where the figures were measured and on what (edgekit.bench.provenance); present in every record
+PROVENANCE_FIELDS = ("executed_on", "stand_in_for", "measured_on", "eval_data")
 DEVICE_FIELDS = ("host", "cpu_model", "cores", "os")
 LATENCY_FIELDS = ("mean", "std", "p50", "p90", "p99", "min", "max")
 #: fractions in [0, 1] everywhere (records, manifests, reports)
@@ -32,14 +34,15 @@ FRACTION_FIELDS = ("accuracy", "agreement")
 
 
 def latency_summary(times_ns: Sequence[int]) -> dict[str, float]:
-    """mean, std (sample, ddof=1), p50/p90/p99 (linear interpolation), min, max, in milliseconds."""
+    """mean, std (sample, ddof=1), p50/p90/p95/p99 (linear interpolation), min, max, in milliseconds."""
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise ValueError("no timings")
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
     return {
         "mean": float(ms.mean()), "std": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
-        "p50": float(p50), "p90": float(p90), "p99": float(p99), "min": float(ms.min()), "max": float(ms.max()),
+        "p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99), "min": float(ms.min()),
+        "max": float(ms.max()),
     }
 
 
@@ -47,12 +50,13 @@ def empty_record() -> dict[str, Any]:
     """A record with every contract field present and null: the skeleton both ok and failed records fill."""
     rec: dict[str, Any] = {"schema": SCHEMA, "status": "error", "error": None}
     rec.update(dict.fromkeys(CONTRACT_FIELDS))
+    rec.update(dict.fromkeys(PROVENANCE_FIELDS))
     return rec
 
 
 def validate_record(rec: dict[str, Any]) -> list[str]:
     """Problems with a record, as messages (empty when it follows the contract). Used by tests and readers."""
-    problems = [f"missing field '{f}'" for f in CONTRACT_FIELDS if f not in rec]
+    problems = [f"missing field '{f}'" for f in (*CONTRACT_FIELDS, *PROVENANCE_FIELDS) if f not in rec]
     if problems:
         return problems
     if rec.get("status") != "ok":
@@ -87,7 +91,12 @@ def validate_record(rec: dict[str, Any]) -> list[str]:
             problems.append(f"'{key}' must be a fraction in [0, 1] or null (got {v!r})")
     if rec["sqnr_db"] is not None and not isinstance(rec["sqnr_db"], float):
         problems.append("'sqnr_db' must be a number or null (null: identical to the reference)")
-    for key in ("runtime", "runtime_version", "target", "precision", "artifact"):
+    if not isinstance(rec["measured_on"], dict) or not rec["measured_on"].get("device_class"):
+        problems.append("'measured_on' must say the measuring device's class")
+    ev = rec["eval_data"]
+    if not isinstance(ev, dict) or not isinstance(ev.get("calibration_data"), bool):
+        problems.append("'eval_data' must say its source, sample count and whether it is the calibration data")
+    for key in ("runtime", "runtime_version", "target", "precision", "artifact", "executed_on"):
         if not isinstance(rec[key], str) or not rec[key]:
             problems.append(f"'{key}' must be a non-empty string")
     return problems
@@ -141,6 +150,8 @@ class BenchConfig:
     seed: int = 0
     #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
     interleave: bool = True
+    #: the runtime's per-op profile (edgekit.bench.opprofile) into each record, after the timed runs
+    profile: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from edgekit.commands import DATA_HELP, log
 
@@ -20,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
                          min_seconds=args.min_seconds, max_seconds=args.max_seconds, rounds=args.rounds,
                          batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
-                         interleave=not args.sequential)
+                         interleave=not args.sequential, profile=args.profile)
     # every device is resolved before anything is loaded or contacted: a typo fails at once
     devices = [make_device(spec, benchmark_model=args.benchmark_model, perf_test=args.perf_test)
                for spec in (args.device or ["local"])]
@@ -44,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         log(f"bench: device {r.device.name}: error: {r.error}")
     records = multi.all_records(runs, args.artifacts)
-    # a --reference artifact is also the speed-up baseline; a reference model (not measured) cannot be
-    reference_art = args.reference if args.reference and (Path(args.reference) / "manifest.json").is_file() else None
-    baseline = args.baseline or reference_art
-    print(report.table(records, baseline=baseline))
+    print(report.table(records, baseline=args.baseline))
+    if args.profile:
+        for line in report.profile_lines(records):
+            print(line)
     written = []
     if args.json:
         written.append(report.write_json(records, args.json))
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         path = args.markdown
         with open(path, "w") as f:
-            f.write(report.markdown(records, baseline=baseline) + "\n")
+            f.write(report.markdown(records, baseline=args.baseline) + "\n")
         written.append(path)
     if args.plot:
         written.append(report.write_plot(records, args.plot))
@@ -104,8 +103,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-model-source", action="store_true",
                    help="import the package.module:factory a manifest names to build the FP32 reference (runs "
                         "that code: only for artifacts you made or trust; said on stderr when used)")
-    p.add_argument("--baseline", metavar="ART", help="artifact the speed-up column is relative to (default: "
-                   "--reference, else the torch-eager artifact when one is measured)")
+    p.add_argument("--baseline", metavar="ART", help="artifact the speed-up column is relative to (default: the "
+                   "same target's fp32 artifact, else the torch-eager one; the rule `recommend` uses too)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, record the runtime's per-op profile (ONNX Runtime: top ops by time, int8 vs "
+                        "float vs Quantize/Dequantize share; LiteRT: not reachable from Python, said so)")
     p.add_argument("--batch", default="1", metavar="B[,B...]",
                    help="batch sizes, e.g. 1,8 (default 1); throughput is reported per batch size")
     p.add_argument("--threads", type=int, default=_THREADS, metavar="N",

@@ -78,6 +78,27 @@ def check_before_work(args: argparse.Namespace, targets: list) -> None:
         check_writable(Path(args.out) / targets[0].name)
 
 
+def print_advice(m: dict) -> None:
+    """AIPP and memory facts, then the warnings and the command the user must run next (edgekit.advice)."""
+    from edgekit.advice import next_step, warnings
+
+    aipp = (m.get("backend_details") or {}).get("aipp")
+    if isinstance(aipp, dict):
+        if aipp.get("config"):
+            print(f"aipp       {aipp['config']}: {aipp['input_format']}, mean {aipp['mean']}, std {aipp['std']} "
+                  f"(from {aipp['from']})")
+        else:
+            print(f"aipp       {aipp['note']}")
+    res = m.get("export_resources") or {}
+    if res.get("peak_rss_mb") is not None:
+        print(f"memory     export peak RSS {res['peak_rss_mb']:.0f} MB")
+    for line in warnings(m):
+        print(f"warning    {line}")
+    step = next_step(m)
+    if step:
+        print(f"next       {step}")
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.export import export
     from edgekit.targets import load_target
@@ -133,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             print()
         print_artifact(art)
         print_improvements(art.manifest)
+        print_advice(art.manifest)
     return 0
 
 
