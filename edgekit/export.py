@@ -30,6 +30,7 @@ from edgekit.quant.calibrate import (
     DEFAULT_MAX_SAMPLES,
     CalibrationSet,
     Ranges,
+    check_calibration,
     check_matches,
     compute_ranges,
     prepare_for_quantization,
@@ -314,6 +315,7 @@ class ExportPipeline:
             return None
         cset = as_dataset(calib, what="calib=", max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
+        check_calibration(cset, self.log)  # too small, constant or repeated sets cannot calibrate
         return cset
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:

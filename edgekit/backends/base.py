@@ -58,17 +58,27 @@ class Exporter(abc.ABC):
     needs_calibration: tuple[str, ...] = ()
     #: precisions that also need the shared activation ranges computed by edgekit (a subset of the above)
     uses_ranges: tuple[str, ...] = ()
-    #: keyword options the constructor accepts (`edgekit export --backend-option KEY=VALUE`)
-    option_names: tuple[str, ...] = ()
+    #: the registry name whose option declaration (edgekit.backends.options) the constructor checks against
+    backend: str = ""
+    #: options a Python caller may hand over as objects rather than the declared plain values
+    passthrough_options: tuple[str, ...] = ()
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.option_names))
-        if unknown:
-            accepted = ", ".join(self.option_names) or "none"
-            raise EdgekitError(
-                f"{type(self).__name__} has no option(s) {', '.join(unknown)}; it accepts: {accepted}"
-            )
-        self.options = options
+        from edgekit.backends.options import validate
+
+        if not self.backend:
+            if options:
+                raise EdgekitError(f"{type(self).__name__} declares no options; it accepts none")
+            self.options: dict[str, Any] = {}
+            return
+        self.options = validate(self.backend, options, "exporter options", self.passthrough_options)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The options `edgekit export --backend-option KEY=VALUE` accepts for this backend."""
+        from edgekit.backends.options import names
+
+        return names(self.backend) if self.backend else ()
 
     @abc.abstractmethod
     def export(self, request: ExportRequest) -> ExportResult: ...
@@ -81,6 +91,8 @@ class Runner(abc.ABC):
         self.artifact_dir = Path(artifact_dir)
         self.manifest = manifest
         self.threads = threads
+        #: the thread count the runtime was given (0: its own default); runners that pick one update it
+        self.threads_used = int(threads or 0)
 
     @abc.abstractmethod
     def load(self) -> None: ...

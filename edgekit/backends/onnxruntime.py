@@ -122,6 +122,7 @@ def copy_prequantized(src: Path, dest: Path, how: str) -> dict[str, Any]:
 
 
 class OrtExporter(Exporter):
+    backend = "onnxruntime"
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
 
@@ -129,9 +130,11 @@ class OrtExporter(Exporter):
         import onnx
 
         out = request.out_dir / "model.onnx"
-        options = request.target.backend_options
+        options = {**request.target.backend_options, **self.options}
         details: dict[str, Any] = {"precision": request.precision, "session_config": session_config(options),
                                    "x64quantprecision": X64_POLICY}
+        if options.get("intra_op_threads"):  # the runner's thread count when the caller asks for none
+            details["intra_op_threads"] = options["intra_op_threads"]
         if request.precision == "fp32":
             shutil.copyfile(request.onnx.path, out)
             details["graph_optimization_level"] = options.get("graph_optimization_level", "all")
@@ -164,7 +167,8 @@ class OrtExporter(Exporter):
 
 
 class OrtRunner(Runner):
-    """An InferenceSession on the CPU execution provider; threads = intra-op threads (None: ORT's default).
+    """An InferenceSession on the CPU execution provider; threads = intra-op threads (None: the target's
+    `intra_op_threads` recorded in the manifest, else ORT's default; `threads_used` says which, 0 for ORT's).
 
     The session config recorded in the manifest is applied, plus the CPU-dependent `x64quantprecision`
     (`effective_session_config`), so what is measured is what a deployment that follows the manifest gets.
@@ -180,9 +184,11 @@ class OrtRunner(Runner):
             opts.add_session_config_entry(key, value)
         level = self.manifest.get("backend_details", {}).get("graph_optimization_level", "all")
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS.get(level, "ORT_ENABLE_ALL"))
-        if self.threads:
-            opts.intra_op_num_threads = int(self.threads)
+        threads = self.threads or details.get("intra_op_threads")  # the caller's count, else the target's
+        if threads:
+            opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        self.threads_used = int(threads) if threads else 0
         opts.log_severity_level = 3
         return opts
 

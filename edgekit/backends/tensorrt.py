@@ -217,9 +217,7 @@ class TensorRTExporter(Exporter):
 
     needs_calibration = ("int8", "mixed")
     uses_ranges = ("int8", "mixed")
-    option_names = ("require_engine", "build_engine", "keep_fp16", "keep_fp32", "io_dtype", "fp32_ops",
-                    "per_channel", "batch_profile", "workspace_mb", "timing_cache", "legacy_calibration_cache",
-                    "tensorrt_version")
+    backend = "tensorrt"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -137,6 +137,7 @@ class Worker:
             "load_ms": (t1 - t0) / 1e6, "first_inference_ms": (t2 - t1) / 1e6, "cold_start_ms": (t2 - t0) / 1e6,
             "rss_before_load_mb": self.rss_before / _MB, "rss_after_load_mb": rss_bytes() / _MB,
             "runtime": spec.runtime_module, "runtime_version": self.runner.runtime_version,
+            "threads": self.runner.threads_used,
             "executes": getattr(self.runner, "executes", None),
         }
 

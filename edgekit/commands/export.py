@@ -61,6 +61,23 @@ def print_improvements(m: dict) -> None:
         print(f"cost       {100 * cost.get('macs_kept_fraction', 0):.1f}% of MACs in float{extra}")
 
 
+def check_before_work(args: argparse.Namespace, targets: list) -> None:
+    """Every check that needs no model comes first: a bad calibration option or an unwritable --out costs
+    nothing (no model loaded, no export run, nothing written)."""
+    from pathlib import Path
+
+    from edgekit.artifact import check_destination, check_writable
+    from edgekit.quant.calibrate import resolve_method
+
+    resolve_method(args.calib_method, parse_options(args.calib_option))
+    if not args.out:
+        check_writable(Path.cwd() / "artifact", "the default --out in")
+    elif len(targets) == 1:
+        check_destination(Path(args.out), args.force)
+    else:  # one folder per target under --out
+        check_writable(Path(args.out) / targets[0].name)
+
+
 def print_advice(m: dict) -> None:
     """AIPP and memory facts, then the warnings and the command the user must run next (edgekit.advice)."""
     from edgekit.advice import next_step, warnings
@@ -97,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         options["require_engine"] = True
     if args.allow_float_fallback:
         options["allow_float_fallback"] = True
+    from edgekit.backends.options import validate
+
+    # the same declaration each target's [backend_options] is checked against, before the model is loaded
+    for target in targets:
+        validate(target.backend, options, "--backend-option")
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
                                   ("bias-correction", args.bias_correction)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
@@ -118,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                                    f"target {target.name} runs {target.backend}")
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
+    check_before_work(args, targets)
     result = export(
         args.model, targets if len(targets) > 1 else targets[0], args.precision, calib=args.calib, eval=args.eval,
         out=args.out, force=args.force, progress=log, input_shape=args.input_shape, calib_method=args.calib_method,
