@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"{args.source} is an artifact: diagnose re-quantizes the FP32 model, so pass the model "
                            f"it was exported from ({_manifest(args.source)['model']['source']}), or compare it "
                            "with another backend's artifact with --against ARTIFACT")
+    from edgekit.backends.registry import budget_backends, get_spec
     from edgekit.export import ExportPipeline
     from edgekit.models import parse_input_shape
     from edgekit.quant import fallback
@@ -89,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     if args.backend:
         target = target.with_backend(args.backend)
-    if target.backend not in fallback.SUPPORTED_BACKENDS:
-        raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(fallback.SUPPORTED_BACKENDS)}); "
+    if not get_spec(target.backend).qdq_style:
+        raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(budget_backends())}); "
                            f"target {target.name} runs {target.backend}: for tflite, export it and compare with "
                            "--against")
     method, opts = resolve_method(args.calib_method)
