@@ -11,7 +11,7 @@ Rows, all against the ORT FP32 graph on the same held-out crops (disjoint window
 Columns: top-1 agreement with FP32 (Wilson 95 % interval), output SQNR dB, speed vs FP32 (one thread, batch 1,
 median of interleaved rounds, measured on a shared machine), model size.
 
-Usage: python benchmarks/cnn_int8.py [--held 300] [--calib 128] [--select 100] [--skip-techniques]
+Usage: python benchmarks/cnn_int8.py [--held 300] [--calib 128] [--select 100] [--techniques equalize,...]
 Writes benchmarks/results/cnn_int8.json.
 """
 
@@ -68,7 +68,9 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--select", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--skip-techniques", action="store_true")
+    ap.add_argument("--techniques", default="equalize",
+                    help="comma-separated PTQ techniques to measure (equalize,range-choice,bias-correction); '' none")
+    ap.add_argument("--measure", type=int, default=16, help="layers whose int16 gain is measured")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
 
@@ -127,7 +129,10 @@ def main() -> int:
 
     start = {"agreement": top1_agreement(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])}
     start["sqnr_db"] = sqnr_db(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])
-    ranking = rung.rank(setup, samples=min(64, len(sel)))
+    proxy = rung.weight_sqnr(prepared)
+    print("int8 weight SQNR, worst layers: " + ", ".join(f"{k} {v:.1f} dB" for k, v in
+                                                          sorted(proxy.items(), key=lambda kv: kv[1])[:6]), flush=True)
+    ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)
     print(f"[{time.time() - t0:.0f}s] int16 ranking: " + ", ".join(
         f"{r['layer']} +{r['sqnr_gain_db']} dB" for r in ranking[:6]), flush=True)
 
@@ -141,8 +146,8 @@ def main() -> int:
             f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
             f"agreement >= 0.95 there): {', '.join(layers)}")
 
-    if not args.skip_techniques:
-        for tech in ptq_improve.TECHNIQUES:
+    if True:
+        for tech in [t for t in args.techniques.split(",") if t]:
             try:
                 s2, tsteps = ptq_improve.apply(setup, [tech], cset, "minmax", {})
                 build(s2, [], work / f"tech-{tech}.onnx")
@@ -169,6 +174,7 @@ def main() -> int:
                    "under other load, so ratios, not absolute times, are the result",
         "cpu_has_vnni": bool(cpu_flags() and any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni"))),
         "targets": {"agreement": 0.95, "sqnr_db": 22.0, "speed_vs_fp32": 2.0},
+        "int8_weight_sqnr_db": {k: round(v, 2) for k, v in proxy.items()},
         "int16_rung": {"layers": layers, "selection_result": {k: round(float(v), 4) for k, v in final_sel.items()
                                                               if k in ("agreement", "sqnr_db")},
                        "steps": steps, "ranking_top10": ranking[:10]},

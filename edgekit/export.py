@@ -152,6 +152,13 @@ class ExportPipeline:
                 "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
             )
         evalset = self._evaluation(eval_data, cset)
+        if evalset is not None and evalset is not cset and (
+                min_agreement is not None or max_accuracy_drop is not None):
+            from edgekit.quant.budget import Budget
+
+            # before any work: a check set that cannot resolve the budget is refused
+            Budget(min_agreement, max_accuracy_drop, min_sqnr_db).check_resolution(
+                evalset.count, f"the --eval set {evalset.source}")
         onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
         if onnx_model.quantization is not None and needs_ranges:
             # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration

@@ -31,10 +31,14 @@ def small(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("int16")
-    model = testmodels.resdw_net((8, 16)).eval()
-    with torch.no_grad():  # one outlier weight per output channel: the int8 grid then loses the small ones
-        for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
-            conv.weight.view(conv.weight.shape[0], -1)[:, 0] *= 40
+    # heavy-tailed weights (Student t, as trained layers often have): per-channel int8 loses the small ones
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 10)).eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for lin in (model[1], model[3]):
+            lin.weight.copy_(torch.from_numpy(rng.standard_t(1.5, size=tuple(lin.weight.shape)).astype(np.float32)
+                                              * 0.02))
     with contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "m.onnx"), dynamo=True,
                           external_data=False)
@@ -52,17 +56,22 @@ def test_int16_weights_raise_sqnr_and_are_stored_as_their_grid_values(small):
     layers = layer_names(small.prepared)
     plain = build_and_evaluate(small, [], "plain")
     wide = build_and_evaluate(small, [], "wide", int16=layers)
-    assert wide["sqnr_db"] > plain["sqnr_db"] + 3, (plain, wide)
+    # measured 23.6 -> 37.5 dB; before the ReLU was restored and ONNX Runtime kept from re-quantizing the
+    # float weights to per-tensor int8 at load, the same graph gave 15.1 dB
+    assert wide["sqnr_db"] > plain["sqnr_db"] + 8, (plain, wide)
     record = build(small, [], small.workdir / "w.onnx", int16=layers[:1])
     assert record["int16_layers"]["nodes"] == layers[:1]
     model = onnx.load(str(small.workdir / "w.onnx"))
     assert float_weights(model) == layers[:1]  # folded: the layer runs ORT's float kernel
-    # the folded weight lies on a symmetric per-channel int16 grid: w / scale_c are integers
+    # the folded weight is the int16 rounding of the FP32 one: within an int16 step per channel, far inside int8's
     node = next(n for n in model.graph.node if n.name == layers[0])
     w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == node.input[1]))
-    scale = np.abs(w).reshape(len(w), -1).max(1) / 32767
-    q = w.reshape(len(w), -1) / np.where(scale > 0, scale, 1)[:, None]
-    assert np.abs(q - np.round(q)).max() < 0.02
+    prep = onnx.load(str(small.prepared))
+    pnode = next(n for n in prep.graph.node if n.name == layers[0])
+    w0 = numpy_helper.to_array(next(t for t in prep.graph.initializer if t.name == pnode.input[1]))
+    err = np.abs(w - w0).reshape(len(w), -1).max(1)
+    amax = np.abs(w0).reshape(len(w0), -1).max(1)
+    assert err.max() > 0 and np.all(err <= amax / 32767 * 1.01)
 
 
 def test_int16_search_climbs_only_while_it_helps(small):

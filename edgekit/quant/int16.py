@@ -20,16 +20,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 
-def overrides(prepared, layers: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """ONNX Runtime `TensorQuantOverrides` giving the weights of `layers` int16 (symmetric, like int8's)."""
+
+def overrides(prepared, layers: Sequence[str], per_channel: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime `TensorQuantOverrides` giving the weights of `layers` int16 (symmetric, like int8's).
+
+    The axis is given explicitly: an override without one quietly turns a per-channel weight per-tensor
+    (measured: every channel then had the error of the largest one)."""
     from onnxruntime.quantization import QuantType
 
+    from edgekit.quant.qdq import output_channel_axis
+
     wanted = set(layers)
+    ranks = {t.name: len(t.dims) for t in prepared.graph.initializer}
     out: dict[str, list[dict[str, Any]]] = {}
     for node in prepared.graph.node:
         if node.name in wanted and len(node.input) > 1:
-            out[node.input[1]] = [{"quant_type": QuantType.QInt16, "symmetric": True}]
+            o: dict[str, Any] = {"quant_type": QuantType.QInt16, "symmetric": True}
+            if per_channel and node.input[1] in ranks:
+                o["axis"] = output_channel_axis(node, ranks[node.input[1]])
+            out[node.input[1]] = [o]
     return out
 
 
@@ -131,10 +142,37 @@ def restore_activations(model, prepared, layers: Sequence[str]) -> list[str]:
     return restored
 
 
-def rank(setup, candidates: Sequence[str] | None = None, samples: int = 64,
+def weight_sqnr(prepared_path, per_channel: bool = True) -> dict[str, float]:
+    """Each weighted layer's int8 weight SQNR (dB, symmetric, per channel when `per_channel`): a free proxy
+    used to pick which layers are worth measuring on a large graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.quant.qdq import output_channel_axis
+    from edgekit.quant.qgraph import layer_names
+
+    model = onnx.load(str(prepared_path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    names = set(layer_names(prepared_path))
+    out: dict[str, float] = {}
+    for node in model.graph.node:
+        if node.name not in names or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        axis = output_channel_axis(node, w.ndim) if per_channel else None
+        wc = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
+        step = np.abs(wc).max(1, keepdims=True) / 127.0
+        q = np.round(wc / np.where(step > 0, step, 1)) * step
+        noise = float(((wc - q) ** 2).sum())
+        out[node.name] = 200.0 if noise == 0 else 10 * np.log10(float((wc**2).sum()) / noise)
+    return out
+
+
+def rank(setup, candidates: Sequence[str] | None = None, samples: int = 64, measure: int | None = None,
          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Each candidate layer with the output SQNR gain of int16 weights on it alone (held-out samples), its
-    MACs and the gain per million MACs, best value first."""
+    MACs and the gain per million MACs, best value first. `measure`: on a large graph, measure only that many
+    layers, those whose int8 weights are worst (`weight_sqnr`); each measurement is one quantized graph."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -148,7 +186,11 @@ def rank(setup, candidates: Sequence[str] | None = None, samples: int = 64,
     base = build_and_evaluate(small, [], "int16-base")
     macs = macs_per_layer(setup.prepared)
     rows = []
-    for layer in tqdm(list(candidates or layer_names(setup.prepared)), desc="int16 rank", unit="layer",
+    names = list(candidates or layer_names(setup.prepared))
+    if measure is not None and len(names) > measure:
+        proxy = weight_sqnr(setup.prepared, bool(setup.options.get("per_channel", True)))
+        names = sorted(names, key=lambda n: proxy.get(n, 200.0))[:measure]
+    for layer in tqdm(names, desc="int16 rank", unit="layer",
                       leave=False):
         r = build_and_evaluate(small, [], f"int16-{len(rows)}", int16=[layer])
         gain = r["sqnr_db"] - base["sqnr_db"]

@@ -90,7 +90,7 @@ def build(setup: QuantSetup, kept: Sequence[str], dest: Path, int16: Sequence[st
             from edgekit.quant.int16 import overrides
 
             extra = {"TensorQuantOverrides": overrides(onnx.load(str(setup.prepared), load_external_data=False),
-                                                       int16)}
+                                                       int16, bool(setup.options.get("per_channel", True)))}
         record = quantize_static_qdq(setup.prepared, dest, setup.ranges, setup.options, nodes_to_exclude=kept,
                                      extra_options=extra)
         record.pop("quantizer_options", None)  # the overrides hold ONNX Runtime enums; summarised below

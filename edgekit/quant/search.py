@@ -25,6 +25,8 @@ from edgekit.quant.qgraph import QuantSetup, build_and_evaluate
 FIRST_TRY: tuple[str, ...] = ("equalize",)
 #: most layers the int16 rung widens before float fallback takes over
 MAX_INT16_LAYERS = 12
+#: layers whose int16 gain the search measures (those with the worst int8 weights), one quantized graph each
+INT16_MEASURED = 16
 
 
 @dataclass
@@ -101,7 +103,7 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     if int16_rung and setup.has_int16_rung and not budget.holds(current):
         from edgekit.quant import int16 as rung
 
-        ranking = rung.rank(setup, log=log)
+        ranking = rung.rank(setup, measure=INT16_MEASURED, log=log)
         int16, current, int16_steps = rung.search(setup, budget.holds, current, ranking, MAX_INT16_LAYERS, log)
     plan = search(setup, budget, log=log, start=current, int16=int16)
     plan.start, plan.techniques, plan.int16_steps = start, tried, int16_steps
