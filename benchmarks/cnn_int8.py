@@ -146,17 +146,16 @@ def main() -> int:
             f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
             f"agreement >= 0.95 there): {', '.join(layers)}")
 
-    if True:
-        for tech in [t for t in args.techniques.split(",") if t]:
-            try:
-                s2, tsteps = ptq_improve.apply(setup, [tech], cset, "minmax", {})
-                build(s2, [], work / f"tech-{tech}.onnx")
-                detail = {k: v for k, v in tsteps[-1].items() if k in ("pairs", "tensors_per_method",
-                                                                      "layers_corrected", "largest_shift")}
-                measure(f"edgekit_int8_{tech}", work / f"tech-{tech}.onnx", json.dumps(detail)[:300])
-            except Exception as exc:  # a technique that fails on this graph is a result too
-                rows[f"edgekit_int8_{tech}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-                print(f"{tech}: {exc}", flush=True)
+    for tech in [t for t in args.techniques.split(",") if t]:
+        try:
+            s2, tsteps = ptq_improve.apply(setup, [tech], cset, "minmax", {})
+            build(s2, [], work / f"tech-{tech}.onnx")
+            detail = {k: v for k, v in tsteps[-1].items() if k in ("pairs", "tensors_per_method",
+                                                                  "layers_corrected", "largest_shift")}
+            measure(f"edgekit_int8_{tech}", work / f"tech-{tech}.onnx", json.dumps(detail)[:300])
+        except Exception as exc:  # a technique that fails on this graph is a result too
+            rows[f"edgekit_int8_{tech}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            print(f"{tech}: {exc}", flush=True)
 
     hand("percentile")
     lat = compare_latency(graphs, X86, held, rounds=args.rounds, iters=10)

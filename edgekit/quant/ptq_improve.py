@@ -44,9 +44,10 @@ def check_techniques(techniques: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # cross-layer equalisation
-def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """Equalise every Conv -> Relu -> Conv pair whose middle tensor has one reader; returns the new graph and
-    the pairs equalised (with the spread of channel ranges before and after)."""
+def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Equalise every Conv -> Relu -> Conv pair whose middle tensor has one reader; returns the new graph, the
+    pairs equalised (with the spread of channel ranges before and after) and the Conv -> Clip -> Conv pairs
+    skipped (ReLU6: see below)."""
     import onnx
     from onnx import numpy_helper
 
@@ -56,11 +57,20 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for a in model.graph.node:
         if a.op_type != "Conv" or len(a.input) < 2 or a.input[1] not in inits:
             continue
         relu = consumers.get(a.output[0], [])
+        if len(relu) == 1 and relu[0].op_type == "Clip":
+            # ReLU6 and other Clips: clip(x / s_c, 0, 6) != clip(x, 0, 6) / s_c, and Clip's bound is one scalar
+            # for all channels, so the bound cannot follow a per-channel scale: the pair is skipped, and said so
+            nxt = consumers.get(relu[0].output[0], [])
+            if len(nxt) == 1 and nxt[0].op_type == "Conv":
+                skipped.append({"first": a.name, "second": nxt[0].name, "activation": "Clip",
+                                "why": "a per-channel scale cannot pass a clip bound shared by all channels"})
+            continue
         if len(relu) != 1 or relu[0].op_type != "Relu":
             continue
         nxt = consumers.get(relu[0].output[0], [])
@@ -97,7 +107,7 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
         pairs.append({"first": a.name, "second": b.name, "channels": channels,
                       "range_spread_decades_before": round(before, 2), "range_spread_decades_after": round(after, 2)})
     onnx.save(model, str(dest))
-    return dest, pairs
+    return dest, pairs, skipped
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,9 +235,11 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
     for tech in wanted:
         details: dict[str, Any]
         if tech == "equalize":
-            path, pairs = equalize(setup.prepared, setup.workdir / "equalized.onnx")
+            path, pairs, skipped = equalize(setup.prepared, setup.workdir / "equalized.onnx")
             setup = replace(setup, prepared=path, ranges=compute_ranges(path, cal, method, method_opts))
             details = {"pairs": pairs}
+            if skipped:
+                details["skipped_clip_pairs"] = {"count": len(skipped), "examples": skipped[:3]}
         elif tech == "range-choice":
             cands = {m: compute_ranges(setup.prepared, cal, m) for m in RANGE_CANDIDATES}
             merged, details = choose_ranges(setup.prepared, cal, cands, setup.options, setup.workdir)
