@@ -79,10 +79,11 @@ def main() -> int:
     from edgekit.graph.onnx_export import export_to_onnx
     from edgekit.metrics import sqnr_db, top1_agreement, wilson
     from edgekit.models import load_model
-    from edgekit.quant import int16 as rung
+    from edgekit.quant import int16_search as rung
     from edgekit.quant import ptq_improve
     from edgekit.quant.calibrate import CalibrationSet, compute_ranges, prepare_for_quantization
     from edgekit.quant.cost import compare_latency
+    from edgekit.quant.int16 import weight_sqnr
     from edgekit.quant.qgraph import QuantSetup, build, run_session, session
 
     t0 = time.time()
@@ -129,7 +130,7 @@ def main() -> int:
 
     start = {"agreement": top1_agreement(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])}
     start["sqnr_db"] = sqnr_db(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])
-    proxy = rung.weight_sqnr(prepared)
+    proxy = weight_sqnr(prepared)
     print("int8 weight SQNR, worst layers: " + ", ".join(f"{k} {v:.1f} dB" for k, v in
                                                           sorted(proxy.items(), key=lambda kv: kv[1])[:6]), flush=True)
     ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)

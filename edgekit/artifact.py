@@ -6,27 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.manifest import MANIFEST, Manifest, read_manifest, sha256_file
+from edgekit.manifest import verify_files as check_files
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "MANIFEST_VERSION", "Artifact", "load_artifact", "sha256_file", "staging", "write_manifest"]
+
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
@@ -41,7 +36,8 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 def check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise EdgekitError(f"output folder {out} exists; choose another --out or pass --force to replace it")
+        raise EdgekitError(f"output folder {out} exists; choose another out= (--out) or pass force=True (--force) "
+                           "to replace it")
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"output path {out} exists and is not a folder")
 
@@ -51,6 +47,10 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     """Yield a private folder beside `out`; on success it replaces `out`, on any error it is removed."""
     check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from edgekit.rundir import sweep
+
+    # a run killed here (SIGKILL) left its staging folder; it is gone with its PID, so remove it now
+    sweep(None, [out], log=lambda m: print(m, file=sys.stderr))
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -83,6 +83,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 class Artifact:
     path: Path
     manifest: dict[str, Any]
+    #: the validated, typed view of `manifest` (None only for an Artifact built by hand)
+    info: Manifest | None = None
 
     @property
     def backend(self) -> str:
@@ -106,29 +108,11 @@ class Artifact:
         return registry.runner_class(self.backend)(self.path, self.manifest, threads=threads)
 
 
-_REQUIRED = ("target", "backend", "precision", "model_file", "files", "inputs", "outputs")
-
-
 def load_artifact(path: Path | str, verify_files: bool = True) -> Artifact:
-    """Read an artifact folder; with `verify_files`, every listed file must exist with its sha256."""
+    """Read an artifact folder through the validated manifest (edgekit.manifest); with `verify_files`, every
+    listed file must be inside the folder with its size and sha256."""
     path = Path(path)
-    mpath = path / MANIFEST
-    if not path.is_dir():
-        raise EdgekitError(f"artifact not found: {path} is not a folder")
-    if not mpath.is_file():
-        raise EdgekitError(f"{path} is not an edgekit artifact: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgekitError(f"{mpath} is not valid JSON: {exc}") from None
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise EdgekitError(f"{mpath} lacks field(s): {', '.join(missing)}")
+    info = read_manifest(path)
     if verify_files:
-        for name, meta in manifest["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise EdgekitError(f"artifact {path}: file '{name}' listed in the manifest is missing")
-            if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-                raise EdgekitError(f"artifact {path}: file '{name}' does not match its sha256 in the manifest")
-    return Artifact(path, manifest)
+        check_files(path, info)
+    return Artifact(path, dict(info.raw), info)

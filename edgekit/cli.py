@@ -2,7 +2,8 @@
 edgekit/commands/, one module each, found by listing that package; heavy imports happen inside the command
 functions so `edgekit --help` stays instant.
 
-Exit codes: 0 success, 2 user error (one line on stderr), 1 a bug in edgekit (traceback).
+Exit codes: 0 success, 2 user error (one line on stderr), 1 a bug in edgekit (traceback), 130 Ctrl-C,
+143 SIGTERM (after removing the run's temporary files).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edgekit import commands
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, MissingTorchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from edgekit.rundir import Terminated, run_scope
+
+    out = getattr(args, "out", None)
     try:
-        return func(args)
+        # one temp root for the whole run, removed on every exit; leftovers of killed runs removed first
+        with run_scope(out_dirs=[out] if isinstance(out, str) and out else []):
+            return func(args)
+    except Terminated:
+        print(f"edgekit {args.command}: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 143
     except EdgekitError as exc:
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        # torch is an optional extra; the commands that need it say so in one line, like any missing piece
+        print(f"edgekit {args.command}: error: {MissingTorchError(f'edgekit {args.command}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)

@@ -25,3 +25,15 @@ class MissingRuntimeError(EdgekitError):
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+
+TORCH_EXTRA = "torch"
+
+
+class MissingTorchError(EdgekitError):
+    """PyTorch is an optional extra: a .onnx model exports, benchmarks and is recommended on without it;
+    a torch model (nn.Module, factory, .pt2, zoo) and the training stages need it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs PyTorch, which is not installed; install it with: pip install "
+                         f"'edgekit[{TORCH_EXTRA}]' (a .onnx model exports without it)")

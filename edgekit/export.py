@@ -8,6 +8,7 @@ outputs between exports of the same model, so exporting to many targets calibrat
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,9 @@ from edgekit import __version__
 from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
+from edgekit.datasets import as_dataset
 from edgekit.errors import EdgekitError
+from edgekit.facade import make_callable, progress_log
 from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
 from edgekit.metrics import compare
 from edgekit.models import SourceModel, load_model
@@ -29,7 +32,6 @@ from edgekit.quant.calibrate import (
     Ranges,
     check_matches,
     compute_ranges,
-    load_data,
     prepare_for_quantization,
     resolve_method,
 )
@@ -45,14 +47,27 @@ def tool_versions() -> dict[str, str]:
     return {"edgekit": __version__, **installed_versions(_VERSIONED)}
 
 
+def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
+    """The opset range to export at: the one asked for, which must lie in the target's range, else the range."""
+    if opset is None:
+        return target.opset_min, target.opset_max
+    if isinstance(opset, bool) or not isinstance(opset, int) or not target.opset_min <= opset <= target.opset_max:
+        raise EdgekitError(f"opset {opset!r} is outside target {target.name}'s range {target.opset_min}-"
+                           f"{target.opset_max}; give an opset in that range (opset=, --opset) or leave it out")
+    return opset, opset
+
+
 def default_out(src: SourceModel, target: Target, precision: str) -> Path:
     return Path(f"{src.name}-{target.name}-{precision}")
 
 
-def run_batched(runner, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
-    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed."""
+def run_batched(runner, x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
+    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed (batch None:
+    as many as `batch_for` allows for the sample size)."""
+    from edgekit.graph.onnx_export import batch_for
+
     shape = runner.manifest["inputs"][0]["shape"]
-    step = shape[0] if shape and isinstance(shape[0], int) else batch
+    step = shape[0] if shape and isinstance(shape[0], int) else (batch or batch_for(x.shape[1:]))
     parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
@@ -81,12 +96,13 @@ class ExportPipeline:
         self.close()
 
     # -- shared intermediates -------------------------------------------------------------------------
-    def onnx(self, target: Target, real_inputs: np.ndarray | None) -> OnnxModel:
-        if self._onnx is None or not target.opset_min <= self._onnx.opset <= target.opset_max:
+    def onnx(self, target: Target, real_inputs: np.ndarray | None, opset: int | None = None) -> OnnxModel:
+        """The verified ONNX export, made once and reused by every target whose opset range holds it."""
+        lo, hi = check_opset(target, opset)
+        if self._onnx is None or not lo <= self._onnx.opset <= hi:
             self.log(f"exporting {self.src.spec} to ONNX and checking it against the FP32 reference")
-            path = self.workdir / f"fp32-opset{target.opset_max}.onnx"
-            self._onnx = export_to_onnx(self.src, path, opset_range=(target.opset_min, target.opset_max),
-                                        real_inputs=real_inputs)
+            path = self.workdir / f"fp32-opset{hi}.onnx"
+            self._onnx = export_to_onnx(self.src, path, opset_range=(lo, hi), real_inputs=real_inputs)
             self._prepared = None
         return self._onnx
 
@@ -110,15 +126,17 @@ class ExportPipeline:
 
     # -- one export -----------------------------------------------------------------------------------
     def export(
-        self, target: str | Target, precision: str | None = None, *, calib: str | CalibrationSet | None = None,
+        self, target: str | Target, precision: str | None = None, *, calib: Any = None,
         calib_method: str = "minmax", calib_options: dict[str, Any] | None = None,
-        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: str | CalibrationSet | None = None,
+        calib_samples: int | None = DEFAULT_MAX_SAMPLES, eval_data: Any = None,
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
-        techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None,
+        techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
         min_sqnr_db: float | None = None, keep_best_effort: bool = False, int16_rung: bool = True,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
+
+        `calib` / `eval_data`: any form `edgekit.as_dataset` takes (a path, arrays, a DataLoader, ...).
 
         `min_agreement` / `max_accuracy_drop` (fractions) ask for a budgeted int8 export: the most sensitive
         layers are kept in higher precision until the budget holds on a held-out part of the calibration set
@@ -128,6 +146,7 @@ class ExportPipeline:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
         () for layer fallback alone). `min_sqnr_db` adds an output-SQNR goal to the budget; `int16_rung` lets
         the search give chosen layers int16 weights before keeping any in float (backends that run 16-bit Q/DQ).
+        `opset`: the ONNX opset to export at, within the target's range.
 
         A budget is judged on the `eval_data` when given, else on a held-out split of the calibration set large
         enough to resolve it, and the final check of the written artifact runs on the same data: when that
@@ -138,6 +157,7 @@ class ExportPipeline:
         if backend is not None:
             tgt = tgt.with_backend(backend)
         precision = tgt.check_precision(precision)
+        check_opset(tgt, opset)
         out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
@@ -148,8 +168,8 @@ class ExportPipeline:
         cset = self._calibration(calib, calib_samples)
         if needs_data and cset is None and not source_is_quantized(self.src):
             raise EdgekitError(
-                f"precision '{precision}' needs calibration data: "
-                "pass --calib DATA (.npz with x, .npy, or zoo:digits)"
+                f"precision '{precision}' needs calibration data: give calib= (an array, a dict of arrays, a "
+                "DataLoader, or a .npz/.npy/zoo:digits path; --calib on the command line)"
             )
         evalset = self._evaluation(eval_data, cset)
         if evalset is not None and evalset is not cset and (
@@ -159,13 +179,13 @@ class ExportPipeline:
             # before any work: a check set that cannot resolve the budget is refused
             Budget(min_agreement, max_accuracy_drop, min_sqnr_db).check_resolution(
                 evalset.count, f"the --eval set {evalset.source}")
-        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None)
+        onnx_model = self.onnx(tgt, evalset.x if evalset is not None else None, opset)
         if onnx_model.quantization is not None and needs_ranges:
             # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration
             needs_data = needs_ranges = False
         if needs_data and cset is None:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
-                               "complete Q/DQ quantization: pass --calib DATA")
+                               "complete Q/DQ quantization: give calibration data (calib=, --calib)")
         improve = None
         budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None
         if budgeted or techniques:
@@ -179,6 +199,9 @@ class ExportPipeline:
             improve["ranges"] if improve is not None else None)
         prepared = (improve["prepared"] if improve is not None else self.prepared()) if needs_ranges else None
 
+        from edgekit.bench.worker import peak_bytes, reset_peak
+
+        peak_reset = reset_peak()  # this export's own peak, not an earlier one's in the same process
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src)
@@ -214,10 +237,14 @@ class ExportPipeline:
                 manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
             if improve is not None:
                 manifest.update(improve["manifest"])
-            manifest["verification"] = self._verify(stage, manifest, evalset)
+            manifest["verification"] = self._verify(stage, manifest, evalset, cset)
             if improve is not None and improve["budget"] is not None:
                 manifest["budget"] = self._final_check(improve["budget"], manifest["verification"], keep_best_effort)
             manifest["tool_versions"] = tool_versions()
+            manifest["export_resources"] = {
+                "peak_rss_mb": round(peak_bytes() / 2**20, 1),
+                "how": "the exporting process's RSS high-water mark (VmHWM) " + (
+                    "since this export began" if peak_reset else "over the process's lifetime (could not reset)")}
             manifest = write_manifest(stage, manifest)
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
@@ -258,7 +285,7 @@ class ExportPipeline:
             budget = fallback.Budget(min_agreement, max_accuracy_drop, min_sqnr_db)
         ptq_improve.check_techniques(techniques)
         if precision != "int8":
-            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques apply to --precision "
+            raise EdgekitError(f"min_agreement, max_accuracy_drop and the int8 techniques apply to precision "
                                f"int8 (got {precision})")
         check_budget_backend(tgt.backend, f"target {tgt.name}")
         if onnx_model.quantization is not None:
@@ -266,7 +293,7 @@ class ExportPipeline:
                                f"({onnx_model.quantization}); budgeted fallback re-quantizes an FP32 model: export "
                                "the FP32 model instead")
         if cset is None:
-            raise EdgekitError("a budgeted int8 export needs calibration data: pass --calib DATA")
+            raise EdgekitError("a budgeted int8 export needs calibration data (calib=, --calib)")
         if check is None:
             cal, held = fallback.split_calibration(cset, held_out=budget.samples_needed() if budget else None)
             what = "held out from the calibration set"
@@ -302,12 +329,42 @@ class ExportPipeline:
         return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest,
                 "check": held, "budget": budget}
 
+    def diagnose(self, target: str | Target, calib: Any = None, *, backend: str | None = None,
+                 calib_method: str = "minmax", calib_samples: int | None = DEFAULT_MAX_SAMPLES, samples: int = 64,
+                 verify: int = 12) -> dict[str, Any]:
+        """Where int8 loses accuracy on `target`: per-layer errors and the layers ranked by what keeping each
+        in higher precision buys, measured on a held-out quarter of the calibration data."""
+        from edgekit.quant import fallback
+        from edgekit.quant.diagnose import diagnose
+
+        tgt = load_target(target)
+        if backend is not None:
+            tgt = tgt.with_backend(backend)
+        if not registry.get_spec(tgt.backend).qdq_style:
+            raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(registry.budget_backends())})"
+                               f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
+                               "artifacts instead (`edgekit diagnose ART --against ART`)")
+        method, opts = resolve_method(calib_method)
+        cset = self._calibration(calib, calib_samples)
+        if cset is None:
+            raise EdgekitError("diagnose needs calibration data (calib=, --calib)")
+        self.onnx(tgt, None)
+        cal, held = fallback.split_calibration(cset)
+        setup = fallback.QuantSetup(tgt.backend, self.prepared(), self.ranges(cal, method, opts),
+                                    dict(tgt.backend_options), held.x[:samples], self.reference(held)[0][:samples],
+                                    None, self.workdir / "diagnose")
+        setup.workdir.mkdir(exist_ok=True)
+        report = diagnose(setup, verify=verify, log=self.log)
+        report.update({"model": self.src.spec, "target": tgt.name, "calibration": cal.provenance(),
+                       "calibration_method": method})
+        return report
+
     def _calibration(self, calib, samples) -> CalibrationSet | None:
         if calib is None and self.src.spec.startswith("zoo:digits"):
             calib = "zoo:digits"
         if calib is None:
             return None
-        cset = calib if isinstance(calib, CalibrationSet) else load_data(calib, max_samples=samples)
+        cset = as_dataset(calib, what="calib=", max_samples=samples)
         check_matches(cset, self.src.input_shape, "calibration set")
         return cset
 
@@ -316,31 +373,120 @@ class ExportPipeline:
             eval_data = "zoo:digits:test"
         if eval_data is None:
             return cset
-        evalset = eval_data if isinstance(eval_data, CalibrationSet) else load_data(eval_data, max_samples=None)
+        evalset = as_dataset(eval_data, what="eval=", max_samples=None)
         check_matches(evalset, self.src.input_shape, "evaluation set")
         return evalset
 
-    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None) -> dict[str, Any]:
+    def _verify(self, stage: Path, manifest: dict[str, Any], evalset: CalibrationSet | None,
+                calibration: CalibrationSet | None = None) -> dict[str, Any]:
         """Run the new artifact with its own runner and compare with the FP32 reference."""
         if evalset is None:
             rng = np.random.default_rng(0)
             x = rng.standard_normal((32, *self.src.input_shape[1:]), dtype=np.float32)
-            evalset = CalibrationSet(x, None, "random normal (no --calib or --eval given)", {}, 32, "all 32")
+            evalset = CalibrationSet(x, None, "random normal (no calibration or evaluation data given)", {}, 32,
+                                     "all 32")
         self.log(f"checking the artifact against FP32 on {evalset.count} samples of {evalset.source}")
         reference = self.reference(evalset)[0]
         runner = registry.runner_class(manifest["backend"])(stage, manifest)
         with runner:
             got = run_batched(runner, evalset.x)[0]
         result = compare(reference, got, evalset.y)
+        details = manifest.get("backend_details", {})
         result.update({"reference": manifest["onnx_export"].get("reference", "torch fp32"),
                        "data": evalset.source, "data_sha256": evalset.sha256,
-                       "runtime": runner.runtime_version})
+                       "runtime": runner.runtime_version,
+                       "verified_precision": details.get("verified_precision", manifest["precision"]),
+                       # the same samples, or the same source the calibration samples were drawn from
+                       "calibration_data": calibration is not None and (evalset.sha256 == calibration.sha256
+                                                                        or evalset.source == calibration.source)})
+        if details.get("not_verified"):
+            result["not_verified"] = details["not_verified"]
         return result
+
+
+def _shape_from(data: CalibrationSet | None) -> tuple[int, ...] | None:
+    return None if data is None else (1, *(int(d) for d in data.x.shape[1:]))
+
+
+def diagnose(model: Any, target: str | Path | Target = "x86-server-cpu", calib: Any = None,
+             progress: Callable[[str], None] | logging.Logger | None = None, *,
+             input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Where `model` loses accuracy in int8 on `target`: the report of ExportPipeline.diagnose (keyword
+    arguments: backend, calib_method, calib_samples, samples, verify)."""
+    cset = as_dataset(calib, what="calib=", max_samples=kwargs.get("calib_samples", DEFAULT_MAX_SAMPLES)) \
+        if calib is not None else None
+    if input_shape is None and not isinstance(model, str | Path | SourceModel):
+        input_shape = _shape_from(cset)
+    with ExportPipeline(model, input_shape, log=progress_log(progress)) as pipeline:
+        return pipeline.diagnose(target if isinstance(target, Target) else str(target), cset, **kwargs)
+
+
+def export(model: Any, target: str | Path | Target | Sequence[str | Path | Target], precision: str | None = None,
+           calib: Any = None, eval: Any = None, out: Path | str | None = None, force: bool = False,
+           progress: Callable[[str], None] | logging.Logger | None = None, *,
+           input_shape: tuple[int, ...] | str | None = None, calib_method: str = "minmax",
+           calib_options: dict[str, Any] | None = None, calib_samples: int | None = DEFAULT_MAX_SAMPLES,
+           backend: str | None = None, opset: int | None = None, min_agreement: float | None = None,
+           max_accuracy_drop: float | None = None, techniques: Sequence[str] = (),
+           budget_first_try: Sequence[str] | None = None, min_sqnr_db: float | None = None,
+           keep_best_effort: bool = False, int16_rung: bool = True, **options: Any) -> Artifact | list[Artifact]:
+    """Export `model` for `target` and return the Artifact; with a list of targets, a list of Artifacts that
+    share one ONNX export, one calibration and one FP32 reference.
+
+    `model`: an nn.Module, a .onnx or .pt2 path, `package.module:factory` or `zoo:NAME`. `target`: a name, a
+    .toml path, a Target, or a list of them. `calib` / `eval`: any form `edgekit.as_dataset` takes (array,
+    (x, y), tensor, dict of arrays, DataLoader, path, zoo:digits); an nn.Module given no `input_shape` takes
+    its shape from them. `out`: the artifact folder (with several targets: the folder that holds one per
+    target), default `MODEL-TARGET-PRECISION` here. `progress`: a function or logger that sees the stage
+    lines. `min_agreement` / `max_accuracy_drop` are fractions; `min_sqnr_db`, `keep_best_effort` and
+    `int16_rung` as in ExportPipeline.export. `**options` go to the backend's exporter
+    (e.g. `require_engine=True`); an unknown one lists those accepted. Everything is validated before
+    anything is written.
+    """
+    several = not isinstance(target, str | Path | Target)
+    wanted = list(target) if several else [target]  # type: ignore[arg-type]
+    if not wanted:
+        raise EdgekitError("target= is an empty list: name at least one target (see edgekit.targets())")
+    tgts = [t if isinstance(t, Target) else load_target(str(t)) for t in wanted]
+    if backend is not None:
+        tgts = [t.with_backend(backend) for t in tgts]
+    names = [t.name for t in tgts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgekitError(f"target(s) given more than once: {', '.join(twice)}")
+    if calib_samples is not None and calib_samples < 1:
+        raise EdgekitError(f"calib_samples must be at least 1 (got {calib_samples})")
+    for t in tgts:  # precisions, opsets and exporter options: all checked before any work
+        check_opset(t, opset)
+        registry.exporter_class(t.backend)(**options)
+    cset = as_dataset(calib, what="calib=", max_samples=calib_samples) if calib is not None else None
+    evalset = as_dataset(eval, what="eval=", max_samples=None) if eval is not None else None
+    if input_shape is None and not isinstance(model, str | Path | SourceModel):
+        input_shape = _shape_from(cset) or _shape_from(evalset)
+    log = progress_log(progress)
+    with ExportPipeline(model, input_shape, log=log) as pipeline:
+        plan = []
+        for t in tgts:
+            prec = t.check_precision(precision)
+            dest = Path(out) if out is not None and not several else (
+                Path(out) / default_out(pipeline.src, t, prec) if out is not None else None)
+            check_destination(dest if dest is not None else default_out(pipeline.src, t, prec), force)
+            plan.append((t, dest))
+        arts = [pipeline.export(t, precision, calib=cset, calib_method=calib_method, calib_options=calib_options,
+                                calib_samples=calib_samples, eval_data=evalset, out=dest, force=force,
+                                exporter_options=options or None, min_agreement=min_agreement,
+                                max_accuracy_drop=max_accuracy_drop, techniques=techniques,
+                                budget_first_try=budget_first_try, opset=opset, min_sqnr_db=min_sqnr_db,
+                                keep_best_effort=keep_best_effort, int16_rung=int16_rung)
+                for t, dest in plan]
+    return arts if several else arts[0]
 
 
 def export_model(model: Any, target: str | Target, precision: str | None = None, *,
                  input_shape: tuple[int, ...] | str | None = None, **kwargs: Any) -> Artifact:
-    """One export: `edgekit export` as a function. See ExportPipeline.export for the keyword arguments."""
+    """One export through ExportPipeline.export's keyword arguments (kept for existing callers)."""
     with ExportPipeline(model, input_shape) as pipeline:
         return pipeline.export(target, precision, **kwargs)
 
+
+make_callable(__name__, "export")

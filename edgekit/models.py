@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, MissingTorchError
 
 
 @dataclass
@@ -37,6 +37,15 @@ class SourceModel:
         return None
 
 
+def require_torch(what: str):
+    """The torch module, or a one-line error naming the extra that installs it."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingTorchError(what) from None
+    return torch
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224)."""
     parts = text.lower().replace("×", "x").split("x")
@@ -46,7 +55,8 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
         raise EdgekitError(
-            f"malformed --input-shape '{text}': expected positive integers joined by 'x', e.g. 1x3x224x224"
+            f"malformed input shape '{text}' (input_shape=, --input-shape): expected positive integers joined by "
+            "'x', e.g. 1x3x224x224"
         )
     return dims
 
@@ -70,7 +80,7 @@ def _import_factory(spec: str):
 
 def call_factory(spec: str):
     """The nn.Module that `package.module:factory` returns, or an error saying what went wrong."""
-    import torch
+    torch = require_torch(f"model '{spec}'")
 
     factory = _import_factory(spec)
     if not callable(factory):
@@ -87,11 +97,14 @@ def call_factory(spec: str):
 def _from_factory(spec: str, input_shape: tuple[int, ...] | None) -> SourceModel:
     module = call_factory(spec)
     if input_shape is None:
-        raise EdgekitError(f"model '{spec}' needs --input-shape (e.g. 1x3x224x224)")
-    return SourceModel("torch", spec.split(":")[-1], spec, input_shape, module=module.eval())
+        raise EdgekitError(f"model '{spec}' needs an input shape: input_shape=(1, 3, 224, 224) (--input-shape "
+                           "1x3x224x224 on the command line)")
+    # named after the model, not the factory: two `make` factories of different models must not collide
+    return SourceModel("torch", type(module).__name__, spec, input_shape, module=module.eval())
 
 
 def _from_zoo(spec: str) -> SourceModel:
+    require_torch(f"model '{spec}'")
     from edgekit.data import zoo
 
     name = spec.split(":", 1)[1]
@@ -102,19 +115,18 @@ def _from_zoo(spec: str) -> SourceModel:
 
 
 def _from_pt2(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
-    import torch
-
+    require_torch(f"model {path}")
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
-        import torch.ao.quantization.fx._decomposed
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as exc:
-        raise EdgekitError(f"cannot load {path} as a torch.export .pt2 program: {type(exc).__name__}") from None
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+    from edgekit.safe_load import load_exported_program
+
+    ep = load_exported_program(path)  # refuses archives whose pickles could run code
     if input_shape is None:
         args = ep.example_inputs[0] if ep.example_inputs else ()
         if len(args) != 1 or not hasattr(args[0], "shape"):
-            raise EdgekitError(f"{path}: cannot read one example input from the program; pass --input-shape")
+            raise EdgekitError(f"{path}: cannot read one example input from the program; give its input shape "
+                               "(input_shape=, --input-shape)")
         input_shape = tuple(int(d) for d in args[0].shape)
     return SourceModel("exported-program", path.stem, str(path), input_shape, exported=ep)
 
@@ -136,12 +148,13 @@ def _from_onnx(path: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
     if input_shape is None:
         if any(d is None for d in declared[1:]):
             name = graph_inputs[0].name
-            raise EdgekitError(f"{path}: input '{name}' has symbolic dims {declared}; pass --input-shape")
+            raise EdgekitError(f"{path}: input '{name}' has symbolic dims {declared}; give its input shape "
+                               "(input_shape=, --input-shape)")
         input_shape = (1, *(int(d) for d in declared[1:]))
     elif len(input_shape) != len(declared) or any(
         d is not None and d != s for d, s in zip(declared[1:], input_shape[1:], strict=False)
     ):
-        raise EdgekitError(f"--input-shape {input_shape} does not match {path}'s input of shape {declared}")
+        raise EdgekitError(f"input shape {input_shape} does not match {path}'s input of shape {declared}")
     return SourceModel("onnx", path.stem, str(path), input_shape, onnx_path=path)
 
 
@@ -154,9 +167,10 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None) -> S
 
         if isinstance(spec, torch.nn.Module):
             if input_shape is None:
-                raise EdgekitError("an nn.Module needs input_shape, e.g. (1, 3, 224, 224)")
+                raise EdgekitError("an nn.Module needs its input shape: pass input_shape=(1, 3, 224, 224), or "
+                                   "in-memory calib= data to take it from")
             return SourceModel("torch", type(spec).__name__, type(spec).__name__, input_shape, module=spec.eval())
-    except ImportError:  # pragma: no cover - torch is a core dependency
+    except ImportError:  # torch is an optional extra: without it, no object can be an nn.Module
         pass
     if isinstance(spec, SourceModel):
         return spec

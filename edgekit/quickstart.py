@@ -217,9 +217,14 @@ def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Cal
             continue
         measured = [r for r in records if r.get("target") == name and r.get("status") == "ok"]
         eager = [r for r in records if r.get("backend") == "torch-eager" and r.get("status") == "ok"]
+        # everything here is measured on this host; for a GPU/NPU/phone target that is a proxy, and says so
         rec = recommend(target, priority=priority, results=measured + eager if measured else None,
-                        source="quickstart bench")
-        out.append({**rec.to_dict(), "measured": bool(measured)})
+                        source="quickstart bench", allow_proxy=True)
+        proxy = bool(rec.judgement and rec.judgement.proxy)
+        if proxy:
+            log(f"recommend {name}: measured on this host, not on a {target.device_class} device like {name}: "
+                "ranked with --allow-proxy (the speed-ups do not carry over)")
+        out.append({**rec.to_dict(), "measured": bool(measured), "proxy": proxy})
     return out
 
 
@@ -317,7 +322,8 @@ def _print_summary(summary: dict[str, Any], records: list[dict[str, Any]], out: 
     print()
     for r in summary["recommendations"]:
         chosen = f" -> {r['chosen_artifact']}" if r.get("chosen_artifact") else ""
-        basis = "measured" if r["measured"] else "tree only"
+        basis = ("measured on this host as a proxy (--allow-proxy)" if r.get("proxy") else
+                 "measured" if r["measured"] else "tree only")
         print(f"recommend {r['target']} ({r['priority']}, {basis}): {r['precision']}"
               f" [{', '.join(r['techniques']) or 'export only'}]{chosen}")
     print(f"\n{len(summary['artifacts'])} artifacts, report: {out / 'report.md'} "

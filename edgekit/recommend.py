@@ -28,10 +28,12 @@ and batch for servers; latency decisions are online by nature.
 Whatever a leaf wants, the target may not offer; the precision then falls back along `FALLBACK_ORDER`
 (accelerators and MCUs skip dynamic-int8) and the path says so.
 
-With measurements, each candidate is judged against its closest FP32 baseline (same target, same runtime, same
-batch; a torch eager fp32 record when the target has none): every point lost must buy >= 2x speed-up, a size
-reduction may cost <= 5 points of recall (accuracy, or agreement, when no recall is recorded), and the user's
---max-accuracy-drop holds. The fastest survivor (p50) wins; quantized artifacts slower than FP32 are flagged.
+With measurements, each candidate is judged against its FP32 baseline by the rule the bench table uses too
+(edgekit.bench.baseline: the same target's fp32 record at the same batch and device, else torch eager fp32):
+every point lost must buy >= 2x speed-up, a size reduction may cost <= 5 points of recall (accuracy, or
+agreement, when no recall is recorded), and the user's --max-accuracy-drop holds. The fastest survivor (p50)
+wins; quantized artifacts slower than FP32 are flagged. Only records measured on a device of the target's class
+count, unless --allow-proxy.
 
 Accuracies are fractions in [0, 1]; "points" are percentage points (x100) of them, as everywhere in edgekit.
 """
@@ -45,8 +47,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.baseline import pick as pick_baseline
+from edgekit.bench.provenance import same_class
 from edgekit.errors import EdgekitError
-from edgekit.targets import PRECISIONS, Target
+from edgekit.facade import make_callable
+from edgekit.targets import PRECISIONS, Target, load_target
 
 PRIORITIES = ("latency", "cost")
 WORKLOADS = ("online", "batch")
@@ -76,6 +81,7 @@ RULE_SIZE = "size-recall"
 RULE_BUDGET = "max-accuracy-drop"
 RULE_NO_LATENCY = "no-latency"
 RULE_NO_ACCURACY = "no-accuracy"
+RULE_NO_BASELINE = "no-baseline"
 SPEEDUP_PER_POINT = 2.0
 SIZE_RECALL_POINTS = 5.0
 
@@ -269,6 +275,7 @@ class Judgement:
     ignored: tuple[tuple[str, str], ...]  # (artifact, why it was not a candidate)
     max_accuracy_drop: float | None
     path: tuple[str, ...]
+    proxy: tuple[tuple[str, str], ...] = ()  # (artifact, why) ranked although not measured on the target's class
 
     @property
     def rejected(self) -> tuple[Verdict, ...]:
@@ -287,7 +294,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise EdgekitError(f"cannot read results file {p}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise EdgekitError(f"{p}: not a text file; --results takes the JSON that `edgekit bench --json` "
+        raise EdgekitError(f"{p}: not a text file; results= (--results) takes the JSON that `edgekit bench --json` "
                            "writes") from None
     try:
         data = json.loads(text)
@@ -364,12 +371,6 @@ def parse_record(rec: Mapping[str, Any], index: int, source: str) -> Record:
     )
 
 
-def _pick_baseline(cand: Record, baselines: Sequence[Record]) -> Record:
-    """The closest FP32 reference: same target over torch eager, then same runtime, then same batch size."""
-    return min(baselines, key=lambda b: (b.eager, b.runtime != cand.runtime,
-                                         cand.batch is not None and b.batch != cand.batch, b.index))
-
-
 def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
     speedup = base.p50_ms / cand.p50_ms if cand.p50_ms is not None and base.p50_ms is not None else None
     is_base = cand is base
@@ -412,28 +413,69 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None) -> Verdict:
             return reject(RULE_SIZE, f"its size reduction costs {recall_points:.2f} points of {recall_metric}; "
                                      f"at most {SIZE_RECALL_POINTS:g} allowed")
     if max_drop is not None and points > max_drop + 1e-9:
-        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); --max-accuracy-drop is {max_drop:g}")
+        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); the budget (max_accuracy_drop) is "
+                                   f"{max_drop:g}")
     return v
 
 
 def _check_drop(max_accuracy_drop: float | None) -> None:
     if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
-        raise EdgekitError(f"--max-accuracy-drop must be a non-negative number of points (got {max_accuracy_drop:g})")
+        raise EdgekitError(f"max_accuracy_drop (--max-accuracy-drop) must be a non-negative number of points "
+                           f"(got {max_accuracy_drop:g})")
+
+
+def _proxy_reason(rec: Mapping[str, Any], target: Target) -> str | None:
+    """Why a record's numbers are not from a device of the target's class, or None when they are (or the record
+    does not say where it was measured: hand-written results are taken at their word)."""
+    if same_class(dict(rec), target.device_class) is not False:
+        return None
+    where = rec.get("executed_on") or "?"
+    if rec.get("stand_in_for"):
+        where += f", a stand-in for {rec['stand_in_for']}"
+    mo = rec.get("measured_on") or {}
+    return f"measured on a {mo.get('device_class')} device ({where}), not a {target.device_class} like {target.name}"
 
 
 def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_drop: float | None = None,
-          source: str = "results") -> Judgement:
-    """Apply the accuracy budget to the records measured on `target`; the fastest survivor (p50) wins."""
+          source: str = "results", allow_proxy: bool = False) -> Judgement:
+    """Apply the accuracy budget to the records measured on `target`; the fastest survivor (p50) wins.
+
+    Only records measured on a device of the target's class count: a TensorRT artifact timed in ONNX Runtime on
+    a CPU says nothing about a Jetson. Without `allow_proxy` such records are refused (EdgekitError naming
+    --allow-proxy) when nothing else was measured, and ignored beside real ones; with it they are ranked under
+    a loud warning in the path and in `Judgement.proxy`.
+    """
     _check_drop(max_accuracy_drop)
     ignored: list[tuple[str, str]] = []
     parsed = []
+    proxies: list[tuple[str, str]] = []
+    raw: dict[int, Mapping[str, Any]] = {}
     for i, r in enumerate(records):
         status = r.get("status", "ok")  # records without a status (hand-written results) count as measured
         if status != "ok":  # a failed or skipped measurement has no numbers to judge
             label = str(r.get("artifact") or f"record {i}")
             ignored.append((label, f"status {status}" + (f": {r['error']}" if r.get("error") else "")))
             continue
-        parsed.append(parse_record(r, i, source))
+        why = _proxy_reason(r, target)
+        parsed_one = parse_record(r, i, source)
+        if why is not None and (r.get("target") == target.name or parsed_one.eager):
+            if not allow_proxy and not parsed_one.eager:
+                proxies.append((parsed_one.artifact, why))
+                continue
+            if not allow_proxy:  # a torch eager reference measured elsewhere: not a baseline for this device
+                ignored.append((parsed_one.artifact, why))
+                continue
+            if not parsed_one.eager:
+                proxies.append((parsed_one.artifact, why))
+        raw[i] = r
+        parsed.append(parsed_one)
+    if proxies and not allow_proxy:
+        ignored += [(a, f"{why}; --allow-proxy to rank it anyway") for a, why in proxies]
+        if not any(p.target == target.name and not p.eager for p in parsed):
+            raise EdgekitError(f"{source}: none of the {len(proxies)} record(s) for target '{target.name}' was "
+                               f"measured on a {target.device_class} device ({proxies[0][0]}: {proxies[0][1]}); "
+                               "measure on the device (edgekit bench --device ...) or pass --allow-proxy to rank "
+                               "these numbers anyway")
     # a device's other backends (target.alternatives) may offer precisions its default backend lacks
     offered = {p for t in (target, *target.alternatives.values()) for p in t.precisions}
     mine: list[Record] = []
@@ -461,12 +503,29 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         found = ", ".join(sorted({r.precision for r in mine}))
         raise EdgekitError(f"{source}: no FP32 baseline for target '{target.name}': need an fp32 record of it with "
                            f"a latency (or a torch eager fp32 record); found precisions {found}")
-    verdicts = [_judge_one(c, _pick_baseline(c, baselines), max_accuracy_drop) for c in mine]
+    by_index = {b.index: b for b in baselines}
+    usable = [raw[b.index] for b in sorted(baselines, key=lambda b: b.index)]
+    verdicts = []
+    for c in mine:  # the shared baseline rule, the bench table's too
+        picked = pick_baseline(usable, raw[c.index])
+        base = next((b for i, b in by_index.items() if picked is not None and raw[i] is picked), None)
+        if base is None:
+            verdicts.append(Verdict(c.artifact, c.precision, "", c.p50_ms, None, None, None, None,
+                                    rule=RULE_NO_BASELINE, reason="no fp32 record of its target (or torch eager) "
+                                    "at its batch size on its device to compare its speed with"))
+            continue
+        verdicts.append(_judge_one(c, base, max_accuracy_drop))
     passed = [v for v in verdicts if v.rule is None]
     chosen = min(passed, key=lambda v: (v.p50_ms, v.points_lost or 0.0, v.size_ratio or 1.0), default=None)
     main_base = min(baselines, key=lambda b: (b.eager, b.index))
     metrics = sorted({v.metric for v in verdicts if v.metric})
-    path = [
+    path = []
+    if allow_proxy and proxies:
+        path.append(f"WARNING: {len(proxies)} record(s) were NOT measured on a {target.device_class} like "
+                    f"{target.name} (e.g. {proxies[0][0]}: {proxies[0][1]}): ranked only because of "
+                    "--allow-proxy; their speed-ups say nothing about the target, only their agreement and "
+                    "accuracy carry over")
+    path += [
         f"results: {len(mine)} record(s) for {target.name} from {source}"
         + (f", {len(ignored)} ignored" if ignored else "")
         + (f", {len(eager)} torch eager reference(s)" if eager else ""),
@@ -477,7 +536,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         + (" (agreement with FP32 is the proxy where no labelled accuracy exists)" if "agreement" in metrics else ""),
         f"rules: each point lost must buy >= {SPEEDUP_PER_POINT:g}x over FP32; a size reduction may cost at most "
         f"{SIZE_RECALL_POINTS:g} points of recall"
-        + (f"; at most {max_accuracy_drop:g} points lost (--max-accuracy-drop)" if max_accuracy_drop is not None
+        + (f"; at most {max_accuracy_drop:g} points lost (max_accuracy_drop)" if max_accuracy_drop is not None
            else ""),
     ]
     for v in verdicts:
@@ -491,7 +550,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
     else:
         path.append("no measured candidate passed -> ship the FP32 export")
     return Judgement(source, main_base.artifact, tuple(verdicts), chosen, tuple(ignored), max_accuracy_drop,
-                     tuple(path))
+                     tuple(path), tuple(proxies) if allow_proxy else ())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -535,19 +594,32 @@ class Recommendation:
             ]
             out["ignored"] = [{"artifact": a, "reason": why} for a, why in j.ignored]
             out["max_accuracy_drop"] = j.max_accuracy_drop
+            out["proxy"] = [{"artifact": a, "reason": why} for a, why in j.proxy]
         return out
 
 
-def recommend(target: Target, priority: str = "latency", workload: str | None = None,
-              max_accuracy_drop: float | None = None, results: Sequence[Mapping[str, Any]] | None = None,
-              source: str = "results") -> Recommendation:
+def recommend(target: str | Path | Target, results: Any = None, priority: str = "latency",
+              max_accuracy_drop: float | None = None, workload: str | None = None,
+              source: str | None = None, allow_proxy: bool = False) -> Recommendation:
     """The tree's answer, overridden by measurements when `results` (bench records) are given: a measured
-    accuracy loss outranks the tree's general expectation for a device class."""
+    accuracy loss outranks the tree's general expectation for a device class.
+
+    `target`: a name, a .toml path or a Target. `results`: bench records (what `edgekit.bench` returns), a
+    BenchResult, or the path of a bench JSON file. `max_accuracy_drop`: percentage points of accuracy.
+    """
+    if not isinstance(target, Target):
+        target = load_target(str(target))
+    if isinstance(results, str | Path):
+        source = source or str(results)
+        results = load_results(results)
+    elif results is not None and hasattr(results, "records"):
+        results = results.records
+    source = source or "results"
     tree = decide(target, priority, workload)
     _check_drop(max_accuracy_drop)
     if results is None:
         return Recommendation(target.name, priority, tree, tree.precision, tree.techniques, tree.path)
-    j = judge(results, target, max_accuracy_drop, source)
+    j = judge(results, target, max_accuracy_drop, source, allow_proxy=allow_proxy)
     precision = j.chosen.precision if j.chosen is not None else "fp32"
     path = [*tree.path, *j.path]
     techniques = tree.techniques
@@ -559,7 +631,11 @@ def recommend(target: Target, priority: str = "latency", workload: str | None = 
 
 def format_text(rec: Recommendation) -> list[str]:
     """The human form: the path node by node, the answer, and the measured table when there is one."""
-    lines = [f"recommendation for {rec.target} (priority {rec.priority}, workload {rec.tree.workload})", "path:"]
+    lines = [f"recommendation for {rec.target} (priority {rec.priority}, workload {rec.tree.workload})"]
+    if rec.judgement is not None and rec.judgement.proxy:
+        lines.append(f"WARNING: ranked {len(rec.judgement.proxy)} record(s) NOT measured on a device like "
+                     f"{rec.target} (--allow-proxy): their speed says nothing about it")
+    lines.append("path:")
     lines += [f"  {i}. {step}" for i, step in enumerate(rec.path, 1)]
     lines.append(f"precision   {rec.precision}")
     lines.append(f"techniques  {', '.join(rec.techniques) or '(none: export only)'}")
@@ -590,3 +666,6 @@ def format_text(rec: Recommendation) -> list[str]:
     for artifact, why in j.ignored:
         lines.append(f"ignored     {artifact}: {why}")
     return lines
+
+
+make_callable(__name__, "recommend")

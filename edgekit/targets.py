@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.facade import make_callable
 from edgekit.resources import builtin_dir, load_toml
 
 DEVICE_CLASSES = ("gpu", "cpu", "npu", "edge-cpu", "mcu")
@@ -194,8 +195,11 @@ def target_names() -> list[str]:
     return sorted(names)
 
 
-def load_target(name_or_path: str) -> Target:
+def load_target(name_or_path: str | Path | Target) -> Target:
     """A target by name (searched in $EDGEKIT_TARGET_PATH, then built-ins) or by the path of a .toml file."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    name_or_path = str(name_or_path)
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
@@ -206,3 +210,11 @@ def load_target(name_or_path: str) -> Target:
         if path.is_file():
             return load_target_file(path)
     raise EdgekitError(f"unknown target '{name_or_path}'; known targets: {', '.join(target_names())}")
+
+
+def targets() -> list[Target]:
+    """Every target profile edgekit can find ($EDGEKIT_TARGET_PATH first, then the built-ins), by name."""
+    return list_targets()
+
+
+make_callable(__name__, "targets")

@@ -18,12 +18,12 @@ HAVE_ATC = atc_path() is not None
 @pytest.fixture(scope="module")
 def arts(tmp_path_factory):
     """The digits student's architecture, untrained (no training run needed for a float32 graph check),
-    checked on the digits test split."""
+    calibration recipe zoo:digits (its normalisation feeds AIPP), checked on the digits test split."""
     from edgekit.export import ExportPipeline
 
     root = tmp_path_factory.mktemp("ascend")
     with ExportPipeline("edgekit.data.zoo:student_untrained", "1x1x16x16") as pipeline:
-        return {p: pipeline.export("ascend-310p", p, out=root / p, eval_data="zoo:digits:test")
+        return {p: pipeline.export("ascend-310p", p, out=root / p, calib="zoo:digits", eval_data="zoo:digits:test")
                 for p in ("fp16", "mixed", "fp32")}
 
 
@@ -48,7 +48,7 @@ def test_atc_command_has_soc_version_and_precision_mode(arts, precision):
 
 
 def test_onnx_is_at_an_opset_atc_accepts_and_matches_fp32(arts):
-    art = arts["fp16"]
+    art = arts["fp32"]
     model = onnx.load(str(art.model_path))
     onnx.checker.check_model(model, full_check=True)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -56,6 +56,33 @@ def test_onnx_is_at_an_opset_atc_accepts_and_matches_fp32(arts):
     v = art.manifest["verification"]
     assert v["agreement"] == 1.0 and v["max_abs_err"] < 1e-4, v  # float32 ONNX: the graph given to atc is right
     assert "onnxruntime" in v["runtime"] and ".om not run" in v["runtime"]
+
+
+def test_fp16_is_verified_in_float16_and_mixed_says_not_verified(arts):
+    """fp16 (atc's force_fp16) is checked on the float16 cast of the graph, so its figure differs from fp32's;
+    mixed cannot be emulated here and the manifest says so."""
+    v16, v32, vmix = (arts[p].manifest["verification"] for p in ("fp16", "fp32", "mixed"))
+    assert v16["verified_precision"] == "fp16" and "float16 cast" in v16["runtime"]
+    assert v16["max_abs_err"] > 100 * v32["max_abs_err"]
+    assert v16["sqnr_db"] is not None and (v32["sqnr_db"] is None or v16["sqnr_db"] < v32["sqnr_db"] - 20)
+    assert "not_verified" not in v16 and "not_verified" not in v32
+    assert vmix["verified_precision"] == "fp32" and vmix["not_verified"].startswith("mixed not verified")
+
+
+def test_no_aipp_without_a_known_normalisation(tmp_path):
+    """No calibration recipe and no aipp_mean/aipp_std: no aipp.cfg, and the manifest says why."""
+    from edgekit.export import export_model
+
+    art = export_model("edgekit.data.zoo:student_untrained", "ascend-310p", "fp32", input_shape=(1, 1, 16, 16),
+                       out=tmp_path / "a")
+    aipp = art.manifest["backend_details"]["aipp"]
+    assert aipp["config"] is None and "no aipp.cfg written" in aipp["note"] and "aipp_mean" in aipp["note"]
+    assert "aipp.cfg" not in art.manifest["files"] and "--insert_op_conf" not in \
+        art.manifest["backend_details"]["atc_command"]
+    given = export_model("edgekit.data.zoo:student_untrained", "ascend-310p", "fp32", input_shape=(1, 1, 16, 16),
+                         out=tmp_path / "b", exporter_options={"aipp_mean": [100.0], "aipp_std": [50.0]})
+    d = given.manifest["backend_details"]["aipp"]
+    assert d["from"] == "backend options" and d["mean"] == [100.0] and d["std"] == [50.0]
 
 
 @pytest.mark.skipif(HAVE_ATC, reason="atc is on PATH here, so the .om is compiled")
@@ -67,6 +94,7 @@ def test_not_compiled_without_atc(arts):
 
 def test_aipp_config_normalises_like_the_model(arts):
     art = arts["fp16"]
+    assert art.manifest["backend_details"]["aipp"]["from"].startswith("the calibration recipe of zoo:digits")
     text = (art.path / "aipp.cfg").read_text()
     assert text.startswith("aipp_op {") and text.rstrip().endswith("}")
     fields = dict(line.strip().split(" : ") for line in text.splitlines()[1:-1])

@@ -354,8 +354,10 @@ def test_adb_refuses_a_backend_neither_tool_takes(cli, fake_adb, tmp_path):
     art.mkdir()
     (art / "model.onnx").write_bytes(b"placeholder onnx")
     write_manifest(art, {"target": "x86-server-cpu", "backend": "onnxruntime", "precision": "fp32",
-                         "model_file": "model.onnx", "inputs": [{"name": "x", "shape": ["batch", 1, 8, 8]}],
-                         "outputs": [{"name": "y", "shape": ["batch", 10]}], "model": {"source": "zoo:digits"}})
+                         "model_file": "model.onnx",
+                         "inputs": [{"name": "x", "shape": ["batch", 1, 8, 8], "dtype": "float32"}],
+                         "outputs": [{"name": "y", "shape": ["batch", 10], "dtype": "float32"}],
+                         "model": {"source": "zoo:digits"}})
     r = cli("bench", art, "--device", "adb://R58M123", "--perf-test", fake_adb.perf_test, "--benchmark-model",
             fake_adb.binary, *FAST)
     assert r.rc == 2

@@ -4,6 +4,7 @@ are really used (MatMul inputs), so their size is known exactly."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_a_new_device_kind_plugs_in_without_touching_the_harness(mlps, monkeypat
 
     monkeypatch.setitem(devices._DEVICE_KINDS, "recording", RecordingDevice)
     small, _ = mlps["small"]
-    records = devices.make_device("recording:board-7").measure(small, QUICK)
+    records = run_bench([small], QUICK, device=devices.make_device("recording:board-7")).records
     assert [r["status"] for r in records] == ["ok"]
     assert records[0]["device"]["kind"] == "recording" and records[0]["device"]["name"] == "recording:board-7"
     assert calls == ["open_worker", "stage folder", "stage .npy", "fetch"]
@@ -145,11 +146,18 @@ def test_reference_artifact_and_sequential_mode(mlps):
 
 
 def test_missing_source_model_falls_back_to_an_fp32_artifact(tmp_path):
-    """The manifest names a source model that is gone from this machine: the run's fp32 artifact serves."""
+    """The manifest names a source model that is gone from this machine: another fp32 artifact of it in the
+    run serves (never the artifact itself: agreeing with itself would say nothing)."""
     mlp_onnx(tmp_path / "gone.onnx", 32)
     art = export_fp32(tmp_path / "gone.onnx", tmp_path / "art-gone")
     (tmp_path / "gone.onnx").unlink()
-    result = run_bench([art], QUICK)
+    alone = run_bench([art], QUICK).records[0]
+    assert alone["agreement"] is None and "no fp32 artifact of it" in alone["eval"]["reference"]
+    twin = tmp_path / "art-gone-twin"
+    shutil.copytree(art, twin)
+    result = run_bench([art, twin], QUICK)
     assert result.ok, result.failures
     rec = result.records[0]
     assert rec["agreement"] == 1.0 and "source model not loadable here" in rec["eval"]["reference"]
+    assert f"fp32 artifact {twin} " in rec["eval"]["reference"]
+    assert f"fp32 artifact {art} " in result.records[1]["eval"]["reference"]  # each the other, never itself

@@ -297,3 +297,42 @@ def test_ssh_addresses_and_named_devices(tmp_path, monkeypatch):
     config.write_text('[devices.x]\nhost = "h"\nhots = "typo"\n')
     with pytest.raises(EdgekitError, match=r"unknown field\(s\) hots; known: host, user"):
         devices.make_device("x")
+
+
+def test_crafted_artifacts_are_refused_before_sending_and_on_the_device(cli, sshd, ort_artifact, tmp_path,
+                                                                          monkeypatch):
+    """Escaping file entries, an unlisted model file and a symlink out of the folder are refused on this
+    side, and nothing of them is sent; a sender that skipped the checks is stopped by the device's own."""
+    import dataclasses
+
+    from test_trust import crafted_artifacts
+
+    from edgekit import manifest as manifest_mod
+    from edgekit.bench import ssh
+
+    arts = crafted_artifacts(ort_artifact, tmp_path / "crafted")
+    sent: list[str] = []
+    monkeypatch.setattr(ssh.SshDevice, "transfer_filter", staticmethod(lambda d, n, data: sent.append(n) or data))
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    r = cli("bench", ort_artifact, *arts.values(), "--device", sshd.url(workdir), *FAST)
+    assert r.rc == 2 and "4 of 5 artifact(s) could not be measured" in r.err, r.err
+    # only the good artifact went over: one manifest, nothing from outside the folders, no unlisted file
+    assert sent.count("manifest.json") == 1 and "other.onnx" not in sent, sent
+    assert not any("secret" in n or n.startswith("/") or ".." in n for n in sent), sent
+    assert list(workdir.iterdir()) == []
+
+    # a lax sender (its model_file check switched off) sends the unlisted-model artifact: the device refuses it
+    real_parse = manifest_mod.parse_manifest
+
+    def lax(data, where):
+        first = next(iter(data["files"]))
+        return dataclasses.replace(real_parse({**data, "model_file": first}, where), model_file=data["model_file"],
+                                   raw=data)
+
+    monkeypatch.setattr(manifest_mod, "parse_manifest", lax)
+    sent.clear()
+    r = cli("bench", arts["unlisted-model"], "--device", sshd.url(workdir), *FAST)
+    assert "manifest.json" in sent, r.err  # it did go over
+    assert r.rc == 2 and "must be one of the hashed files" in r.err, r.err
+    assert list(workdir.iterdir()) == []

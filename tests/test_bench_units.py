@@ -25,13 +25,13 @@ def test_pareto_front_keeps_undominated_points_by_latency():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"iters": 0}, "--iters must be >= 1"),
-    ({"min_seconds": -1}, "--min-seconds must be >= 0"),
-    ({"min_seconds": 10, "max_seconds": 5}, "--max-seconds (5) must be >= --min-seconds (10)"),
-    ({"rounds": 0}, "--rounds must be >= 1"),
-    ({"batches": (0,)}, "--batch sizes must be positive"),
-    ({"threads": -2}, "--threads must be >= 0"),
-    ({"eval_samples": 0}, "--eval-samples must be >= 1"),
+    ({"iters": 0}, "iters (--iters) must be >= 1"),
+    ({"min_seconds": -1}, "min_seconds (--min-seconds) must be >= 0"),
+    ({"min_seconds": 10, "max_seconds": 5}, "max_seconds (5) must be >= min_seconds (10)"),
+    ({"rounds": 0}, "rounds (--rounds) must be >= 1"),
+    ({"batches": (0,)}, "batch sizes (batches=, --batch) must be positive"),
+    ({"threads": -2}, "threads (--threads) must be >= 0"),
+    ({"eval_samples": 0}, "eval_samples (--eval-samples) must be >= 1"),
 ])
 def test_bad_settings_fail_before_any_work(kwargs, message):
     with pytest.raises(EdgekitError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -42,7 +42,7 @@ def test_batches_are_parsed_sorted_and_deduplicated():
     assert harness.parse_batches("8,1,8") == (8, 1, 8)
     assert harness.BenchConfig(batches=(8, 1, 8)).batches == (1, 8)
     for bad in ("", "1,x", "0", "-4"):
-        with pytest.raises(EdgekitError, match="malformed --batch"):
+        with pytest.raises(EdgekitError, match="malformed batch sizes"):
             harness.parse_batches(bad)
 
 
@@ -57,11 +57,11 @@ def test_devices_by_name():
 
 def test_cli_errors_are_one_line_exit_2(cli, tmp_path):
     r = cli("bench", tmp_path, "--iters", "0")
-    assert r.rc == 2 and r.err.strip() == "edgekit bench: error: --iters must be >= 1 (got 0)"
+    assert r.rc == 2 and r.err.strip() == "edgekit bench: error: iters (--iters) must be >= 1 (got 0)"
     r = cli("bench", tmp_path, "--device", "ssh://")
     assert r.rc == 2 and "malformed ssh device" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("bench", tmp_path, "--batch", "1,two")
-    assert r.rc == 2 and "malformed --batch '1,two'" in r.err
+    assert r.rc == 2 and "malformed batch sizes '1,two'" in r.err
 
 
 def test_help_states_the_defaults(cli):
@@ -70,12 +70,13 @@ def test_help_states_the_defaults(cli):
     text = " ".join(r.out.split())
     assert "benchmark_model" in text and ">= 50 runs and >= 1.0 s" in text and "warm-up >= 1 run and >= 0.5 s" in text
     assert "(default 1)" in text  # threads, batch
+    from edgekit.bench import records
     from edgekit.commands import bench as command
 
     assert (command._WARMUP, command._WARMUP_S, command._ITERS, command._MIN_S, command._MAX_S, command._ROUNDS,
-            command._THREADS) == (harness.DEFAULT_WARMUP, harness.DEFAULT_WARMUP_SECONDS, harness.DEFAULT_ITERS,
-                                  harness.DEFAULT_MIN_SECONDS, harness.DEFAULT_MAX_SECONDS, harness.DEFAULT_ROUNDS,
-                                  harness.DEFAULT_THREADS)
+            command._THREADS) == (records.DEFAULT_WARMUP, records.DEFAULT_WARMUP_SECONDS, records.DEFAULT_ITERS,
+                                  records.DEFAULT_MIN_SECONDS, records.DEFAULT_MAX_SECONDS, records.DEFAULT_ROUNDS,
+                                  records.DEFAULT_THREADS)
 
 
 def test_record_validation_and_flattening():

@@ -75,7 +75,7 @@ def test_int16_weights_raise_sqnr_and_are_stored_as_their_grid_values(small):
 
 
 def test_int16_search_climbs_only_while_it_helps(small):
-    from edgekit.quant import int16 as rung
+    from edgekit.quant import int16_search as rung
     from edgekit.quant.qgraph import build_and_evaluate
 
     start = build_and_evaluate(small, [], "start")

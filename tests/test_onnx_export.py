@@ -44,7 +44,7 @@ def test_parse_input_shape(text, shape):
 
 @pytest.mark.parametrize("text", ["", "1x", "1x-3", "axb", "1,3,4"])
 def test_parse_input_shape_rejects(text):
-    with pytest.raises(EdgekitError, match="malformed --input-shape"):
+    with pytest.raises(EdgekitError, match="malformed input shape"):
         parse_input_shape(text)
 
 

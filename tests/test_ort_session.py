@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.backends import onnxruntime as ortb
+from edgekit.graph import ort_session as ortb
 
 
 @pytest.mark.parametrize("machine, flags, expected", [
@@ -17,7 +17,7 @@ from edgekit.backends import onnxruntime as ortb
 ])
 def test_x64quantprecision_only_where_int8_saturates(monkeypatch, machine, flags, expected):
     monkeypatch.setattr("platform.machine", lambda: machine)
-    monkeypatch.setattr("edgekit.bench.environment.cpu_flags", lambda: flags)
+    monkeypatch.setattr("edgekit.graph.ort_session.cpu_flags", lambda: flags)
     assert ortb.int8_saturates_here() is expected
     config = ortb.effective_session_config({"session.intra_op.allow_spinning": "0"})
     assert config.get(ortb.X64_QUANT_PRECISION) == ("1" if expected else None)

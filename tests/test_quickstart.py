@@ -73,6 +73,10 @@ def test_quickstart_bench_records_follow_the_contract_and_feed_the_recommendatio
     for heading in ("## Students", "## Artifacts", "## Benchmark", "## Recommendations"):
         assert heading in report
     assert "recommend x86-server-cpu (latency, measured)" in r.out
+    # pixel-8's numbers come from this host, not a phone: ranked only as a proxy, and said so
+    assert recs["pixel-8"]["proxy"] is True and recs["x86-server-cpu"]["proxy"] is False
+    assert any(step.startswith("WARNING:") for step in recs["pixel-8"]["path"])
+    assert "recommend pixel-8 (cost, measured on this host as a proxy (--allow-proxy))" in r.out
 
 
 def test_quickstart_bad_target_fails_before_training_and_writes_nothing(cli, tmp_path):

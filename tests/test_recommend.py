@@ -240,7 +240,7 @@ def test_max_accuracy_drop_is_the_users_budget():
     r = recommend(GPU_SERVER, max_accuracy_drop=0.5, results=issue_case(0.94))
     [v] = r.judgement.rejected
     assert (v.artifact, v.rule) == ("m-int8", RULE_BUDGET)
-    assert v.reason == "loses 1.00 points (accuracy); --max-accuracy-drop is 0.5"
+    assert v.reason == "loses 1.00 points (accuracy); the budget (max_accuracy_drop) is 0.5"
     assert r.chosen_artifact == "m-fp16"
     assert r.to_dict()["max_accuracy_drop"] == 0.5
 
@@ -426,7 +426,8 @@ def test_cli_table_names_the_rejecting_rule(cli, board, tmp_path):
     (lambda d, b: ["--target", b, "--results",
                    write(d / "nofp32.json", json.dumps([rec("m", "int8", 1.0, 0.9, target="my-arm-board")]))],
      "no FP32 baseline for target 'my-arm-board'"),
-    (lambda d, b: ["--target", b, "--max-accuracy-drop", "-1"], "--max-accuracy-drop must be a non-negative"),
+    (lambda d, b: ["--target", b, "--max-accuracy-drop", "-1"],
+     "max_accuracy_drop (--max-accuracy-drop) must be a non-negative"),
     (lambda d, b: ["--target", b, "--priority", "speed"], "invalid choice: 'speed'"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(cli, board, tmp_path, make_args, message):

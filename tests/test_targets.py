@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -68,9 +69,27 @@ def test_targets_command_lists_backend_precisions_and_runtime(cli):
     r = cli("targets")
     assert r.rc == 0
     header, *rows = r.out.strip().splitlines()
-    assert "backend" in header and "runtime here" in header
+    assert "backend" in header and "export here" in header and "run/compile here" in header
     x86 = next(row for row in rows if row.startswith("x86-server-cpu"))
-    assert "onnxruntime" in x86 and "int8*" in x86 and x86.rstrip().endswith("yes")
+    assert "onnxruntime" in x86 and "int8*" in x86 and x86.split()[-2:] == ["yes", "yes"]
+
+
+def test_targets_separates_export_here_from_run_here(cli):
+    """TensorRT and Ascend artifacts export everywhere but run only where TensorRT + a GPU / atc exist."""
+    import shutil
+
+    rows = {row["name"]: row for row in json.loads(cli("targets", "--json").out)}
+    for name in ("jetson-orin-nano", "nvidia-t4-server", "ascend-310p"):
+        assert rows[name]["export_here"] is True
+    if importlib.util.find_spec("tensorrt") is None:
+        assert rows["jetson-orin-nano"]["run_here"] is False
+        assert "tensorrt package is not installed" in rows["jetson-orin-nano"]["run_here_reason"]
+        assert "stand-in" in rows["jetson-orin-nano"]["run_here_reason"]
+    if shutil.which("atc") is None:
+        assert rows["ascend-310p"]["run_here"] is False and "atc" in rows["ascend-310p"]["run_here_reason"]
+    text = cli("targets").out
+    jetson = next(line for line in text.splitlines() if line.startswith("jetson-orin-nano"))
+    assert (" no: " in jetson) is (not rows["jetson-orin-nano"]["run_here"])
 
 
 def test_alternative_backend_is_picked_with_backend_flag(tmp_path, monkeypatch, cli):

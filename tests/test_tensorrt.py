@@ -233,7 +233,7 @@ def test_mixed_with_an_unknown_node_names_the_available_ones(pipeline, tmp_path)
 
 
 def test_node_lists_need_precision_mixed(pipeline, tmp_path):
-    with pytest.raises(EdgekitError, match="keep_fp16/keep_fp32 name nodes to keep out of int8 with --precision mixed"):
+    with pytest.raises(EdgekitError, match="keep_fp16/keep_fp32 name nodes to keep out of int8 with precision 'mixed'"):
         pipeline.export("jetson-orin-nano", "int8", out=tmp_path / "bad", exporter_options={"keep_fp32": ["x"]})
     assert not (tmp_path / "bad").exists() and no_partial_left(tmp_path)
 

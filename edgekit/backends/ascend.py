@@ -35,6 +35,13 @@ def atc_path() -> str | None:
     return shutil.which("atc")
 
 
+def compile_support() -> tuple[bool, str]:
+    """(True, why) where atc can compile a .om here; the .om itself runs only on an Ascend device."""
+    if atc_path() is None:
+        return False, "atc (CANN toolkit) is not on PATH"
+    return True, "atc compiles the .om here (it runs only on an Ascend device)"
+
+
 def to_opset(model, lo: int, hi: int) -> tuple[Any, int | None]:
     """`model` converted into the opset range atc accepts; (model, old opset or None)."""
     from edgekit.graph.onnx_export import convert_opset
@@ -92,6 +99,43 @@ def aipp_config(shape: list[int], layout: str, opts: dict[str, Any]) -> tuple[st
     return "\n".join(lines) + "\n", {"input_format": fmt, "image_size": [h, w], "mean": mean, "std": std}
 
 
+#: how each precision is checked here: fp16 (atc's force_fp16) is emulated by running the float16 cast of the
+#: graph; mixed (allow_mix_precision: atc picks per op) cannot be, and the manifest says so
+VERIFICATION: dict[str, dict[str, str]] = {
+    "fp32": {"verification_runner": "onnxruntime (CPU) on model.onnx, the graph given to atc (float32)",
+             "verified_precision": "fp32"},
+    "fp16": {"verification_runner": "onnxruntime (CPU) on the float16 cast of model.onnx (atc's force_fp16 "
+                                    "emulated: float tensors and weights rounded to float16)",
+             "verified_precision": "fp16"},
+    "mixed": {"verification_runner": "onnxruntime (CPU) on model.onnx in float32",
+              "verified_precision": "fp32",
+              "not_verified": "mixed not verified: atc's allow_mix_precision chooses on the device which ops run "
+                              "in float16, which cannot be reproduced here; the figures are the float32 graph's"},
+}
+
+
+def aipp_normalisation(user: dict[str, Any], profile: dict[str, Any], calib: Any) -> tuple[dict[str, Any] | None, str]:
+    """The AIPP mean/std in uint8 pixel units and where they came from, or (None, why none).
+
+    Only what the user said (backend options, their target file) or what the calibration recipe records as
+    its normalisation; edgekit never assumes one, since a wrong mean/std silently corrupts every input.
+    """
+    for options, origin in ((user, "backend options"), (profile, "the target profile's backend options")):
+        if "aipp_mean" in options and "aipp_std" in options:
+            return {"aipp_mean": options["aipp_mean"], "aipp_std": options["aipp_std"]}, origin
+    norm = (getattr(calib, "preprocessing", None) or {}).get("normalize")
+    if isinstance(norm, dict) and isinstance(norm.get("mean"), int | float | list) and norm.get("std"):
+        def pixels(v: Any) -> Any:
+            return [255.0 * float(x) for x in v] if isinstance(v, list) else 255.0 * float(v)
+
+        return ({"aipp_mean": pixels(norm["mean"]), "aipp_std": pixels(norm["std"])},
+                f"the calibration recipe of {calib.source} (normalize mean {norm['mean']}, std {norm['std']} on "
+                "0..1, times 255)")
+    return None, ("no normalisation known: neither backend options aipp_mean/aipp_std nor a calibration recipe "
+                  "that records one; pass --backend-option aipp_mean=[...] --backend-option aipp_std=[...] (uint8 "
+                  "pixel units) to get one")
+
+
 class AscendExporter(Exporter):
     """fp32 / fp16 / mixed for ATC: the ONNX, the atc command, the AIPP config; the .om where atc exists.
 
@@ -105,9 +149,9 @@ class AscendExporter(Exporter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.options.get("require_engine") and atc_path() is None:
-            raise EdgekitError(f"--require-engine: Huawei's atc compiler (CANN toolkit) is not on PATH, so no .om "
-                               f"can be built here; {_GET_ATC}, or drop --require-engine to get the ONNX and the "
-                               "atc command")
+            raise EdgekitError(f"require_engine (--require-engine): Huawei's atc compiler (CANN toolkit) is not on "
+                               f"PATH, so no .om can be built here; {_GET_ATC}, or drop require_engine "
+                               "(--require-engine) to get the ONNX and the atc command")
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx
@@ -148,19 +192,26 @@ class AscendExporter(Exporter):
         if converted_from is not None:
             details["opset_converted_from"] = converted_from
         if opts.get("aipp", False):
-            text, aipp = aipp_config(shapes[0][1], request.target.input_layout, opts)
-            (request.out_dir / AIPP_FILE).write_text(text)
-            args.append(f"--insert_op_conf={AIPP_FILE}")
-            details["aipp"] = {"config": AIPP_FILE, **aipp,
-                               "note": f"the .om takes {aipp['input_format']} uint8 images; AIPP normalises them "
-                                       "on the NPU, so the host feeds raw pixels, not the float input the ONNX takes"}
+            norm, origin = aipp_normalisation(self.options, request.target.backend_options,
+                                               request.calibration)
+            if norm is None:
+                details["aipp"] = {"config": None, "note": f"no aipp.cfg written: {origin}"}
+            else:
+                text, aipp = aipp_config(shapes[0][1], request.target.input_layout, {**opts, **norm})
+                (request.out_dir / AIPP_FILE).write_text(text)
+                args.append(f"--insert_op_conf={AIPP_FILE}")
+                details["aipp"] = {"config": AIPP_FILE, **aipp, "from": origin, "channel_order": "as the model's "
+                                   "input (rbuv_swap_switch false: no R/B swap)",
+                                   "note": f"the .om takes {aipp['input_format']} uint8 images; AIPP normalises "
+                                           "them on the NPU, so the host feeds raw pixels, not the float input the "
+                                           "ONNX takes"}
         if precision == "fp32":
             details["precision_note"] = ("must_keep_origin_dtype keeps float32, which fails on Ascend 310-class "
                                          "chips for ops (e.g. Conv, MatMul) whose cube unit has no float32 kernel; "
                                          "use fp16 or mixed there")
         details["atc_command"] = shlex.join(["atc", *args])
         details.update(self._compile(request.out_dir, args))
-        details["verification_runner"] = "onnxruntime (CPU) on model.onnx, the graph given to atc (float32)"
+        details.update(VERIFICATION[precision])
         return ExportResult(MODEL_FILE, inputs, outputs, details)
 
     def _compile(self, out_dir: Path, args: list[str]) -> dict[str, Any]:
@@ -184,10 +235,25 @@ class AscendExporter(Exporter):
 
 class AscendOnnxRunner(OrtRunner):
     """Runs the artifact's ONNX (the graph given to atc) with ONNX Runtime on the CPU; the .om runs only on
-    an Ascend device, through CANN's ACL runtime."""
+    an Ascend device, through CANN's ACL runtime. An fp16 artifact runs the float16 cast of that ONNX (what
+    atc's force_fp16 computes, up to its kernels), so its check measures fp16 numerics, not float32's."""
+
+    executes = "onnxruntime-cpu"
+
+    def model_input(self) -> str | bytes:
+        if self.manifest.get("precision") != "fp16":
+            return super().model_input()
+        import onnx
+
+        from edgekit.quant.qdq import convert_to_fp16
+
+        model = onnx.load(str(self.artifact_dir / self.manifest["model_file"]))
+        converted, _ = convert_to_fp16(model, keep_io_fp32=True, fp32_ops=[])
+        return converted.SerializeToString()
 
     @property
     def runtime_version(self) -> str:
         import onnxruntime as ort
 
-        return f"onnxruntime {ort.__version__} on CPU (the ONNX given to atc; .om not run)"
+        how = "its float16 cast" if self.manifest.get("precision") == "fp16" else "float32"
+        return f"onnxruntime {ort.__version__} on CPU (the ONNX given to atc, {how}; .om not run)"

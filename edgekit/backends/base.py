@@ -9,13 +9,14 @@ else, so a new runtime is one module and one registry entry.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.graph.tensors import TensorSpec as TensorSpec  # the manifest's tensor description, shared
 
 if TYPE_CHECKING:
     from edgekit.graph.onnx_export import OnnxModel
@@ -25,23 +26,6 @@ if TYPE_CHECKING:
 
 #: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-    layout: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"], layout=d.get("layout"))
 
 
 @dataclass

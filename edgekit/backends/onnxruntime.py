@@ -19,8 +19,14 @@ import numpy as np
 from edgekit.backends.base import WEIGHTED_OPS, Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import describe
+from edgekit.graph.ort_session import X64_POLICY as X64_POLICY
+from edgekit.graph.ort_session import X64_QUANT_PRECISION as X64_QUANT_PRECISION
+from edgekit.graph.ort_session import effective_session_config
+from edgekit.graph.ort_session import session_config as session_config
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+_ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
 #: kept for callers of the old name
@@ -134,7 +140,7 @@ class OrtExporter(Exporter):
                 details["quantization"] = copy_prequantized(request.onnx.path, out, request.onnx.quantization)
             else:
                 if request.ranges is None or request.prepared is None:
-                    raise EdgekitError("int8 needs calibration ranges; pass --calib DATA")
+                    raise EdgekitError("int8 needs calibration ranges: give calibration data (calib=, --calib)")
                 details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
         elif request.precision == "dynamic-int8":
             from onnxruntime.quantization import quantize_dynamic
@@ -157,49 +163,6 @@ class OrtExporter(Exporter):
         return ExportResult("model.onnx", inputs, outputs, details)
 
 
-X64_QUANT_PRECISION = "session.x64quantprecision"
-#: CPU features whose int8 dot products accumulate in 32 bits (VPDPBUSD, AMX): no saturation on them
-NON_SATURATING_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")
-X64_POLICY = (f"{X64_QUANT_PRECISION}=1 on x86 CPUs without VNNI or AMX (their u8s8 kernels saturate), unset "
-              "elsewhere; set it explicitly with the backend option session_config")
-
-
-def int8_saturates_here() -> bool:
-    """Whether ONNX Runtime's default u8s8 int8 kernels saturate on this CPU.
-
-    On x86 CPUs without VNNI, they multiply with VPMADDUBSW, whose int16 intermediate saturates: measured on
-    an AMD EPYC (AVX2, no VNNI) a digits CNN fell from 99.8% to 84% top-1 agreement. `session.x64quantprecision
-    =1` switches such layers to a non-saturating u8u8 path. On VNNI/AMX CPUs the default kernels accumulate
-    in 32 bits and the switch only costs speed: measured on a Xeon with AVX512-VNNI and AMX, a 1.2 M-parameter
-    CNN ran int8 at 0.95x fp32 with it and 2.9x without it. Arm CPUs are unaffected. Unknown x86 CPUs
-    (no /proc/cpuinfo) get the safe setting.
-    """
-    import platform
-
-    from edgekit.bench.environment import cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return False
-    flags = cpu_flags()
-    return flags is None or not any(f in flags for f in NON_SATURATING_INT8)
-
-
-def session_config(options: dict[str, Any]) -> dict[str, str]:
-    """The session config entries recorded in the manifest: the ones the target or user set explicitly. The
-    CPU-dependent `session.x64quantprecision` is decided where the model runs (`effective_session_config`),
-    since the CPU that exports is rarely the one that deploys; the manifest states that policy."""
-    return {str(k): str(v) for k, v in options.get("session_config", {}).items()}
-
-
-def effective_session_config(recorded: dict[str, str] | None = None) -> dict[str, str]:
-    """What a session on this machine sets: the recorded entries, plus `session.x64quantprecision=1` when
-    this CPU's int8 kernels would saturate and nobody chose otherwise."""
-    config = dict(recorded or {})
-    if X64_QUANT_PRECISION not in config and int8_saturates_here():
-        config[X64_QUANT_PRECISION] = "1"
-    return config
-
-
 class OrtRunner(Runner):
     """An InferenceSession on the CPU execution provider; threads = intra-op threads (None: ORT's default).
 
@@ -207,7 +170,8 @@ class OrtRunner(Runner):
     (`effective_session_config`), so what is measured is what a deployment that follows the manifest gets.
     """
 
-    def load(self) -> None:
+    def session_options(self):
+        """The session options the manifest asks for (session config, optimisation level, threads)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -220,12 +184,37 @@ class OrtRunner(Runner):
             opts.intra_op_num_threads = int(self.threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        return opts
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        opts = self.session_options()
         path = self.artifact_dir / self.manifest["model_file"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(self.model_input(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise EdgekitError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         self._out_names = [o.name for o in self.session.get_outputs()]
+
+    def profile(self, inputs: np.ndarray | dict[str, np.ndarray], iters: int, folder: Path) -> str:
+        """Run `iters` inferences in a second session with ONNX Runtime's profiler on (the timed session stays
+        unprofiled, so its figures carry no profiling overhead); the path of the profile's JSON."""
+        import onnxruntime as ort
+
+        opts = self.session_options()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(folder) / "ort-profile")
+        session = ort.InferenceSession(self.model_input(), opts, providers=["CPUExecutionProvider"])
+        types = {i.name: _ORT_NP.get(i.type, np.float32) for i in session.get_inputs()}
+        feed = {k: np.asarray(v, dtype=types.get(k)) for k, v in self.as_feed(inputs).items()}
+        for _ in range(iters):
+            session.run(None, feed)
+        return session.end_profiling()
+
+    def model_input(self) -> str | bytes:
+        """What the session loads: the model file's path, or (in a subclass) a variant of it built in memory."""
+        return str(self.artifact_dir / self.manifest["model_file"])
 
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._out_names, self.as_feed(inputs))

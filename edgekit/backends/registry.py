@@ -37,6 +37,9 @@ class BackendSpec:
     qdq_style: str | None = None
     #: why this backend has no budgeted export, when it has none (shown to the user instead of a generic line)
     no_fallback_reason: str = ""
+    #: "module:function" -> (bool, why): can the device runtime / compiler itself run here? None: the runtime
+    #: in `requires` is the one that runs the artifact, so installed means it runs here
+    native_check: str | None = None
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -77,7 +80,7 @@ register_backend(
     )
 )
 
-# --- TFLite / LiteRT (issue 3) ---------------------------------------------------------------------------
+# --- TFLite / LiteRT ---------------------------------------------------------------------------------------
 register_backend(
     BackendSpec(
         name="tflite",
@@ -99,7 +102,7 @@ register_backend(
     )
 )
 
-# --- TensorRT (issue 4): the Q/DQ / fp16 ONNX is made everywhere; the engine only where tensorrt + CUDA exist
+# --- TensorRT: the Q/DQ / fp16 ONNX is made everywhere; the engine only where tensorrt + CUDA exist
 register_backend(
     BackendSpec(
         name="tensorrt",
@@ -111,10 +114,11 @@ register_backend(
         runtime_module="onnxruntime",
         layer_fallback=("fp16",),  # written as Casts around the layer, as the `mixed` precision does
         qdq_style="tensorrt",
+        native_check="edgekit.backends.tensorrt:engine_support",
     )
 )
 
-# --- Huawei Ascend (issue 4): a stub by design; compiles with atc when it is on PATH ---------------------
+# --- Huawei Ascend: a stub by design; compiles with atc when it is on PATH ---------------------
 register_backend(
     BackendSpec(
         name="ascend",
@@ -124,10 +128,11 @@ register_backend(
         runner="edgekit.backends.ascend:AscendOnnxRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        native_check="edgekit.backends.ascend:compile_support",
     )
 )
 
-# --- torch eager FP32 (issue 6): the benchmark baseline, an artifact like the others ---------------------
+# --- torch eager FP32: the benchmark baseline, an artifact like the others ---------------------
 register_backend(
     BackendSpec(
         name="torch-eager",
@@ -135,7 +140,7 @@ register_backend(
         precisions=("fp32",),
         exporter="edgekit.backends.torch_eager:TorchEagerExporter",
         runner="edgekit.backends.torch_eager:TorchEagerRunner",
-        requires=(Requirement("torch", "torch", "core"),),
+        requires=(Requirement("torch", "torch", "torch"),),
         runtime_module="torch",
     )
 )
@@ -181,6 +186,22 @@ def missing_requirement(name: str) -> Requirement | None:
 
 def runtime_installed(name: str) -> bool:
     return missing_requirement(name) is None
+
+
+def run_here(name: str) -> tuple[bool, str]:
+    """Whether this machine can run (or compile) the artifact in the device runtime itself, and why: for
+    TensorRT an engine needs the tensorrt package and a CUDA GPU, for Ascend the atc compiler; exporting only
+    needs the packages in `requires`."""
+    spec = get_spec(name)
+    if spec.native_check is not None:
+        ok, why = _load(spec.native_check)()
+        if not ok:
+            return False, f"{why}; checks run the ONNX in ONNX Runtime on the CPU as a stand-in"
+        return True, why or "the device runtime and its hardware are here"
+    req = missing_requirement(name)
+    if req is not None:
+        return False, f"{req.package} is not installed: pip install 'edgekit[{req.extra}]'"
+    return True, f"{spec.runtime_module} installed"
 
 
 def _load(dotted: str) -> type:

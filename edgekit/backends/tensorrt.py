@@ -50,8 +50,8 @@ QAT_REMEDY = ("this graph comes from edgekit qat with a quantizer made for ONNX 
               "activations, per-channel weights)")
 
 _GET_ENGINE = ("run it on a machine with an NVIDIA GPU and CUDA that can reach NVIDIA's package index (TensorRT's "
-               "wheels come from there), or drop --require-engine to get the TensorRT-ready ONNX and the trtexec "
-               "command that builds the engine on the device")
+               "wheels come from there), or drop require_engine (--require-engine) to get the TensorRT-ready ONNX "
+               "and the trtexec command that builds the engine on the device")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,9 +232,9 @@ class TensorRTExporter(Exporter):
                 raise MissingRuntimeError("tensorrt", "tensorrt", "tensorrt",
                                           hint=f"--require-engine builds the .engine here; {_GET_ENGINE}")
             if not ok:
-                raise EdgekitError(f"--require-engine: cannot build a TensorRT engine here: {reason}; run on a "
-                                   "machine with an NVIDIA GPU, or drop --require-engine to get the ONNX and the "
-                                   "trtexec command")
+                raise EdgekitError(f"require_engine (--require-engine): cannot build a TensorRT engine here: "
+                                   f"{reason}; run on a machine with an NVIDIA GPU, or drop require_engine "
+                                   "(--require-engine) to get the ONNX and the trtexec command")
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx
@@ -242,7 +242,7 @@ class TensorRTExporter(Exporter):
         opts = _validated({**request.target.backend_options, **self.options})
         precision = request.precision
         if (opts["keep_fp16"] or opts["keep_fp32"]) and precision != "mixed":
-            raise EdgekitError(f"keep_fp16/keep_fp32 name nodes to keep out of int8 with --precision mixed; "
+            raise EdgekitError(f"keep_fp16/keep_fp32 name nodes to keep out of int8 with precision 'mixed'; "
                                f"precision '{precision}' has no int8 to keep them out of")
         out = request.out_dir / MODEL_FILE
         details: dict[str, Any] = {
@@ -300,7 +300,7 @@ class TensorRTExporter(Exporter):
         from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
 
         if request.ranges is None or request.prepared is None:
-            raise EdgekitError(f"{request.precision} needs calibration ranges; pass --calib DATA")
+            raise EdgekitError(f"{request.precision} needs calibration ranges: give calibration data (calib=, --calib)")
         keep16, keep32 = opts["keep_fp16"], opts["keep_fp32"]
         chosen_by = "given (keep_fp16 / keep_fp32)"
         prepared = onnx.load(str(request.prepared), load_external_data=False)
@@ -362,7 +362,7 @@ class TensorRTExporter(Exporter):
         if request.precision != "int8":
             raise EdgekitError(
                 f"this model already carries Q/DQ quantization ({request.onnx.quantization}), which TensorRT "
-                f"runs in int8: export it with --precision int8 (not {request.precision})"
+                f"runs in int8: export it with precision 'int8' (--precision int8; not {request.precision})"
             )
         model = onnx.load(str(request.onnx.path))
         # the user's own nodes are named before any rewrite; a graph from `edgekit qat` gets the way to redo it

@@ -80,18 +80,20 @@ class TfliteExporter(Exporter):
         if len(onnx_inputs) != 1:
             names = ", ".join(t.name for t in onnx_inputs)
             raise EdgekitError(f"the tflite backend exports models with one input; this one has {len(onnx_inputs)} "
-                               f"({names}): export it with --backend onnxruntime or wrap it to take one tensor")
+                               f"({names}): export it with backend='onnxruntime' (--backend onnxruntime) or wrap it "
+                               "to take one tensor")
         source_in = onnx_inputs[0]
         calibration = None
         if precision == "int8":
             cset = request.calibration
             if cset is None:
                 raise EdgekitError("tflite int8 needs calibration data for its representative dataset: "
-                                   "pass --calib DATA (.npz with x, .npy, or zoo:digits)")
+                                   "give calibration data (calib=, --calib: .npz with x, .npy, or zoo:digits)")
             if cset.count < MIN_CALIBRATION_SAMPLES:
                 raise EdgekitError(f"calibration set '{cset.source}' has {cset.count} sample(s); tflite int8 "
                                    f"needs at least {MIN_CALIBRATION_SAMPLES} (a few hundred is better): pass "
-                                   f"--calib with more samples or raise --calib-samples")
+                                   "more calibration samples (calib=, --calib) or a higher calib_samples "
+                                   "(--calib-samples)")
             calibration = cset.x
         keep_nchw = [source_in.name] if request.target.input_layout == "NCHW" else []
 
@@ -154,13 +156,14 @@ class TfliteExporter(Exporter):
             more = f" and {len(float_ops) - 4} more" if len(float_ops) > 4 else ""
             raise EdgekitError(
                 f"int8 (full integer) was asked, but {len(float_ops)} op(s) could not be made int8 by TFLite's "
-                f"converter and stayed in float: {where}{more}; pass --allow-float-fallback to keep them in float "
-                f"(the manifest lists them), or export --precision fp16 or dynamic-int8"
+                f"converter and stayed in float: {where}{more}; pass allow_float_fallback=True "
+                f"(--allow-float-fallback) to keep them in float "
+                f"(the manifest lists them), or export at precision 'fp16' or 'dynamic-int8'"
             )
         bad = [f"{t.name} is {t.dtype}" for t in (*summary.inputs, *summary.outputs) if t.dtype != "int8"]
         if bad and not allow_fallback:
             raise EdgekitError(f"int8 conversion did not give int8 input/output tensors ({'; '.join(bad)}); "
-                               f"pass --allow-float-fallback to accept that")
+                               f"pass allow_float_fallback=True (--allow-float-fallback) to accept that")
 
     @staticmethod
     def _io(spec: TensorSpec, t, perm: list[int] | None) -> dict[str, Any]:

@@ -211,6 +211,8 @@ def convert(onnx_path: Path, precision: str, *, input_shape: tuple, calibration:
     if precision not in PRECISIONS:
         raise EdgekitError(f"the tflite backend has no precision '{precision}'; it offers {', '.join(PRECISIONS)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # conversion needs no oneDNN kernels, only their memory
+    lean_malloc()
     with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as tmp:
         work = Path(tmp).resolve()
         model_copy = work / "model.onnx"
@@ -221,6 +223,7 @@ def convert(onnx_path: Path, precision: str, *, input_shape: tuple, calibration:
                 sample = calibration.transpose(channel_last(4))
             write_sample_images(work, sample)
             model = _onnx2tf(model_copy, work, keep_nchw_inputs, cap)
+            return_freed_memory()  # onnx2tf's temporaries, before the converter's own peak
             try:
                 converted = tuple(model.inputs[0].shape)
                 perm = layout_perm(tuple(input_shape), converted, prefer_channel_last=not keep_nchw_inputs)
@@ -231,6 +234,7 @@ def convert(onnx_path: Path, precision: str, *, input_shape: tuple, calibration:
             finally:
                 del model
                 _release()
+                return_freed_memory()
         return Conversion(data, simplified, perm, cap.text()[-4000:])
 
 
@@ -278,12 +282,12 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
         converter._experimental_disable_per_channel = not per_channel
     elif precision == "int8":
         if representative is None:
-            raise EdgekitError("int8 needs calibration data: pass --calib DATA")
-        samples = np.ascontiguousarray(representative, dtype=np.float32)
+            raise EdgekitError("int8 needs calibration data (calib=, --calib)")
+        samples = representative  # often a transposed view: made contiguous one sample at a time, not copied whole
 
         def dataset():
             for i in range(len(samples)):
-                yield [samples[i : i + 1]]
+                yield [np.ascontiguousarray(samples[i : i + 1], dtype=np.float32)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
@@ -299,7 +303,7 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
     except Exception as exc:
         detail = _converter_reason(str(exc)) or cap.error_line(type(exc).__name__)
         hint = "" if precision != "int8" or allow_float_fallback else \
-            "; if an op has no int8 kernel, pass --allow-float-fallback to keep it in float"
+            "; if an op has no int8 kernel, pass allow_float_fallback=True (--allow-float-fallback) to keep it in float"
         raise EdgekitError(f"TFLite converter (tensorflow {_version('tensorflow')}) failed for {precision}: "
                            f"{detail}{hint}") from None
 
@@ -311,6 +315,31 @@ def _converter_reason(message: str) -> str:
             return _short(line.split("error:", 1)[1].strip())
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     return _short(lines[0]) if lines else ""
+
+
+def lean_malloc() -> None:
+    """Keep glibc from hoarding the converters' freed memory: TensorFlow's thread pools each get a malloc
+    arena, and glibc's adaptive mmap threshold moves large freed blocks onto the heap, where RSS stays after
+    they are freed. Two arenas and a fixed 4 MiB mmap threshold (large blocks go straight back to the OS on
+    free) cut an int8 export's peak of a 224x224 model by about 100 MB. A no-op where glibc is absent."""
+    import ctypes
+
+    m_mmap_threshold, m_arena_max = -3, -8  # mallopt parameters from glibc's malloc.h
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(m_arena_max, 2)
+        libc.mallopt(m_mmap_threshold, 4 * 2**20)
+
+
+def return_freed_memory() -> None:
+    """Give memory freed by the converters back to the OS (glibc keeps freed heap pages otherwise), so the
+    next stage's peak does not stack on top of the last one's garbage. A no-op where glibc is absent."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _release() -> None:

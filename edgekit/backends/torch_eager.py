@@ -95,11 +95,9 @@ class TorchEagerRunner(Runner):
             with contextlib.suppress(RuntimeError):  # settable once per process, before any inter-op work
                 torch.set_num_interop_threads(1)
         path = self.artifact_dir / self.manifest["model_file"]
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EdgekitError(f"torch cannot load {path}: {first}") from None
+        from edgekit.safe_load import load_exported_program
+
+        program = load_exported_program(path)  # an artifact is data: a pickle that could run code is refused
         self.module = program.module()
 
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:

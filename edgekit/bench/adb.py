@@ -26,6 +26,7 @@ from typing import Any
 from edgekit.bench import benchmark_model, perf_test
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel
+from edgekit.bench.records import BenchConfig, BenchResult
 from edgekit.errors import EdgekitError
 
 DEFAULT_WORKDIR = "/data/local/tmp"
@@ -46,9 +47,10 @@ _TAKES = ("adb devices measure .tflite models with benchmark_model (--benchmark-
 
 class AdbDevice(Device):
     """A phone behind adb, measured with benchmark_model (.tflite) or onnxruntime_perf_test (.ort). Nothing is
-    contacted until `bench` runs."""
+    contacted until `run_tools` runs."""
 
     kind = "adb"
+    measuring = "runtime-tools"
 
     def __init__(self, address: str = "", *, serial: str | None = None, benchmark_model: str | None = None,
                  perf_test: str | None = None, target: str | None = None, workdir: str | None = None,
@@ -204,13 +206,10 @@ class AdbDevice(Device):
             self._pushed_tools[attr] = remote
         return self._pushed_tools[attr]
 
-    def bench(self, artifacts: Sequence[str | Path], config: Any, *, eval_data: str | None = None,
-              reference: str | Path | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> Any:
+    def run_tools(self, artifacts: Sequence[str | Path], config: BenchConfig | None, *, eval_data: Any = None,
+                  log: Callable[[str], None] | None = None) -> BenchResult:
         """Measure each artifact with its tool (.tflite: benchmark_model, .ort: onnxruntime_perf_test); one
-        record per artifact (its own batch)."""
-        from edgekit.bench.harness import BenchConfig, BenchResult
-
+        record per artifact (its own batch). No outputs come back, so no reference is built."""
         log = log or (lambda _m: None)
         config = config or BenchConfig()
         if not artifacts:
@@ -269,10 +268,22 @@ class AdbDevice(Device):
                 out = self.shell(self.perf_test_command(remote, tool, config), doing="running onnxruntime_perf_test",
                                  timeout=timeout)
                 r.update(self._ort_fields(perf_test.parse(out), m))
+            r.update(self._where(tool_name, env))
         except EdgekitError as exc:
             log(f"bench: {path}: error: {exc}")
             return dict(r, status="error", error=str(exc))
         return r
+
+    def _where(self, tool_name: str, env: dict[str, Any]) -> dict[str, Any]:
+        """The provenance fields: the phone's own runtime ran it, on the phone's CPU, on the tool's inputs."""
+        from edgekit.bench.provenance import arch_label, device_class
+
+        arch = env.get("arch") or env.get("abi")
+        return {"executed_on": f"{tool_name} on the phone's CPU ({arch_label(arch)}, Android)", "stand_in_for": None,
+                "measured_on": {"host": self.name, "device": self.name, "arch": arch, "cpu_model": env.get("cpu_model"),
+                                "device_class": device_class(arch or "arm64", None)},
+                "eval_data": {"source": f"inputs {tool_name} generates (no outputs returned)", "samples": 0,
+                              "labels": False, "calibration_data": False}}
 
     def _tflite_fields(self, parsed: benchmark_model.BenchmarkModelOutput, m: dict[str, Any]) -> dict[str, Any]:
         shape = (m.get("model") or {}).get("input_shape") or [1]

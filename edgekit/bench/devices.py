@@ -130,6 +130,9 @@ class Device(abc.ABC):
     """Runs workers and moves files. Paths on the device are strings: they need not exist on this host."""
 
     kind: ClassVar[str]
+    #: how the harness measures here: "worker" (edgekit's worker process, through `open_worker`), or
+    #: "runtime-tools" (the runtime's own benchmark binaries on the device, through `run_tools`)
+    measuring: ClassVar[str] = "worker"
 
     def __init__(self, address: str = "") -> None:
         self.address = address
@@ -163,20 +166,9 @@ class Device(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def bench(self, artifacts: Sequence[str | Path], config: Any, **kwargs: Any) -> Any:
-        """Measure artifacts here and return a `BenchResult`. Devices that speak the worker protocol use the
-        harness (this default); a device that measures with a native tool (adb + benchmark_model) overrides it."""
-        from edgekit.bench.harness import run_bench
-
-        return run_bench(artifacts, config, device=self, **kwargs)
-
-    def measure(self, artifact: str | Path, config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
-        """Benchmark one artifact here and return its records (one per batch size): the device as a
-        function from artifact to record. Several artifacts should go through `run_bench` together, which
-        interleaves them."""
-        from edgekit.bench.harness import BenchConfig, run_bench
-
-        return run_bench([artifact], config or BenchConfig(), device=self, **kwargs).records
+    def prepare(self, artifacts: Sequence[str | Path]) -> None:  # noqa: B027 - optional hook
+        """Called once before any worker starts, with the artifacts about to be measured: a remote device
+        connects here (and may decline to when none of them is worth sending)."""
 
 
 class LocalDevice(Device):

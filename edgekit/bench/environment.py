@@ -11,6 +11,8 @@ import platform
 import socket
 from typing import Any
 
+from edgekit.graph.ort_session import cpu_flags
+
 # packages whose versions go into every record when installed (pip names)
 VERSIONED = ("numpy", "onnxruntime", "torch", "ai-edge-litert", "tensorflow", "tensorrt", "edgekit")
 
@@ -27,18 +29,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (x86 'flags', Arm 'Features'); None where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
 
 
 def int8_isa() -> list[str]:

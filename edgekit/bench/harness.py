@@ -11,12 +11,15 @@ evaluation inputs, and the harness compares those outputs with the FP32 referenc
 the same definition the export check uses).
 
 The FP32 reference, in order of preference:
-1. `reference=` (`--reference ART`): an artifact, typically the torch-eager or an fp32 export;
-2. the model named in the artifact's manifest (`model.source`: zoo name, .pt2, .onnx, package:factory),
-   loaded here with `edgekit.models.load_model`, run as the export check runs it (torch, or ONNX Runtime
-   for an .onnx source), so bench and export report the same agreement;
-3. when that cannot be loaded here, an fp32 artifact of the same source in this run;
-otherwise agreement and SQNR are null and the record says why.
+1. `reference=` (`--reference MODEL_OR_ARTIFACT`): an artifact folder (typically the torch-eager or an fp32
+   export), or a model the user names (zoo:NAME, .onnx, .pt2, package.module:factory);
+2. the model named in the artifact's manifest (`model.source`) when it is data, not code: a built-in
+   `zoo:` model, or an .onnx / .pt2 file (read with the safe loaders), run as the export check runs it, so
+   bench and export report the same agreement. A `module:factory` source is imported only with
+   `trust_model_source=True` (`--trust-model-source`), announced on stderr: an artifact received from
+   someone else must not run their code;
+3. an fp32 artifact of the same source in this run;
+otherwise agreement and SQNR are null and one stderr line says why and how to get them.
 """
 
 from __future__ import annotations
@@ -33,66 +36,28 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bench import provenance
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
+from edgekit.bench.records import BenchConfig as BenchConfig
+from edgekit.bench.records import BenchResult as BenchResult
 from edgekit.errors import EdgekitError
 
 # Defaults follow TFLite's benchmark_model: warm-up of >= 1 run and >= 0.5 s, then >= 50 runs and >= 1 s,
 # at most 150 s per artifact and batch size. Threads default to 1 so runtimes compare on equal terms.
-DEFAULT_WARMUP = 1
-DEFAULT_WARMUP_SECONDS = 0.5
-DEFAULT_ITERS = 50
-DEFAULT_MIN_SECONDS = 1.0
-DEFAULT_MAX_SECONDS = 150.0
-DEFAULT_ROUNDS = 5
-DEFAULT_THREADS = 1
 RANDOM_EVAL_SAMPLES = 64
 _LOAD_TIMEOUT_S = 900.0
 _SLACK_S = 300.0
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """How long and how to measure; validated at construction, so a bad value fails before any work."""
+REFERENCE_HINT = ("for them pass --reference MODEL_OR_ARTIFACT, bench the fp32 artifact of the same model in this "
+                  "run, or pass --trust-model-source to import the model the manifest names")
 
-    warmup: int = DEFAULT_WARMUP
-    warmup_seconds: float = DEFAULT_WARMUP_SECONDS
-    iters: int = DEFAULT_ITERS
-    min_seconds: float = DEFAULT_MIN_SECONDS
-    max_seconds: float = DEFAULT_MAX_SECONDS
-    rounds: int = DEFAULT_ROUNDS
-    batches: tuple[int, ...] = (1,)
-    threads: int = DEFAULT_THREADS  # 0: the runtime's own default
-    eval_samples: int | None = None  # cap on evaluation samples (None: all)
-    seed: int = 0
-    #: False: one artifact at a time (one model in memory; small devices), with no protection against drift
-    interleave: bool = True
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.warmup >= 0, f"--warmup must be >= 0 (got {self.warmup})"),
-            (self.warmup_seconds >= 0, f"--warmup-seconds must be >= 0 (got {self.warmup_seconds})"),
-            (self.iters >= 1, f"--iters must be >= 1 (got {self.iters})"),
-            (self.min_seconds >= 0, f"--min-seconds must be >= 0 (got {self.min_seconds})"),
-            (self.max_seconds > 0, f"--max-seconds must be > 0 (got {self.max_seconds})"),
-            (self.max_seconds >= self.min_seconds,
-             f"--max-seconds ({self.max_seconds}) must be >= --min-seconds ({self.min_seconds})"),
-            (self.rounds >= 1, f"--rounds must be >= 1 (got {self.rounds})"),
-            (len(self.batches) >= 1 and all(b >= 1 for b in self.batches),
-             f"--batch sizes must be positive integers (got {list(self.batches)})"),
-            (self.threads >= 0, f"--threads must be >= 0, 0 for the runtime's default (got {self.threads})"),
-            (self.eval_samples is None or self.eval_samples >= 1,
-             f"--eval-samples must be >= 1 (got {self.eval_samples})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise EdgekitError(message)
-        object.__setattr__(self, "batches", tuple(sorted(dict.fromkeys(self.batches))))
-
-    def settings(self) -> dict[str, Any]:
-        return {"warmup_min_iters": self.warmup, "warmup_min_seconds": self.warmup_seconds,
-                "min_iters": self.iters, "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
-                "rounds": self.rounds, "interleaved": self.interleave}
+def source_is_data(source: str) -> bool:
+    """A manifest source bench may load without running code from it: a built-in zoo model, or an .onnx /
+    .pt2 file (read as data; a .pt2 whose pickles could run code is refused by the safe loader)."""
+    return source.startswith("zoo:") or Path(source).suffix.lower() in (".onnx", ".pt2")
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -102,7 +67,8 @@ def parse_batches(text: str) -> tuple[int, ...]:
     except ValueError:
         batches = ()
     if not batches or any(b < 1 for b in batches):
-        raise EdgekitError(f"malformed --batch '{text}': expected positive integers separated by commas, e.g. 1,8")
+        raise EdgekitError(f"malformed batch sizes '{text}' (batches=, --batch): expected positive "
+                           "integers separated by commas, e.g. 1,8")
     return batches
 
 
@@ -117,7 +83,7 @@ class EvalSet:
         import hashlib
 
         h = hashlib.sha256(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        h.update(np.ascontiguousarray(self.x).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
 
 
@@ -141,6 +107,7 @@ class Job:
     evalset: EvalSet | None = None
     outputs: list[np.ndarray] | None = None
     quality: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -149,18 +116,6 @@ class Job:
     @property
     def name(self) -> str:
         return self.path.name or str(self.path)
-
-
-@dataclass
-class BenchResult:
-    records: list[dict[str, Any]]
-    failures: list[tuple[str, str]]  # (artifact, message)
-    config: BenchConfig
-    device: str
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 def _fixed_batch(manifest: dict[str, Any]) -> int | None:
@@ -175,12 +130,27 @@ def _model_bytes(manifest: dict[str, Any]) -> int:
                    or name.startswith(main + ".")))
 
 
+def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the quality figures were measured on; `calibration_data` is True when it is the very data the
+    artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
+    import hashlib
+
+    from edgekit.quant.calibrate import byte_view
+
+    cal = manifest.get("calibration") or {}
+    h = hashlib.sha256(str(ev.x.shape).encode())
+    h.update(byte_view(ev.x))
+    same = bool(cal.get("sha256")) and h.hexdigest() == cal.get("sha256")
+    same = same or (bool(cal.get("source")) and cal.get("source") == ev.source)
+    return {"source": ev.source, "samples": len(ev.x), "labels": ev.y is not None, "calibration_data": same}
+
+
 class Harness:
     """One `run_bench` call. Split into steps so each is small; see the module docstring for the order."""
 
     def __init__(self, paths: Sequence[str | Path], config: BenchConfig, device: Device,
-                 eval_data: str | None, reference: str | Path | None, progress: bool,
-                 log: Callable[[str], None]) -> None:
+                 eval_data: Any, reference: str | Path | None, progress: bool,
+                 log: Callable[[str], None], trust_model_source: bool = False) -> None:
         self.config = config
         self.device = device
         self.log = log
@@ -188,6 +158,12 @@ class Harness:
         self.jobs = [Job(i, Path(p)) for i, p in enumerate(paths)]
         self.eval_data = eval_data
         self.reference_path = Path(reference) if reference is not None else None
+        #: the reference is an artifact folder (else a model spec the user named, loaded with load_model)
+        self.reference_is_artifact = self.reference_path is not None and (self.reference_path / "manifest.json"
+                                                                          ).is_file()
+        self.reference_model: Any = None
+        self.trust_model_source = trust_model_source
+        self._announced: set[str] = set()
         self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-bench-host-")
         self.tmp = Path(self._tmp.name)
         self._staged_eval: dict[str, str] = {}
@@ -244,7 +220,9 @@ class Harness:
     def choose_eval_sets(self) -> None:
         from edgekit.quant.calibrate import check_matches, load_data
 
-        given = load_data(self.eval_data, max_samples=self.config.eval_samples) if self.eval_data else None
+        given = self.eval_data  # already a data set when it came from Python in memory
+        if isinstance(given, str | Path):
+            given = load_data(str(given), max_samples=self.config.eval_samples)
         cache: dict[str, Any] = {}
         for job in self.active():
             shape = tuple(job.manifest["model"]["input_shape"])
@@ -270,7 +248,7 @@ class Harness:
             rng = np.random.default_rng(self.config.seed)
             x = rng.standard_normal((RANDOM_EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
             job.evalset = EvalSet(x, None, f"random normal, {RANDOM_EVAL_SAMPLES} samples (seed "
-                                           f"{self.config.seed}; pass --eval DATA for real data)")
+                                           f"{self.config.seed}; give eval= data (--eval) for real data)")
 
     def start_workers(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
@@ -328,6 +306,17 @@ class Harness:
                 if mem is not None:
                     job.memory[b] = mem
 
+    def run_profiles(self, jobs: list[Job]) -> None:
+        """After timing (so the profiler never disturbs the timed runs): one profile per artifact."""
+        for job in [j for j in jobs if j.ok]:
+            try:
+                reply = job.channel.request({"cmd": "profile", "batch": job.batches[0] if job.batches else 1},
+                                            timeout=_LOAD_TIMEOUT_S) if job.channel is not None else None
+            except WorkerError as exc:  # a profiler failure does not fail the measurement
+                job.profile = {"available": False, "reason": f"profiling failed: {exc}"}
+                continue
+            job.profile = reply["profile"] if reply else None
+
     def run_evaluation(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:
             bar.set_postfix_str(f"eval {job.name}")
@@ -356,11 +345,41 @@ class Harness:
                 job.channel = None
 
     # -- references and comparison --------------------------------------------------------------------
+    def check_reference(self) -> None:
+        """A bad --reference is a bad call: fail before measuring anything."""
+        if self.reference_path is None:
+            return
+        if self.reference_is_artifact:
+            from edgekit.artifact import load_artifact
+
+            load_artifact(self.reference_path)
+            return
+        from edgekit.models import load_model
+
+        spec = str(self.reference_path)
+        if not spec.startswith("zoo:") and ":" not in spec and not Path(spec).suffix:
+            raise EdgekitError(f"--reference {spec}: not an artifact folder (no manifest.json) nor a model "
+                               "(zoo:NAME, .onnx, .pt2, package.module:factory)")
+        shapes = [j.manifest["model"]["input_shape"] for j in self.active()]
+        self.reference_model = load_model(spec, tuple(shapes[0]) if shapes else None)
+
+    def _reference_model_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
+        from edgekit.graph.onnx_export import reference_outputs
+
+        label = f"reference model {self.reference_path}"
+        try:
+            return reference_outputs(self.reference_model, evalset.x), label
+        except Exception as exc:  # e.g. its input does not fit this artifact's evaluation data
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None, f"unavailable: {label} could not run on this artifact's inputs ({reason})"
+
     def _reference_artifact_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
         from edgekit.artifact import load_artifact
         from edgekit.export import run_batched
 
         assert self.reference_path is not None
+        if not self.reference_is_artifact:
+            return self._reference_model_outputs(evalset)
         label = f"reference artifact {self.reference_path}"
         for job in self.jobs:
             if job.ok and job.outputs is not None and job.path.resolve() == self.reference_path.resolve() \
@@ -380,33 +399,50 @@ class Harness:
 
         source = str(job.manifest["model"].get("source", ""))
         assert job.evalset is not None
-        try:
-            src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
-            how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
-            return reference_outputs(src, job.evalset.x), f"FP32 source model {source} ({how})"
-        except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        for other in self.jobs:
-            if (other.ok and other.outputs is not None and other.manifest.get("precision") == "fp32"
-                    and other.manifest["model"].get("source") == source and other.evalset is not None
-                    and other.evalset.key == job.evalset.key):
-                return other.outputs, f"fp32 artifact {other.path} (source model not loadable here: {reason})"
-        return None, f"unavailable: source model {source} not loadable here ({reason}) and no fp32 artifact of it"
+        if source_is_data(source) or self.trust_model_source:
+            if not source_is_data(source) and source not in self._announced:
+                self._announced.add(source)
+                self.log(f"bench: --trust-model-source: importing '{source}', named by {job.path}'s manifest, "
+                         "to build the FP32 reference (this runs that code)")
+            key = (source, job.evalset.key)
+            if key not in self._references:  # one load and run per source and evaluation set
+                try:
+                    src = load_model(source, tuple(job.manifest["model"]["input_shape"]))
+                    how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
+                    self._references[key] = (reference_outputs(src, job.evalset.x),
+                                             f"FP32 source model {source} ({how})")
+                except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    self._references[key] = (None, f"source model not loadable here: {first}")
+            outputs, reason = self._references[key]
+            if outputs is not None:
+                return outputs, reason
+        else:
+            reason = f"the manifest's source '{source}' is code, which bench does not import unless asked"
+        # an fp32 artifact of the same model, preferring torch-eager (the model itself) over a converted one
+        # (never the artifact itself: agreeing with itself says nothing)
+        fp32 = [o for o in self.jobs if o is not job and o.ok and o.outputs is not None
+                and o.manifest.get("precision") == "fp32"
+                and o.manifest["model"].get("source") == source and o.evalset is not None
+                and o.evalset.key == job.evalset.key]
+        fp32.sort(key=lambda o: (o.manifest.get("backend") != "torch-eager", o.index))
+        if fp32:
+            return fp32[0].outputs, f"fp32 artifact {fp32[0].path} ({reason})"
+        return None, f"unavailable: {reason}, and no fp32 artifact of it in this run"
 
     def reference_for(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
         assert job.evalset is not None
-        key = (str(self.reference_path) if self.reference_path else str(job.manifest["model"].get("source")),
-               job.evalset.key)
+        if self.reference_path is None:
+            return self._source_outputs(job)  # per job: the fp32-artifact fallback is never the job itself
+        key = (str(self.reference_path), job.evalset.key)
         if key not in self._references:
-            if self.reference_path is not None:
-                self._references[key] = self._reference_artifact_outputs(job.evalset)
-            else:
-                self._references[key] = self._source_outputs(job)
+            self._references[key] = self._reference_artifact_outputs(job.evalset)
         return self._references[key]
 
     def compare_all(self) -> None:
         from edgekit.metrics import compare
 
+        missing: list[tuple[Job, str]] = []
         for job in self.active():
             if job.outputs is None or job.evalset is None:
                 continue
@@ -428,8 +464,12 @@ class Harness:
 
                 quality["accuracy"] = accuracy(job.outputs[0], ev.y)
             if ref is None:
-                self.log(f"bench: {job.path}: no FP32 reference, agreement and SQNR left empty: {quality['reference']}")
+                missing.append((job, quality["reference"]))
             job.quality = quality
+        if missing:  # one line for all, with what to do
+            names = ", ".join(j.name for j, _ in missing)
+            self.log(f"bench: no FP32 reference for {names}: agreement and SQNR left empty ({missing[0][1]}); "
+                     f"{REFERENCE_HINT}")
 
     # -- records --------------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
@@ -453,6 +493,13 @@ class Harness:
                 "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
                 "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,
             })
+            if job.load:
+                base.update(provenance.where(m.get("backend"), job.load.get("runtime"), job.load.get("executes"),
+                                             job.env, self.device.name))
+            if job.evalset is not None:
+                base["eval_data"] = _eval_data(job.evalset, m)
+            if self.config.profile:
+                base["profile"] = job.profile
             bases.append((job, base))
         out = []
         for b in self.config.batches:  # batch-major, so a table reads one batch size at a time
@@ -493,10 +540,7 @@ class Harness:
         try:
             self.check_artifacts()
             self.choose_eval_sets()
-            if self.reference_path is not None:
-                from edgekit.artifact import load_artifact
-
-                load_artifact(self.reference_path)  # a bad reference is a bad call: fail before measuring
+            self.check_reference()
             n_active = len(self.active())
             blocks = sum(self.config.rounds for j in self.active() for _ in j.batches)
             with tqdm(total=2 * n_active + blocks, desc="bench", unit="step", file=sys.stderr,
@@ -507,6 +551,8 @@ class Harness:
                     try:
                         self.start_workers(group, bar)
                         self.time_all(group, bar)
+                        if self.config.profile:
+                            self.run_profiles(group)
                         self.run_evaluation(group, bar)
                     finally:
                         self.close_workers(group)
@@ -518,10 +564,26 @@ class Harness:
         return BenchResult(records, failures, self.config, self.device.name)
 
 
+def measure_on(device: Device, artifacts: Sequence[str | Path], config: BenchConfig, *, eval_data: Any = None,
+               reference: str | Path | None = None, progress: bool = False,
+               log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> BenchResult:
+    """The measuring strategy is chosen here, from what the device declares: edgekit's worker wherever one
+    runs (the device only moves files and starts it), else the runtime's own tools on the device."""
+    if device.measuring == "runtime-tools":
+        return device.run_tools(artifacts, config, eval_data=eval_data, log=log)  # type: ignore[attr-defined]
+    with device:
+        device.prepare(artifacts)
+        return Harness(artifacts, config, device, eval_data, reference, progress, log or (lambda _m: None),
+                       trust_model_source=trust_model_source).run()
+
+
 def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None, *, device: str | Device = "local",
-              eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> BenchResult:
+              eval_data: Any = None, reference: str | Path | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> BenchResult:
     """Benchmark artifacts on a device, interleaved; one record per artifact and batch size.
+
+    `reference`: the FP32 reference, an artifact folder or a model (zoo:NAME, .onnx, .pt2, module:factory).
+    Without it, a manifest's `module:factory` source is imported only with `trust_model_source=True`.
 
     A corrupt or unloadable artifact fails alone: its records have status "error", the others are measured,
     and `BenchResult.failures` lists what failed. Bad settings, data or devices raise EdgekitError at once.
@@ -531,8 +593,8 @@ def run_bench(artifacts: Sequence[str | Path], config: BenchConfig | None = None
     config = config or BenchConfig()
     dev = make_device(device)
     started = time.monotonic()
-    with dev:
-        result = Harness(artifacts, config, dev, eval_data, reference, progress, log or (lambda _m: None)).run()
+    result = measure_on(dev, artifacts, config, eval_data=eval_data, reference=reference, progress=progress, log=log,
+                        trust_model_source=trust_model_source)
     if log is not None:
         log(f"bench: {len(artifacts)} artifact(s) on {dev.name} in {time.monotonic() - started:.1f} s")
     return result

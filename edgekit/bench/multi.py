@@ -18,6 +18,7 @@ from typing import Any
 
 from edgekit.bench import records as rec
 from edgekit.bench.devices import Device
+from edgekit.bench.harness import measure_on
 from edgekit.errors import EdgekitError
 
 
@@ -73,7 +74,7 @@ def target_notes(devices: Sequence[Device], artifacts: Sequence[str | Path]) -> 
 
 def bench_devices(artifacts: Sequence[str | Path], config: Any, devices: Sequence[Device], *,
                   eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> list[DeviceRun]:
+                  log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> list[DeviceRun]:
     """Measure the artifacts on every device, devices in parallel; one DeviceRun per device, in order."""
     log = log or (lambda _m: None)
     several = len(devices) > 1
@@ -85,8 +86,9 @@ def bench_devices(artifacts: Sequence[str | Path], config: Any, devices: Sequenc
                 log(f"[{device.name}] {msg}" if several else msg)
 
         try:
-            result = device.bench(artifacts, config, eval_data=eval_data, reference=reference,
-                                  progress=progress and not several, log=dev_log)
+            result = measure_on(device, artifacts, config, eval_data=eval_data, reference=reference,
+                                progress=progress and not several, log=dev_log,
+                                trust_model_source=trust_model_source)
             return DeviceRun(device, result=result)
         except EdgekitError as exc:
             message = str(exc)

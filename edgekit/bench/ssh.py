@@ -59,7 +59,8 @@ _NO_SPACE = re.compile(r"No space left on device|Errno 28|ENOSPC|Disk quota exce
 _MISSING_PACKAGE = re.compile(r"needs the Python package '([^']+)'")
 
 # Runs on the device with its Python (stdlib only): reads one JSON header line, then the files' bytes back
-# to back; writes them under header.dest, hashes them from disk, and answers with one JSON line.
+# to back; writes them under header.dest, hashes them from disk, and answers with one JSON line. It refuses
+# any name that is not a plain relative name inside dest (the device does not trust the sender either).
 RECEIVER = r'''
 import hashlib, importlib.util, json, os, shutil, sys
 inp = sys.stdin.buffer
@@ -73,6 +74,12 @@ try:
     free = shutil.disk_usage(dest).free
     if free < need + head.get("margin", 0):
         raise OSError(28, "No space left on device: %d bytes to write, %d free" % (need, free), dest)
+    for f in head["files"]:
+        name = f["name"]
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if (not name or name.startswith("/") or "\\" in name or ":" in parts[0]
+                or any(p in ("", ".", "..") or any(ord(ch) < 32 for ch in p) for p in parts)):
+            raise ValueError("refused file name %r: not a plain relative name inside the folder" % (name,))
     for f in head["files"]:
         current = os.path.join(dest, f["name"])
         os.makedirs(os.path.dirname(current), exist_ok=True)
@@ -268,23 +275,18 @@ class SshDevice(Device):
         raise AssertionError("unreachable")
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def bench(self, artifacts: Sequence[str | Path], config: Any, **kwargs: Any) -> Any:
+    def prepare(self, artifacts: Sequence[str | Path]) -> None:
         """Connect first, so an unreachable device fails once, as a whole, in one line; but only when some
-        artifact is worth sending (bad artifacts fail here, without contacting the device)."""
+        artifact is worth sending (bad artifacts fail in the harness, without contacting the device)."""
         from edgekit.artifact import load_artifact
-        from edgekit.bench.harness import run_bench
 
         loadable = 0
         for path in artifacts:
             with contextlib.suppress(EdgekitError):
                 load_artifact(path)
                 loadable += 1
-        try:
-            if loadable:
-                self.connect()
-            return run_bench(artifacts, config, device=self, **kwargs)
-        finally:
-            self.close()
+        if loadable:
+            self.connect()
 
     def connect(self) -> None:
         """Make the remote working folder and push the worker bundle; on failure leave nothing there."""
@@ -382,13 +384,15 @@ class SshDevice(Device):
         manifest_path = local / "manifest.json"
         modules: list[str] = []
         if local.is_dir() and manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
+            from edgekit.artifact import load_artifact
+
+            # the same checks as a local load: typed manifest, plain names inside the folder, model_file hashed,
+            # every file's size and sha256; only then does anything leave this machine
+            info = load_artifact(local).info
+            assert info is not None
             files = [("manifest.json", manifest_path, _sha256(manifest_path))]
-            for name, meta in manifest.get("files", {}).items():
-                if Path(name).is_absolute() or ".." in Path(name).parts:
-                    raise EdgekitError(f"artifact {local}: manifest lists '{name}', outside the artifact folder")
-                files.append((name, local / name, meta["sha256"]))
-            modules, packages = self._runtime_modules(manifest.get("backend"))
+            files += [(name, local / name, entry.sha256) for name, entry in info.files.items()]
+            modules, packages = self._runtime_modules(info.backend)
             what = f"artifact {local.name}"
             reply = self._push(files, dest, modules, what)
             if reply.get("missing"):

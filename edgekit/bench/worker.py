@@ -137,6 +137,7 @@ class Worker:
             "load_ms": (t1 - t0) / 1e6, "first_inference_ms": (t2 - t1) / 1e6, "cold_start_ms": (t2 - t0) / 1e6,
             "rss_before_load_mb": self.rss_before / _MB, "rss_after_load_mb": rss_bytes() / _MB,
             "runtime": spec.runtime_module, "runtime_version": self.runner.runtime_version,
+            "executes": getattr(self.runner, "executes", None),
         }
 
     def cmd_time(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +179,17 @@ class Worker:
         return {"peak_rss_mb": (peak - self.rss_before) / _MB, "peak_rss_total_mb": peak / _MB,
                 "rss_mb": rss_bytes() / _MB, "method": self.peak_method}
 
+    def cmd_profile(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The runtime's per-op profile of the loaded artifact (edgekit.bench.opprofile)."""
+        from edgekit.backends import registry
+        from edgekit.bench.opprofile import profile
+
+        if self.runner is None:
+            raise ValueError("'profile' before 'load'")
+        runtime = registry.get_spec(self.manifest["backend"]).runtime_module
+        return {"profile": profile(self.runner, self._input(int(msg.get("batch", 1))), runtime,
+                                   int(msg.get("iters", 20)))}
+
     def cmd_eval(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Outputs on the evaluation inputs, written to an .npz (out0, out1, ...) the harness compares."""
         from edgekit.export import run_batched
@@ -185,7 +197,7 @@ class Worker:
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
         x = np.load(msg["inputs"], allow_pickle=False)
-        outs = run_batched(self.runner, x, batch=int(msg.get("batch", 64)))
+        outs = run_batched(self.runner, x, batch=int(msg["batch"]) if msg.get("batch") else None)
         Path(msg["outputs"]).parent.mkdir(parents=True, exist_ok=True)
         np.savez(msg["outputs"], **{f"out{i}": o for i, o in enumerate(outs)})
         return {"samples": len(x)}

@@ -6,7 +6,7 @@ import argparse
 
 from edgekit.commands import DATA_HELP, log
 
-# kept equal to edgekit.bench.harness's defaults (not imported: this module must stay light for --help)
+# kept equal to edgekit.bench.records' defaults (not imported: this module must stay light for --help)
 _WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0, 150.0, 5, 1
 
 
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
                          min_seconds=args.min_seconds, max_seconds=args.max_seconds, rounds=args.rounds,
                          batches=parse_batches(args.batch), threads=args.threads, eval_samples=args.eval_samples,
-                         interleave=not args.sequential)
+                         interleave=not args.sequential, profile=args.profile)
     # every device is resolved before anything is loaded or contacted: a typo fails at once
     devices = [make_device(spec, benchmark_model=args.benchmark_model, perf_test=args.perf_test)
                for spec in (args.device or ["local"])]
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for note in multi.target_notes(devices, args.artifacts):
         log(f"bench: {note}")
     runs = multi.bench_devices(args.artifacts, config, devices, eval_data=args.eval, reference=args.reference,
-                               progress=not args.no_progress, log=log)
+                               progress=not args.no_progress, log=log, trust_model_source=args.trust_model_source)
     failed = [r for r in runs if not r.ok]
     if len(failed) == len(runs):
         if len(runs) == 1:
@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         log(f"bench: device {r.device.name}: error: {r.error}")
     records = multi.all_records(runs, args.artifacts)
-    print(report.table(records, baseline=args.baseline or args.reference))
+    print(report.table(records, baseline=args.baseline))
+    if args.profile:
+        for line in report.profile_lines(records):
+            print(line)
     written = []
     if args.json:
         written.append(report.write_json(records, args.json))
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         path = args.markdown
         with open(path, "w") as f:
-            f.write(report.markdown(records, baseline=args.baseline or args.reference) + "\n")
+            f.write(report.markdown(records, baseline=args.baseline) + "\n")
         written.append(path)
     if args.plot:
         written.append(report.write_plot(records, args.plot))
@@ -73,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Benchmark artifact folders (from `edgekit export`). Each artifact runs in a fresh worker "
                     "process (peak memory = peak RSS while loading and running minus the RSS before loading; "
                     "cold start = load + first inference). Several artifacts are timed interleaved, in rounds, "
-                    "so machine drift touches all alike. Agreement (top-1) and SQNR are always measured against "
-                    "the FP32 reference: --reference ART, else the source model named in the manifest; with "
+                    "so machine drift touches all alike. Agreement (top-1) and SQNR are measured against "
+                    "the FP32 reference: --reference, else the manifest's source model when it is data (zoo, "
+                    ".onnx, .pt2; code only with --trust-model-source), else an fp32 artifact of it; with "
                     "labelled --eval data, top-1 accuracy too. Accuracy and agreement are fractions in [0, 1].",
         epilog=f"Defaults follow TFLite's benchmark_model: warm-up >= {_WARMUP} run and >= {_WARMUP_S} s, then "
                f">= {_ITERS} runs and >= {_MIN_S} s per artifact and batch size (at most {_MAX_S:.0f} s), in "
@@ -92,10 +96,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s)")
     p.add_argument("--eval", metavar="DATA", help="evaluation data; with labels y, top-1 accuracy is reported")
     p.add_argument("--eval-samples", type=int, metavar="N", help="use at most N evaluation samples (default: all)")
-    p.add_argument("--reference", metavar="ART", help="FP32 reference artifact for agreement/SQNR (default: the "
-                   "source model in each manifest, e.g. zoo:digits-student run in torch)")
-    p.add_argument("--baseline", metavar="ART", help="artifact the speed-up column is relative to (default: "
-                   "--reference, else the torch-eager artifact when one is measured)")
+    p.add_argument("--reference", metavar="MODEL_OR_ARTIFACT",
+                   help="FP32 reference for agreement/SQNR: an artifact folder or a model (zoo:NAME, .onnx, .pt2, "
+                        "package.module:factory). Default: the manifest's source when it is a zoo model or an "
+                        ".onnx/.pt2 file, else an fp32 artifact of the same model in this run")
+    p.add_argument("--trust-model-source", action="store_true",
+                   help="import the package.module:factory a manifest names to build the FP32 reference (runs "
+                        "that code: only for artifacts you made or trust; said on stderr when used)")
+    p.add_argument("--baseline", metavar="ART", help="artifact the speed-up column is relative to (default: the "
+                   "same target's fp32 artifact, else the torch-eager one; the rule `recommend` uses too)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, record the runtime's per-op profile (ONNX Runtime: top ops by time, int8 vs "
+                        "float vs Quantize/Dequantize share; LiteRT: not reachable from Python, said so)")
     p.add_argument("--batch", default="1", metavar="B[,B...]",
                    help="batch sizes, e.g. 1,8 (default 1); throughput is reported per batch size")
     p.add_argument("--threads", type=int, default=_THREADS, metavar="N",
@@ -123,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perf-test", metavar="PATH",
                    help="ONNX Runtime's onnxruntime_perf_test binary built for the phone, pushed to adb devices to "
                         "measure ort-mobile (.ort) artifacts (run with -e cpu -m times -r ITERS -x THREADS -I -s)")
-    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list, DESIGN.md's fields)")
+    p.add_argument("--json", metavar="FILE", help="write the records (a JSON list of benchmark records)")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV (nested fields flattened)")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of latency vs accuracy with the Pareto front")

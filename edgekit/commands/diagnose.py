@@ -79,41 +79,15 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"{args.source} is an artifact: diagnose re-quantizes the FP32 model, so pass the model "
                            f"it was exported from ({_manifest(args.source)['model']['source']}), or compare it "
                            "with another backend's artifact with --against ARTIFACT")
-    from edgekit.backends.registry import budget_backends, get_spec
     from edgekit.export import ExportPipeline
     from edgekit.models import parse_input_shape
-    from edgekit.quant import fallback
-    from edgekit.quant.calibrate import load_data, resolve_method
-    from edgekit.quant.diagnose import diagnose, format_report
-    from edgekit.targets import load_target
+    from edgekit.quant.diagnose import format_report
 
-    target = load_target(args.target)
-    if args.backend:
-        target = target.with_backend(args.backend)
-    if not get_spec(target.backend).qdq_style:
-        raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(budget_backends())}); "
-                           f"target {target.name} runs {target.backend}: for tflite, export it and compare with "
-                           "--against")
-    method, opts = resolve_method(args.calib_method)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     with ExportPipeline(args.source, shape, log=log) as pipeline:
-        calib = args.calib or ("zoo:digits" if pipeline.src.spec.startswith("zoo:digits") else None)
-        if calib is None:
-            raise EdgekitError("diagnose needs calibration data: pass --calib DATA")
-        cset = load_data(calib, max_samples=args.calib_samples)
-        from edgekit.quant.calibrate import check_matches
-
-        check_matches(cset, pipeline.src.input_shape, "calibration set")
-        pipeline.onnx(target, None)
-        cal, held = fallback.split_calibration(cset)
-        setup = fallback.QuantSetup(target.backend, pipeline.prepared(), pipeline.ranges(cal, method, opts),
-                                    dict(target.backend_options), held.x[: args.samples],
-                                    pipeline.reference(held)[0][: args.samples], None,
-                                    pipeline.workdir / "diagnose")
-        setup.workdir.mkdir(exist_ok=True)
-        report = diagnose(setup, verify=args.verify, log=log)
-    report.update({"model": args.source, "target": target.name, "calibration": cal.provenance(),
-                   "calibration_method": method})
+        report = pipeline.diagnose(args.target, args.calib, backend=args.backend, calib_method=args.calib_method,
+                                   calib_samples=args.calib_samples, samples=args.samples, verify=args.verify)
+    report["model"] = args.source
     if args.json:
         _write_json(args.json, report)
     print(format_report(report, args.top))

@@ -71,50 +71,77 @@ def print_improvements(m: dict) -> None:
         print(f"cost       {100 * cost.get('macs_kept_fraction', 0):.1f}% of MACs in float{extra}")
 
 
+def print_advice(m: dict) -> None:
+    """AIPP and memory facts, then the warnings and the command the user must run next (edgekit.advice)."""
+    from edgekit.advice import next_step, warnings
+
+    aipp = (m.get("backend_details") or {}).get("aipp")
+    if isinstance(aipp, dict):
+        if aipp.get("config"):
+            print(f"aipp       {aipp['config']}: {aipp['input_format']}, mean {aipp['mean']}, std {aipp['std']} "
+                  f"(from {aipp['from']})")
+        else:
+            print(f"aipp       {aipp['note']}")
+    res = m.get("export_resources") or {}
+    if res.get("peak_rss_mb") is not None:
+        print(f"memory     export peak RSS {res['peak_rss_mb']:.0f} MB")
+    for line in warnings(m):
+        print(f"warning    {line}")
+    step = next_step(m)
+    if step:
+        print(f"next       {step}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from edgekit.export import ExportPipeline
-    from edgekit.models import parse_input_shape
+    from edgekit.export import export
     from edgekit.targets import load_target
 
-    target = load_target(args.target)  # fail fast on a bad target before loading the model
+    names = [t.strip() for t in args.target.split(",")] if "," in args.target else [args.target]
+    if not all(names):
+        raise EdgekitError(f"malformed --target '{args.target}': expected names or .toml paths joined by commas")
+    targets = [load_target(n) for n in names]  # fail fast on a bad target before loading the model
     if args.backend:
-        target = target.with_backend(args.backend)
-    target.check_precision(args.precision)
-    exporter_options = parse_options(args.backend_option, "--backend-option")
+        targets = [t.with_backend(args.backend) for t in targets]
+    options = parse_options(args.backend_option, "--backend-option")
     if args.require_engine:
-        exporter_options["require_engine"] = True
+        options["require_engine"] = True
     if args.allow_float_fallback:
-        exporter_options["allow_float_fallback"] = True
+        options["allow_float_fallback"] = True
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
                                   ("bias-correction", args.bias_correction)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
     if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
         raise EdgekitError(f"--max-accuracy-drop is in percentage points, 0 to 100 (got {args.max_accuracy_drop})")
-    if (args.min_agreement is not None or args.max_accuracy_drop is not None or techniques) \
-            and target.check_precision(args.precision) != "int8":
-        raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and --bias-correction "
-                           f"apply to --precision int8 (got {target.check_precision(args.precision)})")
-    if args.min_agreement is not None or args.max_accuracy_drop is not None or args.min_sqnr is not None \
-            or techniques:
-        from edgekit.backends.registry import check_budget_backend
+    budgeted = args.min_agreement is not None or args.max_accuracy_drop is not None or args.min_sqnr is not None \
+        or techniques
+    for target in targets:
+        precision = target.check_precision(args.precision)
+        if budgeted and precision != "int8":
+            raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and "
+                               f"--bias-correction apply to --precision int8 (got {precision})")
+        if budgeted:
+            from edgekit.backends.registry import check_budget_backend
 
-        check_budget_backend(target.backend, f"target {target.name}")
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+            check_budget_backend(target.backend, f"target {target.name}")
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
-    with ExportPipeline(args.model, shape, log=log) as pipeline:
-        art = pipeline.export(
-            target, args.precision, calib=args.calib, calib_method=args.calib_method,
-            calib_options=parse_options(args.calib_option), calib_samples=args.calib_samples,
-            eval_data=args.eval, out=args.out, force=args.force, exporter_options=exporter_options,
-            min_agreement=args.min_agreement,
-            max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
-            techniques=techniques, budget_first_try=() if args.no_budget_equalize else None,
-            min_sqnr_db=args.min_sqnr, keep_best_effort=args.keep_best_effort, int16_rung=not args.no_int16_rung,
-        )
-    print_artifact(art)
-    print_improvements(art.manifest)
+    result = export(
+        args.model, targets if len(targets) > 1 else targets[0], args.precision, calib=args.calib, eval=args.eval,
+        out=args.out, force=args.force, progress=log, input_shape=args.input_shape, calib_method=args.calib_method,
+        calib_options=parse_options(args.calib_option), calib_samples=args.calib_samples, opset=args.opset,
+        min_agreement=args.min_agreement,
+        max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
+        techniques=techniques, budget_first_try=() if args.no_budget_equalize else None,
+        min_sqnr_db=args.min_sqnr, keep_best_effort=args.keep_best_effort, int16_rung=not args.no_int16_rung,
+        **options,
+    )
+    for i, art in enumerate(result if isinstance(result, list) else [result]):
+        if i:
+            print()
+        print_artifact(art)
+        print_improvements(art.manifest)
+        print_advice(art.manifest)
     return 0
 
 
@@ -129,7 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                f"edgekit export zoo:digits-student --target x86-server-cpu --precision int8 --calib zoo:digits",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--target", "-t", required=True, help="target name (see `edgekit targets`) or a .toml file")
+    p.add_argument("--target", "-t", required=True,
+                   help="target name (see `edgekit targets`) or a .toml file; several joined by commas share one ONNX "
+                        "export and one calibration, one artifact folder each under --out")
     p.add_argument("--precision", "-p", help="fp32, int8, dynamic-int8, ... (default: the target's default)")
     p.add_argument("--backend", "-b", help="one of the target's other backends (`edgekit targets` lists them), "
                    "e.g. tflite on raspberry-pi-5; default: the target's first backend")
@@ -143,7 +172,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", metavar="DATA", help="data the artifact is checked on against FP32 (default: the "
                    "held-out split for zoo data, else the calibration data)")
     p.add_argument("--input-shape", metavar="NxCxHxW", help="model input shape, e.g. 1x3x224x224")
-    p.add_argument("--out", "-o", help="artifact folder (default: ./MODEL-TARGET-PRECISION)")
+    p.add_argument("--out", "-o", help="artifact folder (default: ./MODEL-TARGET-PRECISION); with several targets, "
+                   "the folder that holds one MODEL-TARGET-PRECISION folder per target")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset to export at, within the target's range "
+                   "(default: the newest the exporter gives in that range)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for the backend's exporter (repeatable); an unknown one lists those accepted")
     p.add_argument("--require-engine", action="store_true",

@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     records = load_results(args.results) if args.results else None
     rec = recommend(target, priority=args.priority, workload=args.workload,
-                    max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results")
+                    max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results",
+                    allow_proxy=args.allow_proxy)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
@@ -41,5 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
                    help="most accuracy points (percentage points) a candidate may lose against FP32")
     p.add_argument("--results", metavar="FILE", help="bench JSON: a list of records, or {\"records\": [...]}")
+    p.add_argument("--allow-proxy", action="store_true",
+                   help="rank records not measured on a device of the target's class (e.g. a TensorRT artifact "
+                        "run in ONNX Runtime on this CPU) under a loud warning; without it they are refused")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)

@@ -96,7 +96,7 @@ def train_on_digits_rgb(model, epochs: int = 4, seed: int = 0, size: int = 32):
     return zoo.train_classifier(model, digits_rgb("train", size), epochs=epochs, seed=seed, lr=3e-3)
 
 
-# -- a depthwise-separable model that plain min-max INT8 gets wrong (issue 8) ---------------------------------
+# -- a depthwise-separable model that plain min-max INT8 gets wrong --------------------------------------------
 #
 # How it is built: a plain 3x3 conv trunk (where int8 kernels pay off) followed by depthwise-separable blocks
 # at low resolution, trained normally on digits_rgb. It is wide enough (128-channel trunk at 16x16, 256-channel
@@ -160,7 +160,7 @@ _SENSITIVE_CACHE: dict[tuple, object] = {}
 
 
 def sensitive_dwsep(epochs: int = 3, seed: int = 0, size: int = 32, spread: dict[str, float] | None = None):
-    """The trained, channel-imbalanced depthwise-separable model (input 1x3xSIZExSIZE), for issue 8's tests and
+    """The trained, channel-imbalanced depthwise-separable model (input 1x3xSIZExSIZE), for the fallback tests and
     benchmark. Trains in ~20 s on one core; deterministic for a seed. Trained once per process for given
     arguments (the tests of fallback, diagnose and self-distillation all use it); each call returns a copy."""
     import copy

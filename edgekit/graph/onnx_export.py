@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import TensorSpec
 from edgekit.errors import EdgekitError
+from edgekit.graph.ort_session import ort_session as ort_session
+from edgekit.graph.tensors import TensorSpec
 from edgekit.models import SourceModel
 
 DEFAULT_ATOL = 1e-4
@@ -55,25 +56,6 @@ def quantization_of(path: Path) -> str | None:
         return None
     meta = {p.key: p.value for p in model.metadata_props}
     return meta.get(QUANTIZATION_METADATA_KEY, "pre-quantized (Q/DQ nodes in the given model)")
-
-
-def ort_session(path: Path, recorded: dict[str, str] | None = None, threads: int | None = None):
-    """An ONNX Runtime CPU session with the config edgekit's runners use (see backends.onnxruntime): on x86
-    CPUs without VNNI the int8 kernels saturate unless `session.x64quantprecision` is set, and a quantized
-    graph's check would measure that saturation instead of the graph. `recorded`: the session config a
-    manifest records; `threads`: intra-op threads (one inter-op thread), else ONNX Runtime's default."""
-    import onnxruntime as ort
-
-    from edgekit.backends.onnxruntime import effective_session_config
-
-    opts = ort.SessionOptions()
-    for key, value in effective_session_config(recorded).items():
-        opts.add_session_config_entry(key, value)
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def quantization_label(src: SourceModel) -> str:
@@ -226,8 +208,20 @@ def _torch_outputs(fn, x: np.ndarray) -> list[np.ndarray]:
     return [o.detach().float().numpy() for o in out]
 
 
-def reference_outputs(src: SourceModel, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+#: input elements per batch the checks run at once (2M floats = 8 MB of input): a batch of 64 digits, but of
+#: 13 ImageNet-size images, whose activations would otherwise take gigabytes at batch 64
+BATCH_ELEMENTS = 2**21
+
+
+def batch_for(sample_shape: tuple[int, ...] | list[int], cap: int = 64) -> int:
+    """How many samples of this shape to run at once in the checks: at most `cap`, at least 1."""
+    per = int(np.prod([d for d in sample_shape if isinstance(d, int) and d > 0], dtype=np.int64)) or 1
+    return max(1, min(cap, BATCH_ELEMENTS // per))
+
+
+def reference_outputs(src: SourceModel, x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
     """FP32 reference outputs for a batch: torch for torch models, ONNX Runtime for a given .onnx."""
+    batch = batch or batch_for(x.shape[1:])
     if src.kind == "onnx":
         sess = ort_session(src.onnx_path)
         name = sess.get_inputs()[0].name
@@ -372,7 +366,7 @@ def verify_against_reference(
     report: dict[str, Any] = {"atol": atol, "rtol": rtol, "max_abs_err": {}, "inputs": {}}
     for label, x in sets.items():
         ref = reference_outputs(src, x) if src.kind != "onnx" else None
-        step = static_batch if isinstance(static_batch, int) else len(x)
+        step = static_batch if isinstance(static_batch, int) else batch_for(x.shape[1:])
         parts = [sess.run(None, {in_name: x[i : i + step]}) for i in range(0, len(x), step)]
         got = [np.concatenate([p[k] for p in parts]) for k in range(len(out_names))]
         report["inputs"][label] = len(x)

@@ -9,6 +9,7 @@ TensorRT's Q/DQ graph and its calibration cache all read the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -35,6 +36,11 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def byte_view(x: np.ndarray) -> np.ndarray:
+    """The float32 bytes of `x` for hashing, without copying when it is already contiguous float32."""
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint8)
+
+
 @dataclass
 class CalibrationSet:
     x: np.ndarray  # float32, N x ...
@@ -48,11 +54,13 @@ class CalibrationSet:
     def count(self) -> int:
         return len(self.x)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        """Hashed in place (a byte view, not a copy: `tobytes()` of 300 ImageNet-size samples is 180 MB more
+        at the export's peak) and once per set."""
         h = hashlib.sha256()
         h.update(str(self.x.shape).encode())
-        h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
+        h.update(byte_view(self.x))
         return h.hexdigest()
 
     def provenance(self) -> dict[str, Any]:

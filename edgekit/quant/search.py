@@ -101,7 +101,7 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     int16: list[str] = []
     int16_steps: list[dict[str, Any]] = []
     if int16_rung and setup.has_int16_rung and not budget.holds(current):
-        from edgekit.quant import int16 as rung
+        from edgekit.quant import int16_search as rung
 
         ranking = rung.rank(setup, measure=INT16_MEASURED, log=log)
         int16, current, int16_steps = rung.search(setup, budget.holds, current, ranking, MAX_INT16_LAYERS, log)

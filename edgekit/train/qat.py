@@ -17,7 +17,8 @@ Why this flow:
   the ones the weights were trained for.
 
 Which quantizer for which backend (`QATConfig.quantizer`, `edgekit qat --quantizer`): the activation format
-is a property of the runtime, not one global default (see STACK-NOTES.md), so pick it for the target:
+is a property of the runtime, not one global default (uint8 activations are what make ONNX Runtime's x86
+int8 kernels fast; TensorRT needs int8 symmetric), so pick it for the target:
 
 - `x86` (default): torchao's X86InductorQuantizer recipe, uint8 asymmetric per-tensor activations and int8
   symmetric per-channel weights in (-128, 127): the U8S8 format ONNX Runtime's x86 int8 kernels are fast

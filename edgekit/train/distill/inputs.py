@@ -71,12 +71,13 @@ def load_teacher(spec: str) -> nn.Module:
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"teacher file not found: {path}")
-        try:
-            import torch.ao.quantization.fx._decomposed
+        import contextlib
 
-            return FrozenProgram(torch.export.load(str(path)).module())
-        except Exception as exc:
-            raise EdgekitError(f"cannot load {path} as a torch.export program: {type(exc).__name__}") from None
+        from edgekit.safe_load import load_exported_program
+
+        with contextlib.suppress(ImportError):  # registers the Q/DQ ops a QAT program holds
+            import torch.ao.quantization.fx._decomposed  # noqa: F401
+        return FrozenProgram(load_exported_program(path).module())
     if ":" in spec:
         return _call_factory(spec)
     raise EdgekitError(f"cannot load teacher '{spec}': expected zoo:NAME, package.module:factory or a .pt2 file")
@@ -100,10 +101,9 @@ def load_weights(model: nn.Module, path: str | Path, role: str) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"{role} weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgekitError(f"cannot read {role} weights {path}: {type(exc).__name__}") from None
+    from edgekit.safe_load import load_torch_file
+
+    state = load_torch_file(path, f"{role} weights")
     if isinstance(state, dict) and "student" in state and "fingerprint" in state:  # a trainer checkpoint
         state = state["student"]
     try:

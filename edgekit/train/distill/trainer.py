@@ -508,10 +508,9 @@ class Trainer:
     def _load_checkpoint(self, path: Path, fingerprint: dict[str, Any], opt, sched, scaler,
                          result: TrainResult) -> int:
         assert self.loss is not None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise EdgekitError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+        from edgekit.safe_load import load_torch_file
+
+        state = load_torch_file(path, "training checkpoint")  # weights_only: a checkpoint is data, never code
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
             raise EdgekitError(f"{path} is not an edgekit training checkpoint (version {CHECKPOINT_VERSION})")
         saved = state["fingerprint"]
