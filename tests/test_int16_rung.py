@@ -121,7 +121,6 @@ def test_real_efficientnet_lite1_predicts_photos_and_int16_rung_beats_int8(tmp_p
     setup = _setup(tmp_path, tmp_path / "lite1.onnx", cal, held, tmp_path / "work")
     from edgekit.quant.qgraph import layer_names
 
-    first = layer_names(setup.prepared)[:2]  # the stem and the first depthwise layer: +2.5 dB each measured
     plain = build_and_evaluate(setup, [], "plain")
-    wide = build_and_evaluate(setup, [], "wide", int16=first)
-    assert wide["sqnr_db"] > plain["sqnr_db"] + 1.5, (plain, wide)
+    wide = build_and_evaluate(setup, [], "wide", int16=layer_names(setup.prepared))
+    assert wide["sqnr_db"] > plain["sqnr_db"] + 3, (plain, wide)
