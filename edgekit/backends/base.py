@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from edgekit.quant.calibrate import CalibrationSet, Ranges
     from edgekit.targets import Target
 
+#: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 @dataclass
 class ExportResult:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner
+from edgekit.backends.base import WEIGHTED_OPS, Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import describe
 from edgekit.graph.ort_session import X64_POLICY as X64_POLICY
@@ -29,8 +29,8 @@ _ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(d
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-# ops whose second input is a weight that an int8 graph must hold as integers
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: kept for callers of the old name
+WEIGHT_OPS = WEIGHTED_OPS
 
 
 def _qtype(options: dict[str, Any], key: str, default: str):
