@@ -20,6 +20,7 @@ from edgekit import __version__
 from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
+from edgekit.backends.base import run_batched as run_batched  # where callers have long found it
 from edgekit.datasets import as_dataset
 from edgekit.errors import EdgekitError
 from edgekit.facade import make_callable, progress_log
@@ -60,17 +61,6 @@ def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
 
 def default_out(src: SourceModel, target: Target, precision: str) -> Path:
     return Path(f"{src.name}-{target.name}-{precision}")
-
-
-def run_batched(runner, x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
-    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed (batch None:
-    as many as `batch_for` allows for the sample size)."""
-    from edgekit.graph.onnx_export import batch_for
-
-    shape = runner.manifest["inputs"][0]["shape"]
-    step = shape[0] if shape and isinstance(shape[0], int) else (batch or batch_for(x.shape[1:]))
-    parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 class ExportPipeline:

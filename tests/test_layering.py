@@ -30,8 +30,8 @@ KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
 
 #: upward imports owned by work in progress elsewhere: (importer module prefix, imported prefix) -> why
 KNOWN_LAYERING: dict[tuple[str, str], str] = {
-    ("edgekit.backends.tensorrt", "edgekit.quant.qdq"):
-        "the Q/DQ graph rules TensorRT writes move below the backends with quant/'s refactor",
+    ("edgekit.backends.", "edgekit.quant.qdq"):
+        "the Q/DQ and fp16 graph rules the backends write move below them with quant/'s refactor",
     ("edgekit.backends.base", "edgekit.quant.calibrate"):
         "calibration sets leave quant/ for the low data layer with the named-input work",
     ("edgekit.bench.harness", "edgekit.quant.calibrate"):

@@ -127,3 +127,14 @@ class Runner(abc.ABC):
         if len(names) != 1:
             raise ValueError(f"this model has {len(names)} inputs ({', '.join(names)}); pass a dict")
         return {names[0]: inputs}
+
+
+def run_batched(runner, x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
+    """Run a runner over many samples, one sample at a time when the artifact's batch is fixed (batch None:
+    as many as `batch_for` allows for the sample size)."""
+    from edgekit.graph.onnx_export import batch_for
+
+    shape = runner.manifest["inputs"][0]["shape"]
+    step = shape[0] if shape and isinstance(shape[0], int) else (batch or batch_for(x.shape[1:]))
+    parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]

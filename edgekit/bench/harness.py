@@ -375,7 +375,7 @@ class Harness:
 
     def _reference_artifact_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
         from edgekit.artifact import load_artifact
-        from edgekit.export import run_batched
+        from edgekit.backends.base import run_batched
 
         assert self.reference_path is not None
         if not self.reference_is_artifact:

@@ -193,7 +193,7 @@ class Worker:
 
     def cmd_eval(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Outputs on the evaluation inputs, written to an .npz (out0, out1, ...) the harness compares."""
-        from edgekit.export import run_batched
+        from edgekit.backends.base import run_batched
 
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
