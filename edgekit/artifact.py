@@ -34,12 +34,32 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
     return table
 
 
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Fail now, before any work, when `out` could not be created: a read-only folder, or a path that runs
+    through a regular file. Probed by making (and removing) a hidden folder in the nearest existing parent,
+    since permission bits alone do not tell (root ignores them, and so do some file systems)."""
+    import tempfile
+
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgekitError(f"cannot write {flag} {out}: {parent} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".edgekit-probe-", dir=parent)
+    except OSError as exc:
+        raise EdgekitError(f"cannot write {flag} {out}: folder {parent} is not writable "
+                           f"({exc.strerror or exc})") from None
+    os.rmdir(probe)
+
+
 def check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise EdgekitError(f"output folder {out} exists; choose another out= (--out) or pass force=True (--force) "
                            "to replace it")
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"output path {out} exists and is not a folder")
+    check_writable(out)
 
 
 @contextlib.contextmanager

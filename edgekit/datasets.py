@@ -154,7 +154,7 @@ def as_dataset(data: Any, *, what: str = "data", max_samples: int | None = DEFAU
         raise EdgekitError(f"{what} is None: give an array, an (x, y) tuple, a dict of arrays, a DataLoader or a "
                            "path (.npz, .npy, zoo:digits)")
     if isinstance(data, str | Path):
-        loaded = load_data(str(data), max_samples=max_samples, seed=seed)
+        loaded = load_data(str(data), max_samples=max_samples, seed=seed, what=what)
         _array(loaded.x, f"{what} ({loaded.source})")  # NaN or infinite samples are refused from files too
         return loaded
     batches = None

@@ -21,6 +21,7 @@ from edgekit import __version__
 from edgekit.artifact import Artifact, check_destination, now_iso, staging, write_manifest
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
+from edgekit.backends.base import run_batched as run_batched  # where callers have long found it
 from edgekit.datasets import as_dataset
 from edgekit.errors import EdgekitError
 from edgekit.facade import make_callable, progress_log
@@ -32,6 +33,7 @@ from edgekit.quant.calibrate import (
     DEFAULT_MAX_SAMPLES,
     CalibrationSet,
     Ranges,
+    check_calibration,
     checked,
     compute_ranges,
     load_data,
@@ -85,19 +87,6 @@ def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
 
 def default_out(src: SourceModel, target: Target, precision: str) -> Path:
     return Path(f"{src.name}-{target.name}-{precision}")
-
-
-def run_batched(runner, data: np.ndarray | Feeds, batch: int | None = None) -> list[np.ndarray]:
-    """Run a runner over many samples (the one input's array, or arrays keyed by input name), in batches of
-    the artifact's fixed batch when it has one (batch None: as many as `batch_for` allows for the sample
-    size)."""
-    from edgekit import io
-    from edgekit.graph.onnx_export import batch_for
-
-    feeds = data if isinstance(data, dict) else {runner.input_names()[0]: data}
-    first = next(iter(feeds.values()))
-    step = io.fixed_batch(runner.manifest["inputs"]) or batch or batch_for(first.shape[1:])
-    return io.run_batched(runner.infer, feeds, step)
 
 
 def data_feeds(data: CalibrationSet) -> np.ndarray | Feeds:
@@ -183,6 +172,7 @@ class ExportPipeline:
         out: Path | str | None = None, force: bool = False, exporter_options: dict[str, Any] | None = None,
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
         techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
+        min_sqnr_db: float | None = None, keep_best_effort: bool = False, int16_rung: bool = True,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
 
@@ -194,7 +184,14 @@ class ExportPipeline:
         edgekit.quant.ptq_improve) improve the int8 graph before that; the manifest reports what each one changed.
         `budget_first_try`:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
-        () for layer fallback alone). `opset`: the ONNX opset to export at, within the target's range.
+        () for layer fallback alone). `min_sqnr_db` adds an output-SQNR goal to the budget; `int16_rung` lets
+        the search give chosen layers int16 weights before keeping any in float (backends that run 16-bit Q/DQ).
+        `opset`: the ONNX opset to export at, within the target's range.
+
+        A budget is judged on the `eval_data` when given, else on a held-out split of the calibration set large
+        enough to resolve it, and the final check of the written artifact runs on the same data: when that
+        check misses the budget the export raises (nothing written) unless `keep_best_effort`, which writes
+        the artifact with `budget: {"status": "missed"}` in its manifest.
         """
         tgt = target if isinstance(target, Target) else load_target(target)
         if backend is not None:
@@ -218,6 +215,13 @@ class ExportPipeline:
                 "line)"
             )
         evalset = self._evaluation(eval_data, cset)
+        if evalset is not None and evalset is not cset and (
+                min_agreement is not None or max_accuracy_drop is not None):
+            from edgekit.quant.budget import Budget
+
+            # before any work: a check set that cannot resolve the budget is refused
+            Budget(min_agreement, max_accuracy_drop, min_sqnr_db).check_resolution(
+                evalset.count, f"the --eval set {evalset.source}")
         onnx_model = self.onnx(tgt, data_feeds(evalset) if evalset is not None else None, opset)
         if onnx_model.quantization is not None and needs_ranges:
             # QAT (or the user's own Q/DQ) already fixed the ranges: no post-training calibration
@@ -226,10 +230,14 @@ class ExportPipeline:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
                                "complete Q/DQ quantization: give calibration data (calib=, --calib)")
         improve = None
-        if min_agreement is not None or max_accuracy_drop is not None or techniques:
+        budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None
+        if budgeted or techniques:
+            check = evalset if eval_data is not None or evalset is not cset else None
             improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
-                                         max_accuracy_drop, techniques, exporter_options or {}, budget_first_try)
+                                         max_accuracy_drop, techniques, exporter_options or {}, budget_first_try,
+                                         min_sqnr_db, check, int16_rung)
             exporter = improve["exporter"]
+            evalset = improve["check"]
         ranges = self.ranges(cset, method, method_opts) if needs_ranges and improve is None else (
             improve["ranges"] if improve is not None else None)
         prepared = (improve["prepared"] if improve is not None else self.prepared()) if needs_ranges else None
@@ -274,6 +282,8 @@ class ExportPipeline:
             if improve is not None:
                 manifest.update(improve["manifest"])
             manifest["verification"] = self._verify(stage, manifest, evalset, cset)
+            if improve is not None and improve["budget"] is not None:
+                manifest["budget"] = self._final_check(improve["budget"], manifest["verification"], keep_best_effort)
             manifest["tool_versions"] = tool_versions()
             manifest["export_resources"] = {
                 "peak_rss_mb": round(peak_bytes() / 2**20, 1),
@@ -283,36 +293,63 @@ class ExportPipeline:
         self.log(f"wrote {out_path}")
         return Artifact(out_path, manifest)
 
+    def _final_check(self, budget, verification: dict[str, Any], keep_best_effort: bool) -> dict[str, Any]:
+        """The budget judged on the written artifact's own check (the data the search used): met, or missed
+        and refused (EdgekitError: nothing is written) unless the best effort was asked for."""
+        from edgekit.quant.budget import ci_text
+
+        n = verification["samples"]
+        status = "met" if budget.holds(verification) else "missed"
+        record = {"status": status, **budget.to_json(), "checked_on": verification["data"], "samples": n,
+                  "agreement": verification["agreement"], "agreement_ci95": verification["agreement_ci95"]}
+        if status == "missed":
+            what = (f"the budget {budget.to_json()} is missed on the final check: agreement "
+                    f"{ci_text(verification['agreement'], n)}, SQNR {verification.get('sqnr_db') or 0:.1f} dB on "
+                    f"{verification['data']}")
+            if not keep_best_effort:
+                raise EdgekitError(f"{what}; nothing written: relax the budget, try --equalize / --range-choice / "
+                                   "--bias-correction or QAT, or pass --keep-best-effort to write it anyway")
+            self.log(f"{what}; writing the best effort (--keep-best-effort), manifest budget: missed")
+        return record
+
     def _improve_int8(self, tgt: Target, precision: str, cset: CalibrationSet | None, onnx_model: OnnxModel,
                       method: str, method_opts: dict[str, Any], min_agreement: float | None,
                       max_accuracy_drop: float | None, techniques: Sequence[str],
-                      exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None
-                      ) -> dict[str, Any]:
-        """Budgeted fallback and PTQ techniques (quant.fallback, quant.ptq_improve): checks, then the search."""
+                      exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None,
+                      min_sqnr_db: float | None = None, check: CalibrationSet | None = None,
+                      int16_rung: bool = True) -> dict[str, Any]:
+        """Budgeted fallback and PTQ techniques (quant.search, quant.ptq_improve): checks, then the search.
+
+        `check` is the data the budget is judged on (the --eval set); None: a held-out split of `cset`."""
+        from edgekit.backends.registry import check_budget_backend
         from edgekit.quant import fallback, ptq_improve
 
         if not self.src.single_float:
             raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques work on models with "
                                f"one float input; {self.src.spec} takes {', '.join(s.name for s in self.src.inputs)}")
         budget = None
-        if min_agreement is not None or max_accuracy_drop is not None:
-            budget = fallback.Budget(min_agreement, max_accuracy_drop)
+        if min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None:
+            budget = fallback.Budget(min_agreement, max_accuracy_drop, min_sqnr_db)
         ptq_improve.check_techniques(techniques)
         if precision != "int8":
             raise EdgekitError(f"min_agreement, max_accuracy_drop and the int8 techniques apply to precision "
                                f"int8 (got {precision})")
-        if tgt.backend not in fallback.SUPPORTED_BACKENDS:
-            raise EdgekitError(fallback.TFLITE_NOTE if tgt.backend == "tflite" else
-                               f"budgeted int8 works for backends {', '.join(fallback.SUPPORTED_BACKENDS)}; "
-                               f"target {tgt.name} runs {tgt.backend}")
+        check_budget_backend(tgt.backend, f"target {tgt.name}")
         if onnx_model.quantization is not None:
             raise EdgekitError(f"{self.src.spec} already carries its own Q/DQ quantization "
                                f"({onnx_model.quantization}); budgeted fallback re-quantizes an FP32 model: export "
                                "the FP32 model instead")
         if cset is None:
             raise EdgekitError("a budgeted int8 export needs calibration data (calib=, --calib)")
-        fallback.check_backend(tgt.backend, budget, labels=cset.y is not None)
-        cal, held = fallback.split_calibration(cset)
+        if check is None:
+            cal, held = fallback.split_calibration(cset, held_out=budget.samples_needed() if budget else None)
+            what = "held out from the calibration set"
+        else:
+            cal, held, what = cset, check, f"the --eval set {check.source}"
+        fallback.check_labels(budget, labels=held.y is not None)
+        if budget is not None:
+            budget.check_resolution(held.count, what)
+        self.log(f"checking int8 on {held.count} samples {what}, never used for ranges")
         ranges = self.ranges(cal, method, method_opts)
         setup = fallback.QuantSetup(tgt.backend, self.prepared(), ranges, dict(tgt.backend_options), held.x,
                                     self.reference(held)[0], held.y, self.workdir / "fallback")
@@ -324,16 +361,20 @@ class ExportPipeline:
         if budget is not None:
             # all-int8 techniques (equalisation) first, then layers in float only if the budget still fails
             setup, plan = fallback.budgeted_search(setup, budget, cal, method, method_opts, applied=techniques,
-                                                   first_try=budget_first_try, log=self.log)
+                                                   first_try=budget_first_try, int16_rung=int16_rung, log=self.log)
+            plan.checked_on = f"{held.count} samples {what}"
             plan.cost = fallback.plan_cost(setup, plan)
             manifest["fallback"] = plan.to_json()
             extra = "".join(f" after {t}" for t in plan.techniques_applied)
-            self.log(f"budget holds{extra} with {len(plan.kept)} layer(s) kept in {plan.kept_precision}: "
+            rung = f", {len(plan.int16)} with int16 weights" if plan.int16 else ""
+            self.log(f"budget {'holds' if plan.holds else 'NOT met'} on the check data{extra} with "
+                     f"{len(plan.kept)} layer(s) kept in {plan.kept_precision}{rung}: "
                      f"{', '.join(plan.kept) or 'none'}")
         else:
             plan = fallback.FallbackPlan(None, [], setup.kept_precision, {}, {}, [], [], len(held.x))
         exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
-        return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest}
+        return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest,
+                "check": held, "budget": budget}
 
     def _model_json(self) -> dict[str, Any]:
         src = self.src
@@ -371,8 +412,8 @@ class ExportPipeline:
         tgt = load_target(target)
         if backend is not None:
             tgt = tgt.with_backend(backend)
-        if tgt.backend not in fallback.SUPPORTED_BACKENDS:
-            raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(fallback.SUPPORTED_BACKENDS)})"
+        if not registry.get_spec(tgt.backend).qdq_style:
+            raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(registry.budget_backends())})"
                                f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
                                "artifacts instead (`edgekit diagnose ART --against ART`)")
         if not self.src.single_float:
@@ -399,7 +440,10 @@ class ExportPipeline:
             calib = "zoo:digits"
         if calib is None:
             return None
-        return self._load(calib, samples, "calibration set")
+        cset = self._load(calib, samples, "calibration set")
+        if self.src.single_float:
+            check_calibration(cset, self.log)  # too small, constant or repeated sets cannot calibrate
+        return cset
 
     def _evaluation(self, eval_data, cset: CalibrationSet | None) -> CalibrationSet | None:
         if eval_data is None and cset is not None and cset.source == "zoo:digits:train":
@@ -462,9 +506,10 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
            calib_options: dict[str, Any] | None = None, calib_samples: int | None = DEFAULT_MAX_SAMPLES,
            backend: str | None = None, opset: int | None = None, min_agreement: float | None = None,
            max_accuracy_drop: float | None = None, techniques: Sequence[str] = (),
-           budget_first_try: Sequence[str] | None = None, input_spec: list[InputSpec] | str | None = None,
-           dynamic: Sequence[str] = (), task: str | None = None, metric: str | None = None,
-           **options: Any) -> Artifact | list[Artifact]:
+           budget_first_try: Sequence[str] | None = None, min_sqnr_db: float | None = None,
+           keep_best_effort: bool = False, int16_rung: bool = True,
+           input_spec: list[InputSpec] | str | None = None, dynamic: Sequence[str] = (), task: str | None = None,
+           metric: str | None = None, **options: Any) -> Artifact | list[Artifact]:
     """Export `model` for `target` and return the Artifact; with a list of targets, a list of Artifacts that
     share one ONNX export, one calibration and one FP32 reference.
 
@@ -473,9 +518,10 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
     (x, y), tensor, dict of arrays, DataLoader, path, zoo:digits); an nn.Module given no `input_shape` takes
     its shape from them. `out`: the artifact folder (with several targets: the folder that holds one per
     target), default `MODEL-TARGET-PRECISION` here. `progress`: a function or logger that sees the stage
-    lines. `min_agreement` / `max_accuracy_drop` are fractions. `input_spec` (InputSpecs or
-    `input_ids:int64:1x128,...`) with `dynamic` axes describes named, typed inputs; `task` picks an hf:
-    model's outputs; `metric` overrides each output's comparison. `**options` go to the backend's exporter
+    lines. `min_agreement` / `max_accuracy_drop` are fractions; `min_sqnr_db`, `keep_best_effort` and
+    `int16_rung` as in ExportPipeline.export. `input_spec` (InputSpecs or `input_ids:int64:1x128,...`) with
+    `dynamic` axes describes named, typed inputs; `task` picks an hf: model's outputs; `metric` overrides each
+    output's comparison. `**options` go to the backend's exporter
     (e.g. `require_engine=True`); an unknown one lists those accepted. Everything is validated before
     anything is written.
     """
@@ -515,7 +561,8 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
                                 calib_samples=calib_samples, eval_data=evalset, out=dest, force=force,
                                 exporter_options=options or None, min_agreement=min_agreement,
                                 max_accuracy_drop=max_accuracy_drop, techniques=techniques,
-                                budget_first_try=budget_first_try, opset=opset)
+                                budget_first_try=budget_first_try, opset=opset, min_sqnr_db=min_sqnr_db,
+                                keep_best_effort=keep_best_effort, int16_rung=int16_rung)
                 for t, dest in plan]
     return arts if several else arts[0]
 

@@ -10,6 +10,18 @@ from typing import Any
 import numpy as np
 
 
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95 % interval of a proportion: sound near 0 and 1, where agreement figures live (the normal
+    approximation would put 0.98 on 50 samples at 0.94-1.02)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.reshape(len(reference), -1).argmax(1)
     got = candidate.reshape(len(candidate), -1).argmax(1)
@@ -40,10 +52,13 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
         "sqnr_db": _finite(sqnr_db(reference, candidate)),
         "max_abs_err": float(np.max(np.abs(reference.astype(np.float64) - candidate))) if reference.size else 0.0,
     }
+    n = len(reference)
+    out["agreement_ci95"] = list(wilson(out["agreement"] * n, n))
     if labels is not None:
         ref_acc = accuracy(reference, labels)
         acc = accuracy(candidate, labels)
-        out.update({"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": ref_acc - acc})
+        out.update({"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": ref_acc - acc,
+                    "accuracy_ci95": list(wilson(acc * n, n))})
     return out
 
 

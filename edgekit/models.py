@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, MissingTorchError
+from edgekit.errors import EdgekitError, MissingTorchError, stage, user_code_error
 from edgekit.io import InputSpec, OutputSpec, image_input
 
 
@@ -89,8 +89,16 @@ def _import_factory(spec: str):
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may fail in any way while importing
-        raise EdgekitError(f"cannot import module '{module_name}' for model '{spec}': {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name) and module_name[len(exc.name):][:1] in ("", "."):
+            raise EdgekitError(f"cannot import module '{module_name}' for model '{spec}': {exc}") from None
+        raise user_code_error(f"loading model '{spec}': cannot import module '{module_name}'", exc,
+                              "its import") from exc
+    except BaseException as exc:  # the user's module may fail in any way while importing, sys.exit included
+        raise user_code_error(f"loading model '{spec}': cannot import module '{module_name}'", exc,
+                              "its import") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -106,8 +114,10 @@ def call_factory(spec: str):
         raise EdgekitError(f"'{spec}' is not callable; it must be a function returning a torch.nn.Module")
     try:
         module = factory()
-    except Exception as exc:
-        raise EdgekitError(f"factory '{spec}' raised {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's code: any exception, SystemExit included, is theirs to fix
+        raise user_code_error(f"loading model '{spec}'", exc, "the factory") from exc
     if not isinstance(module, torch.nn.Module):
         raise EdgekitError(f"factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -170,15 +180,36 @@ def _from_zoo(spec: str) -> SourceModel:
     return SourceModel("torch", name, spec, zoo.INPUT_SHAPE, module=module)
 
 
-def _from_pt2(path: Path, input_shape: tuple[int, ...] | None,
-              input_spec: list[InputSpec] | None = None) -> SourceModel:
-    require_torch(f"model {path}")
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch logs a full traceback (logging.ERROR) when a .pt2's contents do not deserialize, before raising;
+    the raised exception becomes edgekit's one line, so those log records are dropped while loading."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_pt2(path: Path):
+    """A torch.export program from a .pt2 file (refused first when its pickles could run code), or one
+    EdgekitError naming the file; a corrupt or foreign file logs nothing."""
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
         import torch.ao.quantization.fx._decomposed  # noqa: F401
     from edgekit.safe_load import load_exported_program
 
-    ep = load_exported_program(path)  # refuses archives whose pickles could run code
+    with _quiet_torch_logs():
+        return load_exported_program(path)
+
+
+def _from_pt2(path: Path, input_shape: tuple[int, ...] | None,
+              input_spec: list[InputSpec] | None = None) -> SourceModel:
+    require_torch(f"model {path}")
+    ep = load_pt2(path)
     args = ep.example_inputs[0] if ep.example_inputs else ()
     if input_spec is None and len(args) > 1 and all(hasattr(a, "shape") for a in args):
         from edgekit.io import InputSpec as Spec
@@ -313,6 +344,12 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None, *,
     if isinstance(spec, SourceModel):
         return spec
     spec = str(spec)
+    with stage(f"loading model '{spec}'"):
+        return _load_named(spec, input_shape, input_spec, task)
+
+
+def _load_named(spec: str, input_shape: tuple[int, ...] | None, input_spec: list[InputSpec] | None = None,
+                task: str | None = None) -> SourceModel:
     if spec.startswith("zoo:"):
         return _from_zoo(spec)
     if spec.startswith("hf:"):

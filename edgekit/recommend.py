@@ -305,7 +305,30 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EdgekitError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise EdgekitError(f"{p}: not valid JSON (nested too deeply to read)") from None
     return records_from(data, str(p))
+
+
+STATUSES = ("ok", "skipped", "error")
+
+
+def check_record(rec: Mapping[str, Any], index: int, source: str) -> None:
+    """The typed fields of one record, whatever its status: a wrong type is refused here, in one line, rather
+    than silently read as missing (a text `batch` or a list `target` is a broken file, not a null)."""
+    from edgekit import schema
+
+    where = f"{source}: record {index}"
+    status = rec.get("status", "ok")
+    schema.string(where, "status", status, STATUSES)
+    for key in ("artifact", "target", "precision", "name", "error", "backend"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise schema.bad(where, key, rec[key], "a string or null")
+    for key, lo in (("batch", 1), ("threads", 0), ("model_bytes", 0), ("warmup", 0), ("iters", 0)):
+        if rec.get(key) is not None:
+            schema.integer(where, key, rec[key], lo)
+    if status == "ok":
+        parse_record(rec, index, source)
 
 
 def records_from(data: Any, source: str) -> list[dict[str, Any]]:
@@ -317,6 +340,7 @@ def records_from(data: Any, source: str) -> list[dict[str, Any]]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise EdgekitError(f"{source}: record {i} is not a JSON object (got {type(rec).__name__})")
+        check_record(rec, i, source)
     return data
 
 

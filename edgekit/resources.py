@@ -24,6 +24,8 @@ def load_toml(path: Path, what: str) -> dict:
         raise EdgekitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EdgekitError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise EdgekitError(f"{path}: not valid TOML (nested too deeply to read)") from None
 
 
 def builtin_dir(name: str) -> Path:

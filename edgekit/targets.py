@@ -7,10 +7,12 @@ these files, so the exporters and the decision tree read fields and never compar
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import schema
 from edgekit.errors import EdgekitError
 from edgekit.facade import make_callable
 from edgekit.resources import builtin_dir, load_toml
@@ -21,9 +23,19 @@ PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8", "mixed", "int4-weight")
 TARGET_PATH_ENV = "EDGEKIT_TARGET_PATH"
 
 
+NAME_CHARS = "letters, digits, '.', '_' and '-'"
+OPSET_RANGE = (7, 30)  # ONNX opsets edgekit's exporters can be asked for; 30 leaves room for new releases
+MEMORY_RANGE_MB = (1, 1 << 24)  # 16 TiB
+
+
 @dataclass(frozen=True)
 class Target:
-    """One deployment target. `backend_options` is passed to the backend's exporter and runner as is."""
+    """One deployment target. `backend_options` holds the values the backend declares (checked against
+    edgekit.backends.options); the exporter and runner read them as they are.
+
+    Validated at construction, whoever builds it (a TOML file or Python), so a Target that exists is right:
+    every error names `source` (the file), the field, the value given and what is allowed.
+    """
 
     name: str
     description: str
@@ -41,6 +53,33 @@ class Target:
     source: str = ""
     #: other backends this device also runs: backend name -> the fields that differ from the default
     alternatives: dict[str, Target] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from edgekit.backends import options as backend_options
+        from edgekit.backends import registry
+
+        where = self.source or f"target '{self.name}'"
+        schema.string(where, "name", self.name)
+        if not all(c.isalnum() or c in "._-" for c in self.name):
+            raise schema.bad(where, "name", self.name, NAME_CHARS)
+        for key in ("description", "device", "cpu_arch"):
+            schema.string(where, key, getattr(self, key))
+        schema.string(where, "backend", self.backend)
+        schema.string(where, "device_class", self.device_class, DEVICE_CLASSES)
+        schema.string(where, "input_layout", self.input_layout, LAYOUTS)
+        precisions = schema.string_list(where, "precisions", self.precisions, PRECISIONS, nonempty=True)
+        if len(set(precisions)) != len(precisions):
+            raise schema.bad(where, "precisions", list(precisions), "each precision once")
+        schema.string(where, "default_precision", self.default_precision, precisions)
+        schema.integer(where, "memory_budget_mb", self.memory_budget_mb, *MEMORY_RANGE_MB)
+        schema.integer(where, "opset", self.opset_min, *OPSET_RANGE)
+        schema.integer(where, "opset", self.opset_max, self.opset_min, OPSET_RANGE[1])
+        opts = schema.table(where, "backend_options", self.backend_options)
+        checked = backend_options.validate(self.backend, opts, f"{where} [backend_options]") \
+            if self.backend in registry.backend_names() else dict(opts)  # a hypothetical device's (recommend)
+        schema.table(where, "alternatives", self.alternatives)
+        object.__setattr__(self, "precisions", precisions)
+        object.__setattr__(self, "backend_options", checked)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -69,101 +108,61 @@ class Target:
         return precision
 
 
-def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in data:
-        raise EdgekitError(f"{where}: missing required field '{key}'")
-    value = data[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise EdgekitError(f"{where}: field '{key}' must be a {names} (got {value!r})")
-    return value
-
-
-def _choice(data: dict[str, Any], key: str, choices: tuple[str, ...], where: str, default: str | None = None):
-    value = data.get(key, default) if default is not None else _require(data, key, str, where)
-    if value not in choices:
-        raise EdgekitError(f"{where}: field '{key}' must be one of {', '.join(choices)} (got {value!r})")
-    return value
-
-
-_KNOWN_FIELDS = {
-    "name", "description", "device", "backend", "device_class", "precisions", "default_precision",
-    "cpu_arch", "memory_budget_mb", "opset", "input_layout", "backend_options", "alternatives",
-}
+_REQUIRED = ("name", "description", "device", "backend", "device_class", "precisions", "default_precision",
+             "cpu_arch", "memory_budget_mb", "opset")
+_KNOWN_FIELDS = {*_REQUIRED, "input_layout", "backend_options", "alternatives"}
 # what an [alternatives.BACKEND] table may set; everything else is the device's and stays the same
 _ALTERNATIVE_FIELDS = {"description", "precisions", "default_precision", "opset", "input_layout", "backend_options"}
 
 
 def parse_target(data: dict[str, Any], source: str) -> Target:
-    """Validate one profile's fields; every error names the file and the field."""
+    """One profile's TOML table as a Target; every error names the file and the field."""
     from edgekit.backends import registry
 
-    unknown = sorted(set(data) - _KNOWN_FIELDS)
-    if unknown:
-        known = ", ".join(sorted(_KNOWN_FIELDS))
-        raise EdgekitError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {known}")
-    name = _require(data, "name", str, source)
-    backend = _require(data, "backend", str, source)
-    if backend not in registry.backend_names():
-        raise EdgekitError(
-            f"{source}: field 'backend' names unknown backend '{backend}'; known: {', '.join(registry.backend_names())}"
-        )
-    precisions = _require(data, "precisions", list, source)
-    if not precisions:
-        raise EdgekitError(f"{source}: field 'precisions' must list at least one precision")
-    supported = registry.backend_precisions(backend)
-    for p in precisions:
-        if p not in supported:
-            raise EdgekitError(
-                f"{source}: field 'precisions' has '{p}', which backend '{backend}' does not offer; "
-                f"it offers {', '.join(supported)}"
-            )
-    default = _require(data, "default_precision", str, source)
-    if default not in precisions:
-        raise EdgekitError(f"{source}: field 'default_precision' '{default}' is not in 'precisions' {precisions}")
-    opset = _require(data, "opset", list, source)
-    if len(opset) != 2 or not all(isinstance(v, int) for v in opset) or opset[0] > opset[1]:
-        raise EdgekitError(f"{source}: field 'opset' must be [min, max] integers with min <= max (got {opset!r})")
-    budget = _require(data, "memory_budget_mb", int, source)
-    if budget <= 0:
-        raise EdgekitError(f"{source}: field 'memory_budget_mb' must be positive (got {budget})")
-    options = data.get("backend_options", {})
-    if not isinstance(options, dict):
-        raise EdgekitError(f"{source}: field 'backend_options' must be a table")
+    schema.refuse_unknown(source, data, _KNOWN_FIELDS)
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise EdgekitError(f"{source}: missing required field '{missing[0]}'")
+    opset = schema.integer_list(source, "opset", data["opset"], 2)
+    if opset[0] > opset[1]:
+        raise schema.bad(source, "opset", list(opset), "[min, max] with min <= max")
     alternatives: dict[str, Target] = {}
     raw_alts = data.get("alternatives", {})
     if not isinstance(raw_alts, dict):
-        raise EdgekitError(f"{source}: field 'alternatives' must be a table of [alternatives.BACKEND] tables")
+        raise schema.bad(source, "alternatives", raw_alts, "[alternatives.BACKEND] tables")
     for alt_backend, alt in raw_alts.items():
         where = f"{source} [alternatives.{alt_backend}]"
         if not isinstance(alt, dict):
-            raise EdgekitError(f"{where}: must be a table")
+            raise schema.bad(source, f"alternatives.{alt_backend}", alt, "a table")
         extra = sorted(set(alt) - _ALTERNATIVE_FIELDS)
         if extra:
             raise EdgekitError(f"{where}: field(s) {', '.join(extra)} cannot differ between backends; "
                                f"allowed: {', '.join(sorted(_ALTERNATIVE_FIELDS))}")
-        if alt_backend == backend:
+        if alt_backend == data["backend"]:
             raise EdgekitError(f"{where}: '{alt_backend}' is already the default backend")
         merged = {k: v for k, v in data.items() if k not in ("alternatives", "backend_options")}
         merged.update(alt)
         merged["backend"] = alt_backend
         alternatives[alt_backend] = parse_target(merged, where)
+    schema.string(source, "backend", data["backend"], registry.backend_names())
+    precisions = data["precisions"]
+    if isinstance(precisions, list) and isinstance(data["backend"], str) \
+            and data["backend"] in registry.backend_names():
+        # a file describes a real device: only what its backend can export (Python callers may reason about
+        # hypothetical ones, e.g. int4-weight in the decision tree)
+        supported = registry.backend_precisions(data["backend"])
+        for p in precisions:
+            if p not in supported:
+                raise EdgekitError(f"{source}: field 'precisions' has {schema.shown(p)}, which backend "
+                                   f"'{data['backend']}' does not offer; it offers {', '.join(supported)}")
     return Target(
-        name=name,
-        description=_require(data, "description", str, source),
-        device=_require(data, "device", str, source),
-        backend=backend,
-        device_class=_choice(data, "device_class", DEVICE_CLASSES, source),
-        precisions=tuple(precisions),
-        default_precision=default,
-        cpu_arch=_require(data, "cpu_arch", str, source),
-        memory_budget_mb=budget,
-        opset_min=opset[0],
-        opset_max=opset[1],
-        input_layout=_choice(data, "input_layout", LAYOUTS, source, default="NCHW"),
-        backend_options=dict(options),
-        source=source,
-        alternatives=alternatives,
+        name=data["name"], description=data["description"], device=data["device"], backend=data["backend"],
+        device_class=data["device_class"],
+        precisions=tuple(precisions) if isinstance(precisions, list) else precisions,
+        default_precision=data["default_precision"], cpu_arch=data["cpu_arch"],
+        memory_budget_mb=data["memory_budget_mb"], opset_min=opset[0], opset_max=opset[1],
+        input_layout=data.get("input_layout", "NCHW"), backend_options=data.get("backend_options", {}),
+        source=source, alternatives=alternatives,
     )
 
 
@@ -181,13 +180,23 @@ def search_dirs() -> list[Path]:
     return [*extra, builtin_dir("targets")]
 
 
-def list_targets() -> list[Target]:
-    seen: dict[str, Target] = {}
+def list_targets(on_skip: Callable[[Path, EdgekitError], None] | None = None) -> list[Target]:
+    """Every target, a user's file shadowing a built-in of the same name. With `on_skip`, a file that does not
+    load is reported through it and left out, so one broken file does not hide every other target; without
+    it, the first broken file is the error."""
+    seen: dict[str, Target | None] = {}
     for folder in search_dirs():
         for path in sorted(folder.glob("*.toml")):
-            if path.stem not in seen:
+            if path.stem in seen:
+                continue
+            try:
                 seen[path.stem] = load_target_file(path)
-    return sorted(seen.values(), key=lambda t: t.name)
+            except EdgekitError as exc:
+                if on_skip is None:
+                    raise
+                on_skip(path, exc)
+                seen[path.stem] = None
+    return sorted((t for t in seen.values() if t is not None), key=lambda t: t.name)
 
 
 def target_names() -> list[str]:

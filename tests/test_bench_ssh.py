@@ -295,7 +295,7 @@ def test_ssh_addresses_and_named_devices(tmp_path, monkeypatch):
     with pytest.raises(EdgekitError, match=r"unknown device 'gpu0'.*named devices in .*lab-pi5, phone"):
         devices.make_device("gpu0")
     config.write_text('[devices.x]\nhost = "h"\nhots = "typo"\n')
-    with pytest.raises(EdgekitError, match=r"unknown field\(s\) hots; known: host, user"):
+    with pytest.raises(EdgekitError, match=r"unknown field\(s\) for kind 'ssh': 'hots'; known: .*host, key"):
         devices.make_device("x")
 
 

@@ -73,15 +73,14 @@ def test_budgeted_layer_fallback_keeps_few_layers(cli, sensitive, tmp_path):
 
     from edgekit.backends.onnxruntime import float_weights
 
-    out = tmp_path / "layers"  # --no-budget-equalize: layers kept in float from the start
-    r = _export(cli, sensitive, out, "--min-agreement", "0.98", "--no-budget-equalize")
+    out = tmp_path / "layers"  # --no-budget-equalize --no-int16-rung: layers kept in float from the start
+    r = _export(cli, sensitive, out, "--min-agreement", "0.98", "--no-budget-equalize", "--no-int16-rung")
     assert r.rc == 0, r.err
     m = _manifest(out)
     fb = m["fallback"]
-    # the budget is a promise about the held-out calibration samples it was searched on (75 here); on the 450
-    # eval samples it generalises within a couple of points (0.978-1.0 seen across thread counts)
+    # the budget is judged on the --eval set, and the final check runs on the same data: the figures agree
     assert fb["int8_techniques"] == [] and fb["full_int8"]["agreement"] < 0.98 <= fb["result"]["agreement"]
-    assert m["verification"]["agreement"] >= 0.95 > fb["full_int8"]["agreement"], m["verification"]
+    assert m["verification"]["agreement"] == fb["result"]["agreement"] and m["budget"]["status"] == "met"
     assert 1 <= len(fb["kept_layers"]) <= 3 and fb["kept_precision"] == "fp32"
     assert 0 < fb["cost"]["macs_kept_fraction"] < 0.25 and "budgeted" in fb["cost"]["latency_ms"]
     # what the manifest says is kept is what the graph holds: those layers have float weights, and so do the

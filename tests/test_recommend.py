@@ -294,7 +294,8 @@ def test_precisions_the_target_does_not_offer_are_ignored_unless_an_alternative_
     assert j.ignored == (("m-fp16", "precision fp16 is not offered by target 'board' "
                                     "(offers dynamic-int8, fp32, int8)"),)
     with_tflite = replace(SERVER_CPU, alternatives={"tflite": replace(SERVER_CPU, backend="tflite",
-                                                                      precisions=("fp32", "fp16"))})
+                                                                      precisions=("fp32", "fp16"),
+                                                                      default_precision="fp32")})
     assert judge(records, with_tflite).chosen.artifact == "m-fp16"
 
 

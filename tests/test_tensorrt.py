@@ -240,10 +240,10 @@ def test_node_lists_need_precision_mixed(pipeline, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"batch_profile": [8, 1, 4]}, "batch_profile' must be [min, opt, max]"),
-    ({"io_dtype": "bfloat16"}, "io_dtype' must be float32 or float16"),
+    ({"io_dtype": "bfloat16"}, "field 'io_dtype' is 'bfloat16'; allowed: one of float32, float16"),
     ({"keep_fp16": ["a"], "keep_fp32": ["a"]}, "in both keep_fp16 and keep_fp32"),
-    ({"keep_fp16": 3}, "keep_fp16' must be a list of names"),
-    ({"bogus": 1}, "has no option(s) bogus; it accepts: require_engine"),
+    ({"keep_fp16": 3}, "field 'keep_fp16' is 3; allowed: a list of non-empty strings"),
+    ({"bogus": 1}, "unknown option(s) of backend 'tensorrt': 'bogus'; known: activation_symmetric"),
     ({"require_engine": True, "build_engine": False}, "contradict each other"),
 ])
 def test_bad_options_fail_at_construction(options, message):

@@ -143,8 +143,7 @@ class AscendExporter(Exporter):
     (the static batch atc compiles), aipp, aipp_input_format, aipp_mean, aipp_std, require_engine.
     """
 
-    option_names = ("require_engine", "soc_version", "batch_size", "aipp", "aipp_input_format", "aipp_mean",
-                    "aipp_std")
+    backend = "ascend"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

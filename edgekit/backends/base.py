@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from edgekit.quant.calibrate import CalibrationSet, Ranges
     from edgekit.targets import Target
 
+#: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 @dataclass
 class ExportResult:
@@ -66,17 +69,27 @@ class Exporter(abc.ABC):
     #: True when a model with token inputs (a transformer) is quantized by the exporter's own calibration from
     #: the named feeds, so the pipeline computes no shared ranges for it
     calibrates_token_models: bool = False
-    #: keyword options the constructor accepts (`edgekit export --backend-option KEY=VALUE`)
-    option_names: tuple[str, ...] = ()
+    #: the registry name whose option declaration (edgekit.backends.options) the constructor checks against
+    backend: str = ""
+    #: options a Python caller may hand over as objects rather than the declared plain values
+    passthrough_options: tuple[str, ...] = ()
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.option_names))
-        if unknown:
-            accepted = ", ".join(self.option_names) or "none"
-            raise EdgekitError(
-                f"{type(self).__name__} has no option(s) {', '.join(unknown)}; it accepts: {accepted}"
-            )
-        self.options = options
+        from edgekit.backends.options import validate
+
+        if not self.backend:
+            if options:
+                raise EdgekitError(f"{type(self).__name__} declares no options; it accepts none")
+            self.options: dict[str, Any] = {}
+            return
+        self.options = validate(self.backend, options, "exporter options", self.passthrough_options)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The options `edgekit export --backend-option KEY=VALUE` accepts for this backend."""
+        from edgekit.backends.options import names
+
+        return names(self.backend) if self.backend else ()
 
     @abc.abstractmethod
     def export(self, request: ExportRequest) -> ExportResult: ...
@@ -89,6 +102,8 @@ class Runner(abc.ABC):
         self.artifact_dir = Path(artifact_dir)
         self.manifest = manifest
         self.threads = threads
+        #: the thread count the runtime was given (0: its own default); runners that pick one update it
+        self.threads_used = int(threads or 0)
 
     @abc.abstractmethod
     def load(self) -> None: ...
@@ -120,3 +135,16 @@ class Runner(abc.ABC):
         if len(names) != 1:
             raise ValueError(f"this model has {len(names)} inputs ({', '.join(names)}); pass a dict")
         return {names[0]: inputs}
+
+
+def run_batched(runner, x: np.ndarray | dict[str, np.ndarray], batch: int | None = None) -> list[np.ndarray]:
+    """Run a runner over many samples (the one input's array, or arrays keyed by input name), in batches of
+    the artifact's fixed batch when it has one (batch None: as many as `batch_for` allows for the sample
+    size)."""
+    from edgekit import io
+    from edgekit.graph.onnx_export import batch_for
+
+    feeds = x if isinstance(x, dict) else {runner.input_names()[0]: x}
+    first = next(iter(feeds.values()))
+    step = io.fixed_batch(runner.manifest["inputs"]) or batch or batch_for(first.shape[1:])
+    return io.run_batched(runner.infer, feeds, step)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner
+from edgekit.backends.base import WEIGHTED_OPS, Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import describe
 from edgekit.graph.ort_session import X64_POLICY as X64_POLICY
@@ -29,8 +29,8 @@ _ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(d
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-# ops whose second input is a weight that an int8 graph must hold as integers
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: kept for callers of the old name
+WEIGHT_OPS = WEIGHTED_OPS
 
 
 def _qtype(options: dict[str, Any], key: str, default: str):
@@ -196,19 +196,20 @@ def quantize_transformer_graph(request: ExportRequest, src: Path, dest: Path, pr
 
 
 class OrtExporter(Exporter):
+    backend = "onnxruntime"
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
     calibrates_token_models = True
-    #: `transformer`: options for the transformer quantizer, as JSON (e.g. {"static": true, "smoothing": true})
-    option_names = ("transformer",)
 
     def export(self, request: ExportRequest) -> ExportResult:
         import onnx
 
         out = request.out_dir / "model.onnx"
-        options = request.target.backend_options
+        options = {**request.target.backend_options, **self.options}
         details: dict[str, Any] = {"precision": request.precision, "session_config": session_config(options),
                                    "x64quantprecision": X64_POLICY}
+        if options.get("intra_op_threads"):  # the runner's thread count when the caller asks for none
+            details["intra_op_threads"] = options["intra_op_threads"]
         if request.onnx.quantization is None and (request.precision == "int4-weight" or (
                 request.precision != "fp32" and has_token_inputs(request))):
             source = request.prepared or request.onnx.path
@@ -252,7 +253,8 @@ class OrtExporter(Exporter):
 
 
 class OrtRunner(Runner):
-    """An InferenceSession on the CPU execution provider; threads = intra-op threads (None: ORT's default).
+    """An InferenceSession on the CPU execution provider; threads = intra-op threads (None: the target's
+    `intra_op_threads` recorded in the manifest, else ORT's default; `threads_used` says which, 0 for ORT's).
 
     The session config recorded in the manifest is applied, plus the CPU-dependent `x64quantprecision`
     (`effective_session_config`), so what is measured is what a deployment that follows the manifest gets.
@@ -268,9 +270,11 @@ class OrtRunner(Runner):
             opts.add_session_config_entry(key, value)
         level = self.manifest.get("backend_details", {}).get("graph_optimization_level", "all")
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS.get(level, "ORT_ENABLE_ALL"))
-        if self.threads:
-            opts.intra_op_num_threads = int(self.threads)
+        threads = self.threads or details.get("intra_op_threads")  # the caller's count, else the target's
+        if threads:
+            opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        self.threads_used = int(threads) if threads else 0
         opts.log_severity_level = 3
         return opts
 

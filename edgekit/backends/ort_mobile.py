@@ -15,17 +15,18 @@ from pathlib import Path
 
 from edgekit.backends.base import Exporter, ExportRequest, ExportResult
 from edgekit.backends.onnxruntime import OrtExporter, OrtRunner
+from edgekit.backends.options import names as option_names
 from edgekit.errors import EdgekitError
 
 
 class OrtMobileExporter(Exporter):
+    backend = "ort-mobile"
     needs_calibration = ("int8",)
     uses_ranges = ("int8",)
     calibrates_token_models = True
-    option_names = OrtExporter.option_names
 
     def export(self, request: ExportRequest) -> ExportResult:
-        options = request.target.backend_options
+        options = {**request.target.backend_options, **self.options}
         platform = options.get("target_platform", "arm")
         style = options.get("optimization_style", "auto")
         if style == "auto":
@@ -40,7 +41,8 @@ class OrtMobileExporter(Exporter):
             onnx_dir = Path(tmp) / "onnx"
             onnx_dir.mkdir()
             staged = dataclasses.replace(request, out_dir=onnx_dir)
-            onnx_result = OrtExporter(**self.options).export(staged)
+            ort_names = option_names("onnxruntime")
+            onnx_result = OrtExporter(**{k: v for k, v in self.options.items() if k in ort_names}).export(staged)
             cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
                    str(onnx_dir / onnx_result.model_file), "--output_dir", str(request.out_dir),
                    "--optimization_style", style, "--target_platform", platform]

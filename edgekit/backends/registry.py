@@ -28,6 +28,15 @@ class BackendSpec:
     runner: str | None
     requires: tuple[Requirement, ...]
     runtime_module: str  # whose version the records carry
+    #: precisions a budgeted int8 export can keep chosen layers in, cheapest first (empty: no per-layer
+    #: fallback); the last one is the float precision kept layers fall back to
+    layer_fallback: tuple[str, ...] = ()
+    #: how the int8 Q/DQ graph is written for a budgeted export: "onnxruntime" (the target's own int8 format)
+    #: or "tensorrt" (symmetric int8, float biases, no quantizer on weighted layers' outputs); None: not a Q/DQ
+    #: ONNX backend
+    qdq_style: str | None = None
+    #: why this backend has no budgeted export, when it has none (shown to the user instead of a generic line)
+    no_fallback_reason: str = ""
     #: "module:function" -> (bool, why): can the device runtime / compiler itself run here? None: the runtime
     #: in `requires` is the one that runs the artifact, so installed means it runs here
     native_check: str | None = None
@@ -54,6 +63,9 @@ register_backend(
         runner="edgekit.backends.onnxruntime:OrtRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        # int16: 16-bit Q/DQ weights (ONNX Runtime runs them; see edgekit.quant.int16), then fp32
+        layer_fallback=("int16", "fp32"),
+        qdq_style="onnxruntime",
     )
 )
 register_backend(
@@ -82,6 +94,11 @@ register_backend(
             Requirement("ai_edge_litert", "ai-edge-litert", "tflite"),
         ),
         runtime_module="ai_edge_litert",
+        no_fallback_reason=(
+            "TFLite full-integer int8 has no per-layer float fallback in TensorFlow's converter (every op must "
+            "be int8; only the experimental QuantizationDebugger's denylisted_nodes keeps chosen nodes float, "
+            "which edgekit does not drive): use --backend onnxruntime or tensorrt for a budgeted export, or "
+            "--allow-float-fallback for ops that have no int8 kernel"),
     )
 )
 
@@ -95,6 +112,8 @@ register_backend(
         runner="edgekit.backends.tensorrt:TensorRTRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        layer_fallback=("fp16",),  # written as Casts around the layer, as the `mixed` precision does
+        qdq_style="tensorrt",
         native_check="edgekit.backends.tensorrt:engine_support",
     )
 )
@@ -136,6 +155,21 @@ def get_spec(name: str) -> BackendSpec:
         return _BACKENDS[name]
     except KeyError:
         raise EdgekitError(f"unknown backend '{name}'; known backends: {', '.join(backend_names())}") from None
+
+
+def budget_backends() -> list[str]:
+    """Backends that can keep chosen layers of an int8 graph in higher precision (a budgeted export)."""
+    return sorted(n for n, s in _BACKENDS.items() if s.layer_fallback and s.qdq_style)
+
+
+def check_budget_backend(name: str, where: str = "") -> BackendSpec:
+    """The backend's spec when it can run a budgeted int8 export, else a one-line error saying which can."""
+    spec = get_spec(name)
+    if not (spec.layer_fallback and spec.qdq_style):
+        raise EdgekitError(spec.no_fallback_reason or (
+            f"budgeted int8 (--min-agreement / --max-accuracy-drop / int8 techniques) works for backends "
+            f"{', '.join(budget_backends())}; {where or 'this target'} runs '{name}'"))
+    return spec
 
 
 def backend_precisions(name: str) -> tuple[str, ...]:

@@ -217,9 +217,7 @@ class TensorRTExporter(Exporter):
 
     needs_calibration = ("int8", "mixed")
     uses_ranges = ("int8", "mixed")
-    option_names = ("require_engine", "build_engine", "keep_fp16", "keep_fp32", "io_dtype", "fp32_ops",
-                    "per_channel", "batch_profile", "workspace_mb", "timing_cache", "legacy_calibration_cache",
-                    "tensorrt_version")
+    backend = "tensorrt"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -297,6 +295,7 @@ class TensorRTExporter(Exporter):
     def _int8(self, request: ExportRequest, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
         import onnx
 
+        from edgekit.graph.attention import transformer_split
         from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
 
         if request.ranges is None or request.prepared is None:
@@ -318,10 +317,22 @@ class TensorRTExporter(Exporter):
                 # hurts most in small CNNs, and the usual first choice to keep in higher precision
                 keep16 = list(dict.fromkeys([weighted[0], weighted[-1]])) if weighted else []
                 chosen_by = "default: the first and last weighted layers (pass keep_fp16/keep_fp32 to choose)"
+        split = transformer_split(prepared)
+        if split is not None and request.precision == "mixed" and not opts["keep_fp16"] and not opts["keep_fp32"]:
+            keep16 = split["attention"]
+            chosen_by = "default for a transformer: the attention score and context MatMuls in fp16"
         fmt = {**TRT_QUANT_FORMAT, "per_channel": bool(opts.get("per_channel", True))}
         extra = {"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": NO_OUTPUT_QUANTIZATION}
+        exclude = [*keep16, *keep32]
+        if split is not None:
+            exclude = list(dict.fromkeys([*exclude, *split["not_int8"]]))
         record = quantize_static_qdq(request.prepared, out, request.ranges, fmt,
-                                     nodes_to_exclude=[*keep16, *keep32], extra_options=extra)
+                                     nodes_to_exclude=exclude, extra_options=extra)
+        record["nodes_kept_float"] = [*keep16, *keep32]
+        if split is not None:
+            record["transformer"] = {"int8_nodes": split["int8_nodes"], "attention_nodes": split["attention"],
+                                     "rule": "int8 Q/DQ on projection and feed-forward GEMMs only; attention "
+                                             "MatMuls, Softmax and LayerNorm out of int8"}
         if keep16:
             model = nodes_to_fp16(onnx.load(str(out)), keep16)
             onnx.save(model, str(out))

@@ -66,7 +66,7 @@ class TfliteExporter(Exporter):
 
     needs_calibration = ("int8",)
     uses_ranges = ()
-    option_names = ("allow_float_fallback", "per_channel", "xnnpack")
+    backend = "tflite"
 
     def export(self, request: ExportRequest) -> ExportResult:
         precision = request.precision

@@ -44,7 +44,8 @@ def _find_source(request: ExportRequest, options: dict[str, Any]) -> SourceModel
 class TorchEagerExporter(Exporter):
     """Saves the source model as a torch.export program; fp32 only (it is the reference, not a candidate)."""
 
-    option_names = ("source",)
+    backend = "torch-eager"
+    passthrough_options = ("source",)
 
     def export(self, request: ExportRequest) -> ExportResult:
         import torch

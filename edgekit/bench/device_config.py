@@ -32,13 +32,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import schema
 from edgekit.errors import EdgekitError
 from edgekit.resources import load_toml
+from edgekit.schema import OptionSpec
 
-SSH_FIELDS = ("host", "user", "port", "key", "python", "target", "workdir", "known_hosts", "connect_timeout",
-              "retries", "ssh_options", "strict_host_key_checking")
-ADB_FIELDS = ("serial", "benchmark_model", "perf_test", "target", "workdir", "adb", "timeout")
-FIELDS = {"ssh": SSH_FIELDS, "adb": ADB_FIELDS}
+_TARGET = OptionSpec("target", "str", "the target profile this device is")
+_WORKDIR = OptionSpec("workdir", "str", "where a temporary working folder is made")
+#: each kind's fields, their types and ranges (devices files are checked against these at load)
+SPECS: dict[str, tuple[OptionSpec, ...]] = {
+    "ssh": (
+        OptionSpec("host", "str", "the board's address"),
+        OptionSpec("user", "str", "login name"),
+        OptionSpec("port", "int", "ssh port", lo=1, hi=65535),
+        OptionSpec("key", "str", "private key file"),
+        OptionSpec("python", "str", "the device's Python"),
+        _TARGET, _WORKDIR,
+        OptionSpec("known_hosts", "str", "known_hosts file"),
+        OptionSpec("connect_timeout", "int", "seconds", lo=1, hi=3600),
+        OptionSpec("retries", "int", "connection attempts after the first", lo=0, hi=100),
+        OptionSpec("ssh_options", "names", "extra -o options, e.g. ProxyJump=bastion"),
+        OptionSpec("strict_host_key_checking", "choice", "ssh's StrictHostKeyChecking", "accept-new",
+                   ("yes", "accept-new", "no", "ask", "off")),
+    ),
+    "adb": (
+        OptionSpec("serial", "str", "the phone's serial (`adb devices`)"),
+        OptionSpec("benchmark_model", "str", "TFLite's benchmark_model binary for the phone"),
+        OptionSpec("perf_test", "str", "ONNX Runtime's onnxruntime_perf_test binary for the phone"),
+        _TARGET, _WORKDIR,
+        OptionSpec("adb", "str", "the adb binary"),
+        OptionSpec("timeout", "float", "seconds one adb command may take", lo=1, hi=86400),
+    ),
+}
+FIELDS = {kind: tuple(o.name for o in specs) for kind, specs in SPECS.items()}
+SSH_FIELDS, ADB_FIELDS = FIELDS["ssh"], FIELDS["adb"]
 
 
 def location() -> Path:
@@ -56,9 +83,23 @@ def describe_location() -> str:
 
 @dataclass(frozen=True)
 class DeviceEntry:
+    """One [devices.NAME] table, checked at construction against its kind's SPECS; `source` is the file."""
+
     name: str
     kind: str
     fields: dict[str, Any] = field(default_factory=dict)
+    source: str = "devices file"
+
+    def __post_init__(self) -> None:
+        where = f"{self.source}: [devices.{self.name}]"
+        schema.string(where, "kind", self.kind, tuple(SPECS))
+        table = schema.table(where, "fields", self.fields)
+        declared = {o.name: o for o in SPECS[self.kind]}
+        schema.refuse_unknown(where, table, declared, what=f"field(s) for kind '{self.kind}'")
+        required = "host" if self.kind == "ssh" else "serial"
+        if required not in table:
+            raise EdgekitError(f"{where}: device '{self.name}' ({self.kind}) needs '{required}'")
+        object.__setattr__(self, "fields", {k: declared[k].check(v, where) for k, v in table.items()})
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for the kind's Device class."""
@@ -67,20 +108,10 @@ class DeviceEntry:
 
 def _entry(name: str, table: Any, path: Path) -> DeviceEntry:
     if not isinstance(table, dict):
-        raise EdgekitError(f"{path}: [devices.{name}] must be a table of fields")
+        raise EdgekitError(f"{path}: [devices.{name}] must be a table of fields (got {schema.shown(table)})")
     table = dict(table)
     kind = table.pop("kind", "adb" if "serial" in table and "host" not in table else "ssh")
-    if kind not in FIELDS:
-        raise EdgekitError(f"{path}: device '{name}' has kind '{kind}'; kinds a devices file can declare: "
-                           f"{', '.join(FIELDS)}")
-    unknown = sorted(set(table) - set(FIELDS[kind]))
-    if unknown:
-        raise EdgekitError(f"{path}: device '{name}' ({kind}) has unknown field(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(FIELDS[kind])}")
-    required = "host" if kind == "ssh" else "serial"
-    if not table.get(required):
-        raise EdgekitError(f"{path}: device '{name}' ({kind}) needs '{required}'")
-    return DeviceEntry(name, kind, table)
+    return DeviceEntry(name, kind, table, str(path))
 
 
 def load(path: Path | None = None) -> dict[str, DeviceEntry]:
@@ -94,7 +125,8 @@ def load(path: Path | None = None) -> dict[str, DeviceEntry]:
     devices = data.get("devices", {})
     extra = sorted(set(data) - {"devices"})
     if extra or not isinstance(devices, dict):
-        raise EdgekitError(f"{path}: expected only [devices.NAME] tables (found {', '.join(extra) or 'devices'})")
+        found = ", ".join(schema.shown(k) for k in extra) or f"devices = {schema.shown(devices)}"
+        raise EdgekitError(f"{path}: expected only [devices.NAME] tables (found {found})")
     return {name: _entry(name, table, path) for name, table in devices.items()}
 
 

@@ -429,7 +429,7 @@ class Harness:
 
     def _reference_artifact_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
         from edgekit.artifact import load_artifact
-        from edgekit.export import run_batched
+        from edgekit.backends.base import run_batched
 
         assert self.reference_path is not None
         if not self.reference_is_artifact:
@@ -552,7 +552,7 @@ class Harness:
                 "device": {"kind": self.device.kind, "name": self.device.name,
                            **{k: v for k, v in job.env.items() if k != "versions"}},
                 "runtime": job.load.get("runtime"), "runtime_version": job.load.get("runtime_version"),
-                "runtime_versions": job.env.get("versions"), "threads": self.config.threads,
+                "runtime_versions": job.env.get("versions"), "threads": job.load.get("threads", self.config.threads),
                 "model_bytes": _model_bytes(m) if m else None,
                 "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
                 "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,

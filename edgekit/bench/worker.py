@@ -147,6 +147,7 @@ class Worker:
             "load_ms": (t1 - t0) / 1e6, "first_inference_ms": (t2 - t1) / 1e6, "cold_start_ms": (t2 - t0) / 1e6,
             "rss_before_load_mb": self.rss_before / _MB, "rss_after_load_mb": rss_bytes() / _MB,
             "runtime": spec.runtime_module, "runtime_version": self.runner.runtime_version,
+            "threads": self.runner.threads_used,
             "executes": getattr(self.runner, "executes", None),
         }
 
@@ -202,8 +203,7 @@ class Worker:
 
     def cmd_eval(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Outputs on the evaluation inputs, written to an .npz (out0, out1, ...) the harness compares."""
-        from edgekit import io
-        from edgekit.graph.onnx_export import batch_for
+        from edgekit.backends.base import run_batched
 
         if self.runner is None:
             raise ValueError("'eval' before 'load'")
@@ -213,11 +213,7 @@ class Worker:
                 x = {k: loaded[k] for k in loaded.files}
         else:
             x = loaded
-        feeds = x if isinstance(x, dict) else {self.runner.input_names()[0]: x}
-        first = next(iter(feeds.values()))
-        step = io.fixed_batch(self.manifest["inputs"]) or (int(msg["batch"]) if msg.get("batch") else
-                                                           batch_for(first.shape[1:]))
-        outs = io.run_batched(self.runner.infer, feeds, step)
+        outs = run_batched(self.runner, x, batch=int(msg["batch"]) if msg.get("batch") else None)
         Path(msg["outputs"]).parent.mkdir(parents=True, exist_ok=True)
         np.savez(msg["outputs"], **{f"out{i}": o for i, o in enumerate(outs)})
         return {"samples": len(next(iter(x.values())) if isinstance(x, dict) else x)}

@@ -19,5 +19,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def log(msg: str) -> None:
-    """Progress lines go to stderr so stdout stays the command's result."""
+    """Progress lines go to stderr so stdout stays the command's result; the last one also names the stage
+    an unexpected error is reported in."""
+    from edgekit.errors import note_progress
+
+    if not msg.startswith("warning"):
+        note_progress(msg)
     print(f"edgekit: {msg}", file=sys.stderr, flush=True)

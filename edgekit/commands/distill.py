@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from edgekit.commands import DATA_HELP, log
+from edgekit.commands._distill_text import add_text_args
 
 MODEL_HELP = ("zoo:NAME, package.module:factory (a function returning an nn.Module), or for a teacher a .pt2 "
               "program")
@@ -111,9 +112,17 @@ def print_summary(report: dict) -> None:
             print(f"{key:<10} {path}")
 
 
+CNN_DEFAULTS = {"alpha": "0.9", "temperature": "1", "lr": 3e-3, "epochs": 20, "batch_size": 64}
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from edgekit.commands._distill_text import is_text, resolve_defaults, run_text
+
+    if is_text(args):
+        return run_text(args)
+    resolve_defaults(args, CNN_DEFAULTS)
     from edgekit.train.distill import inputs
     from edgekit.train.distill.stage import distill
     from edgekit.train.distill.trainer import init_distributed, is_main_process, shutdown_distributed
@@ -128,12 +137,20 @@ def run(args: argparse.Namespace) -> int:
         from edgekit.errors import EdgekitError
 
         raise EdgekitError(f"--baseline trains the student on labels alone, but '{train.source}' has no labels y")
+    sampler = None
+    if args.sampling == "scored":
+        from edgekit.train.distill.data_score import ClassifierSampler, score_classifier_data
+        from edgekit.train.distill.trainer import predict, world_size
+
+        scores = score_classifier_data(pair.teacher, train.x, args.seed)
+        sampler = ClassifierSampler(scores, train.x, predict(pair.teacher, train.x), args.batch_size * world_size(),
+                                    args.seed)
     init_distributed()
     main = is_main_process()
     started = time.perf_counter()
     try:
         result = distill(pair.teacher, pair.student, train, evaluation, loss=loss, config=config,
-                         baseline=args.baseline, log=log if main else None)
+                         baseline=args.baseline, log=log if main else None, sampler=sampler)
         report = {"stage": "distill", "teacher": pair.teacher_spec, "student": pair.student_spec,
                   "train_data": train.source, **result.metrics, "history": result.train.history,
                   "world_size": result.train.world_size, "resumed_from_epoch": result.train.resumed_from_epoch,
@@ -158,13 +175,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "`torchrun --nproc_per_node N -m edgekit distill ...` with DistributedDataParallel as is.",
         epilog="Without models the zoo pair digits-cnn is used (teacher 94k params, student 6k). Example: "
                "edgekit distill --epochs 20 --baseline --report distill.json; "
-               "edgekit distill --pair digits-vit (attention and hidden-state distillation).",
+               "edgekit distill --pair digits-vit (attention and hidden-state distillation). "
+               "Transformers: edgekit distill --teacher hf:DIR --student-config layers=3,hidden=192,heads=6,"
+               "intermediate=768 --data sentences.txt --out DIR (defaults there: --alpha 0.7:0.3, -T 5,2,1, "
+               "--lr 1e-3, --epochs 3, --batch-size 32; alpha is the weight of the hidden-state and attention "
+               "terms, 1-alpha that of the embedding cosine; --baseline trains the same student on the embedding "
+               "alone).",
     )
     add_model_args(p)
     add_data_args(p)
     add_train_args(p, epochs=20, lr=3e-3)
     p.add_argument("--baseline", action="store_true",
                    help="also train the same student on labels alone (same seed and epochs) and report "
-                        "student_alone_accuracy")
+                        "student_alone_accuracy; for a transformer student: output-only distillation")
+    add_text_args(p)
+    # None = the default of the path taken (CNN or transformer), resolved in run()
+    p.set_defaults(alpha=None, temperature=None, lr=None, epochs=None, batch_size=None)
     add_output_args(p, "edgekit-distill")
     p.set_defaults(func=run)

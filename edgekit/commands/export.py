@@ -34,8 +34,13 @@ def print_artifact(art) -> None:
     for line in verification_lines(v):
         print(line)
     if "accuracy" in v:
-        print(f"accuracy   {v['accuracy']:.4f} (FP32 {v['reference_accuracy']:.4f}, "
+        lo, hi = v.get("accuracy_ci95", (v["accuracy"], v["accuracy"]))
+        print(f"accuracy   {v['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}; FP32 {v['reference_accuracy']:.4f}, "
               f"drop {100 * v['accuracy_drop']:.2f} points)")
+    b = m.get("budget")
+    if b:
+        print(f"budget     {b['status'].upper()} on this final check ({b['samples']} samples of {b['checked_on']}, "
+              "the data the search was judged on)")
 
 
 def verification_lines(v: dict) -> list[str]:
@@ -61,15 +66,18 @@ def print_improvements(m: dict) -> None:
     """What each int8 technique and the budgeted fallback bought, on the held-out calibration samples."""
     for step in m.get("ptq_techniques", []):
         print(f"technique  {step['technique']}: agreement {step['agreement']:.4f}, SQNR {step['sqnr_db']:.1f} dB "
-              "(held-out)")
+              "(check data)")
     fb = m.get("fallback")
     if fb:
         for t in fb.get("int8_techniques", []):
             print(f"budget     tried {t['technique']} first (all layers int8): agreement {t['agreement']:.4f}, "
-                  f"SQNR {t['sqnr_db']:.1f} dB (held-out); {'applied' if t['applied'] else 'not applied'}")
+                  f"SQNR {t['sqnr_db']:.1f} dB; {'applied' if t['applied'] else 'not applied'}")
         kept = ", ".join(fb["kept_layers"]) or "none"
-        print(f"fallback   kept in {fb['kept_precision']}: {kept}; held-out agreement "
-              f"{fb['full_int8']['agreement']:.4f} -> {fb['result']['agreement']:.4f}")
+        if fb.get("int16_layers"):
+            print(f"int16      weights of {len(fb['int16_layers'])} layer(s): {', '.join(fb['int16_layers'])}")
+        print(f"fallback   kept in {fb['kept_precision']}: {kept}; agreement {fb['full_int8']['agreement']:.4f} -> "
+              f"{fb['result']['agreement']:.4f}, SQNR {fb['full_int8']['sqnr_db']:.1f} -> "
+              f"{fb['result']['sqnr_db']:.1f} dB on {fb.get('checked_on', 'held-out samples')}")
         cost = fb.get("cost", {})
         lat = cost.get("latency_ms")
         extra = ""
@@ -78,6 +86,23 @@ def print_improvements(m: dict) -> None:
             if "fp32" in lat:
                 extra += f" (fp32 {lat['fp32']:.3f} ms, {cost.get('speedup_vs_fp32', 0):.2f}x)"
         print(f"cost       {100 * cost.get('macs_kept_fraction', 0):.1f}% of MACs in float{extra}")
+
+
+def check_before_work(args: argparse.Namespace, targets: list) -> None:
+    """Every check that needs no model comes first: a bad calibration option or an unwritable --out costs
+    nothing (no model loaded, no export run, nothing written)."""
+    from pathlib import Path
+
+    from edgekit.artifact import check_destination, check_writable
+    from edgekit.quant.calibrate import resolve_method
+
+    resolve_method(args.calib_method, parse_options(args.calib_option))
+    if not args.out:
+        check_writable(Path.cwd() / "artifact", "the default --out in")
+    elif len(targets) == 1:
+        check_destination(Path(args.out), args.force)
+    else:  # one folder per target under --out
+        check_writable(Path(args.out) / targets[0].name)
 
 
 def print_advice(m: dict) -> None:
@@ -116,30 +141,34 @@ def run(args: argparse.Namespace) -> int:
         options["require_engine"] = True
     if args.allow_float_fallback:
         options["allow_float_fallback"] = True
+    from edgekit.backends.options import validate
+
+    # the same declaration each target's [backend_options] is checked against, before the model is loaded
+    for target in targets:
+        validate(target.backend, options, "--backend-option")
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
                                   ("bias-correction", args.bias_correction)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
     if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
         raise EdgekitError(f"--max-accuracy-drop is in percentage points, 0 to 100 (got {args.max_accuracy_drop})")
-    budgeted = args.min_agreement is not None or args.max_accuracy_drop is not None or techniques
+    budgeted = args.min_agreement is not None or args.max_accuracy_drop is not None or args.min_sqnr is not None \
+        or techniques
     for target in targets:
         precision = target.check_precision(args.precision)
         if budgeted and precision != "int8":
             raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and "
                                f"--bias-correction apply to --precision int8 (got {precision})")
         if budgeted:
-            from edgekit.quant import fallback
+            from edgekit.backends.registry import check_budget_backend
 
-            if target.backend not in fallback.SUPPORTED_BACKENDS:
-                raise EdgekitError(fallback.TFLITE_NOTE if target.backend == "tflite" else
-                                   f"budgeted int8 works for backends {', '.join(fallback.SUPPORTED_BACKENDS)}; "
-                                   f"target {target.name} runs {target.backend}")
+            check_budget_backend(target.backend, f"target {target.name}")
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
     dynamic = tuple(d.strip() for d in (args.dynamic or "").split(",") if d.strip())
     if dynamic and not args.input_spec:
         raise EdgekitError("--dynamic applies to the axes of --input-spec; pass --input-spec too")
+    check_before_work(args, targets)
     result = export(
         args.model, targets if len(targets) > 1 else targets[0], args.precision, calib=args.calib, eval=args.eval,
         out=args.out, force=args.force, progress=log, input_shape=args.input_shape, calib_method=args.calib_method,
@@ -147,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
         techniques=techniques, budget_first_try=() if args.no_budget_equalize else None,
+        min_sqnr_db=args.min_sqnr, keep_best_effort=args.keep_best_effort, int16_rung=not args.no_int16_rung,
         input_spec=args.input_spec, dynamic=dynamic, task=args.task, metric=args.metric, **options,
     )
     for i, art in enumerate(result if isinstance(result, list) else [result]):
@@ -209,12 +239,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "lists them")
     p.add_argument("--min-agreement", type=float, metavar="FRACTION",
                    help="int8 budget: keep the most sensitive layers in higher precision until top-1 agreement with "
-                        "FP32 on held-out calibration samples is at least FRACTION (e.g. 0.98); needs no labels")
+                        "FP32 is at least FRACTION (e.g. 0.98) on the --eval set, else on a held-out part of the "
+                        "calibration set large enough to resolve it (one flip at most half the budget); needs no "
+                        "labels")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
                    help="int8 budget: ... until the accuracy drop is at most PCT percentage points (data with labels)")
     p.add_argument("--no-budget-equalize", action="store_true",
                    help="with a budget: skip the all-int8 cross-layer equalisation it tries first, and go straight "
                         "to keeping layers in float")
+    p.add_argument("--min-sqnr", type=float, metavar="DB",
+                   help="int8 budget: also require the output SQNR vs FP32 to reach DB on the check data")
+    p.add_argument("--keep-best-effort", action="store_true",
+                   help="with a budget: when the final check misses it, write the best effort anyway (manifest "
+                        "budget: missed) instead of failing with exit 2")
+    p.add_argument("--no-int16-rung", action="store_true",
+                   help="with a budget: never give layers int16 weights, go from int8 straight to float layers")
     p.add_argument("--equalize", action="store_true",
                    help="int8: cross-layer equalisation of Conv-ReLU-Conv pairs (depthwise-separable blocks)")
     p.add_argument("--range-choice", action="store_true",

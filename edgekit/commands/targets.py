@@ -16,10 +16,14 @@ def _arch(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.backends import registry
+    from edgekit.commands import log
     from edgekit.targets import list_targets
 
+    def skip(path, exc) -> None:
+        log(f"targets: skipped {path}: {exc}")
+
     rows = []
-    for t in list_targets():
+    for t in list_targets(on_skip=skip):
         missing = registry.missing_requirement(t.backend)
         runs, why = registry.run_here(t.backend)
         if runs and _arch(t.cpu_arch) not in ("host", _arch(platform.machine())):

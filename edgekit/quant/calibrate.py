@@ -26,9 +26,15 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.io import InputSpec, check_feeds
 from edgekit.resources import builtin_dir, load_toml
+from edgekit.schema import OptionSpec
 
 DEFAULT_MAX_SAMPLES = 300
-MIN_SAMPLES = 1
+#: a calibration set smaller than this cannot estimate ranges (one sample is one image's activations)
+MIN_SAMPLES = 10
+#: more identical samples than this fraction: a warning (the ranges come from fewer samples than it seems)
+MAX_DUPLICATE_FRACTION = 0.5
+#: a value further outside the bulk (0.1-99.9 percentile range) than this many times its width: a warning
+OUTLIER_SPANS = 10.0
 
 # method -> default options. Entropy and percentile use 2048 histogram bins: with ONNX Runtime's default
 # (128) entropy returns exactly the min-max range (STACK-NOTES.md), which would make the choice meaningless.
@@ -160,14 +166,20 @@ def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any
     if y is not None and len(y) != len(x):
         first = "x" if named is None else next(iter(named))
         raise EdgekitError(f"{path}: 'y' has {len(y)} labels but '{first}' has {len(x)} samples")
+    if np.iscomplexobj(x):
+        raise EdgekitError(f"{path}: array 'x' is complex ({x.dtype}); models take real numbers: pass the real "
+                           "part or the magnitude, as the model was trained on")
     if named is None and not np.issubdtype(x.dtype, np.floating):
         named = {"x": x}  # integer samples keep their dtype for a model whose input is integer
     prep = {"applied_by_edgekit": "none (samples used as given)"}
-    return (x.astype(np.float32) if named is None or "x" in named else x), y, prep, str(path), named
+    with np.errstate(all="ignore"):  # float64 beyond float32's range becomes inf, reported by load_data
+        x = x.astype(np.float32) if named is None or "x" in named else x
+    return x, y, prep, str(path), named
 
 
 def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0,
-              tokenize: Callable[[list[str]], dict[str, np.ndarray]] | None = None) -> CalibrationSet:
+              tokenize: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+              what: str | None = None) -> CalibrationSet:
     """DATA is a .npz (x, or arrays named after the inputs; optional y), a .npy, zoo:digits[:train|:test], or
     a .txt of sentences (one per line) that `tokenize` (a text model's tokenizer) turns into named inputs."""
     named: dict[str, np.ndarray] | None = None
@@ -195,6 +207,13 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
         x, y, prep, source, named = _load_file(Path(spec))
     if x.ndim == 0 or len(x) == 0:
         raise EdgekitError(f"data '{spec}' is empty: it has no samples")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad_samples = int((~finite.reshape(len(x), -1)).any(axis=1).sum())
+        named = f"{what} ({spec})" if what else f"data '{spec}'"
+        raise EdgekitError(f"{named} holds {int((~finite).sum())} NaN or infinite value(s) in {bad_samples} of "
+                           f"{len(x)} sample(s); models and calibration need finite numbers: drop or fix those "
+                           "samples")
     available = len(x)
     x, y, selection, named = _subsample(x, y, max_samples, seed, named)
     if named is None or "x" in named:
@@ -222,6 +241,43 @@ def checked(cset: CalibrationSet, specs: Sequence[InputSpec], what: str = "calib
         return cset
     feeds = check_feeds(cset.feeds([s.name for s in specs]), specs, f"{what} '{cset.source}'")
     return dataclasses.replace(cset, x=feeds[specs[0].name], named=feeds)
+
+def check_calibration(cset: CalibrationSet, warn: Callable[[str], None] | None = None) -> None:
+    """Refuse a set that cannot calibrate, with the measured reason; warn (through `warn`) about one that
+    calibrates badly. Min-max ranges come from the extremes of these samples, so a set that is too small,
+    constant or one sample repeated gives every tensor a degenerate range, and one extreme outlier stretches
+    the ranges for all the others."""
+    where = f"calibration set '{cset.source}'"
+    x = cset.x
+    if cset.count < MIN_SAMPLES:
+        raise EdgekitError(f"{where} has {cset.count} sample(s); calibration needs at least {MIN_SAMPLES} (a few "
+                           "hundred is better): pass --calib with more samples or raise --calib-samples")
+    if not x.any():
+        raise EdgekitError(f"{where} is all zeros ({cset.count} samples): it gives every activation an empty "
+                           "range; pass real inputs, preprocessed as for the model")
+    flat = x.reshape(cset.count, -1)
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo == hi:
+        raise EdgekitError(f"{where} is constant (every value is {lo:g}): it gives every activation an empty range; "
+                           "pass real inputs, preprocessed as for the model")
+    unique = len(np.unique(flat, axis=0))
+    if unique == 1:
+        raise EdgekitError(f"{where} is one sample repeated {cset.count} times: the ranges would fit that one "
+                           "input; pass varied samples")
+    if warn is None:
+        return
+    duplicates = cset.count - unique
+    if duplicates > MAX_DUPLICATE_FRACTION * cset.count:
+        warn(f"warning: {where}: {duplicates} of {cset.count} samples duplicate others ({unique} distinct); "
+             "the ranges rest on fewer inputs than it seems")
+    q_lo, q_hi = (float(v) for v in np.percentile(flat, [0.1, 99.9]))
+    span = max(q_hi - q_lo, 1e-12)
+    far = (flat < q_lo - OUTLIER_SPANS * span) | (flat > q_hi + OUTLIER_SPANS * span)
+    if far.any():
+        extreme = lo if q_lo - lo > hi - q_hi else hi
+        warn(f"warning: {where}: {int(far.sum())} value(s) in {int(far.any(axis=1).sum())} sample(s) lie far "
+             f"outside the range of the other data (bulk [{q_lo:.3g}, {q_hi:.3g}], extreme {extreme:.3g}); "
+             "min-max ranges will stretch to them: check those samples or use --calib-method percentile")
 
 
 @dataclass
@@ -267,8 +323,59 @@ class Ranges:
         return TensorsData(CalibrationMethod.MinMax, data)
 
 
+_SYMMETRIC = OptionSpec("symmetric", "bool", "symmetric ranges (centred on zero)", False)
+_BINS = OptionSpec("num_bins", "int", "histogram bins", 2048, lo=16, hi=1 << 20)
+#: what each method's options take, for recipes and `--calib-option` alike
+METHOD_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
+    "minmax": (_SYMMETRIC,),
+    "entropy": (_SYMMETRIC, _BINS,
+                OptionSpec("num_quantized_bins", "int", "bins of the quantized distribution", 128, lo=2,
+                           hi=1 << 20)),
+    "percentile": (_SYMMETRIC, _BINS,
+                   OptionSpec("percentile", "float", "the percentile of |x| kept, e.g. 99.99", 99.999, lo=90,
+                              hi=100)),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A calibration method and its options, checked at construction: from a recipe file, `--calib-method`
+    and `--calib-option`. `source` is what errors name (the file, or the flag)."""
+
+    method: str
+    options: dict[str, Any]
+    source: str = "--calib-option"
+
+    def __post_init__(self) -> None:
+        from edgekit import schema
+
+        schema.string(self.source, "method", self.method, METHODS)
+        opts = schema.table(self.source, "options", self.options)
+        declared = {o.name: o for o in METHOD_OPTIONS[self.method]}
+        schema.refuse_unknown(self.source, opts, declared, what=f"option(s) of calibration method '{self.method}'")
+        merged = {**METHODS[self.method], **{k: declared[k].check(v, self.source) for k, v in opts.items()}}
+        if self.method == "entropy" and merged["num_quantized_bins"] > merged["num_bins"]:
+            raise schema.bad(self.source, "num_quantized_bins", merged["num_quantized_bins"],
+                             f"at most num_bins ({merged['num_bins']})")
+        object.__setattr__(self, "options", merged)
+
+
+def load_recipe(path: Path) -> tuple[str, dict[str, Any]]:
+    """A recipe file's method and options (options not yet checked: the command line may add to them)."""
+    from edgekit import schema
+
+    where = str(path)
+    recipe = load_toml(path, "calibration recipe")
+    schema.refuse_unknown(where, recipe, ("method", "options"))
+    if "method" not in recipe:
+        raise EdgekitError(f"{where}: missing required field 'method' (one of {', '.join(METHODS)})")
+    method = schema.string(where, "method", recipe["method"], METHODS)
+    return method, dict(schema.table(where, "options", recipe.get("options", {})))
+
+
 def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """A method name, or a recipe .toml (built-in name or path) with `method` and options."""
+    """A method name, or a recipe .toml (built-in name or path) with `method` and options; `options` (from
+    `--calib-option`) override the recipe's."""
     options = dict(options or {})
     recipe_path = None
     if method.endswith(".toml"):
@@ -277,24 +384,20 @@ def resolve_method(method: str, options: dict[str, Any] | None = None) -> tuple[
         candidate = builtin_dir("calibration") / f"{method}.toml"
         if candidate.is_file():
             recipe_path = candidate
+    source = "--calib-option"
     if recipe_path is not None:
         if not recipe_path.is_file():
             raise EdgekitError(f"calibration recipe not found: {recipe_path}")
-        recipe = load_toml(recipe_path, "calibration recipe")
-        method = recipe.get("method", "")
-        options = {**recipe.get("options", {}), **options}
+        method, recipe_options = load_recipe(recipe_path)
+        options = {**recipe_options, **options}
+        source = f"{recipe_path} (with --calib-option)" if options.keys() - recipe_options.keys() else str(recipe_path)
     if method not in METHODS:
         raise EdgekitError(
             f"unknown calibration method '{method}'; available: {', '.join(METHODS)} or a recipe in "
             f"{builtin_dir('calibration')}"
         )
-    merged = {**METHODS[method], **options}
-    unknown = set(merged) - set(METHODS[method]) - {"symmetric"}
-    if unknown:
-        raise EdgekitError(f"calibration method '{method}' has no option(s) {', '.join(sorted(unknown))}")
-    if method == "percentile" and not 90.0 <= float(merged["percentile"]) <= 100.0:
-        raise EdgekitError(f"percentile must be within [90, 100] (got {merged['percentile']})")
-    return method, merged
+    recipe = Recipe(method, options, source)
+    return recipe.method, dict(recipe.options)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.metrics import sqnr_db
-from edgekit.quant.fallback import QuantSetup, build, build_and_evaluate, layer_names, run_session, session
+from edgekit.quant.graphs import with_outputs
+from edgekit.quant.qgraph import QuantSetup, build, build_and_evaluate, db, layer_names, run_session, session
 
 #: per-layer tensors are compared on at most this many samples (activations of every layer are held at once)
 LAYER_SAMPLES = 64
@@ -37,24 +38,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
     cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
     return float(cos.mean())
-
-
-def _db(x: float) -> float:
-    return 200.0 if math.isinf(x) else round(float(x), 3)
-
-
-def _with_outputs(src: Path, names: Sequence[str], dest: Path) -> Path:
-    """A copy of the graph at `src` that also outputs the tensors `names` (float32 or float16)."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(src))
-    have = {o.name for o in model.graph.output}
-    for n in names:
-        if n not in have:
-            model.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    onnx.save(model, str(dest))
-    return dest
 
 
 def layer_tensors(prepared) -> dict[str, dict[str, Any]]:
@@ -102,8 +85,8 @@ def layer_errors(setup: QuantSetup, quantized: Path, samples: int = LAYER_SAMPLE
     info = layer_tensors(prepared)
     names = [v["tensor"] for v in info.values()]
     x = setup.held_x[:samples]
-    fp = run_session(session(_with_outputs(setup.prepared, names, setup.workdir / "fp32-taps.onnx"), {}), x)
-    q = run_session(session(_with_outputs(quantized, names, setup.workdir / "q-taps.onnx"), setup.options), x)
+    fp = run_session(session(with_outputs(setup.prepared, names, setup.workdir / "fp32-taps.onnx"), {}), x)
+    q = run_session(session(with_outputs(quantized, names, setup.workdir / "q-taps.onnx"), setup.options), x)
     fp_map = dict(zip([o.name for o in prepared.graph.output] + names, fp, strict=False))
     q_map = dict(zip([o.name for o in quant.graph.output] + names, q, strict=False))
     rows = []
@@ -113,7 +96,7 @@ def layer_errors(setup: QuantSetup, quantized: Path, samples: int = LAYER_SAMPLE
         prod = producers.get(v["tensor"])
         if act is not None and prod is not None and prod.op_type != act["op"]:
             b = np.clip(b, act["lo"], act["hi"])  # the quantizer folded the activation into its range
-        rows.append({"layer": layer, "op": v["op"], "tensor": v["tensor"], "sqnr_db": _db(sqnr_db(a, b)),
+        rows.append({"layer": layer, "op": v["op"], "tensor": v["tensor"], "sqnr_db": db(sqnr_db(a, b)),
                      "cosine": round(cosine(a, b), 6)})
     return rows
 
@@ -163,7 +146,7 @@ def diagnose(setup: QuantSetup, verify: int = DEFAULT_VERIFY, log: Callable[[str
     base_path = quantized or setup.workdir / "diag-full.onnx"
     if quantized is None:
         build(setup, [], base_path)
-    from edgekit.quant.fallback import evaluate
+    from edgekit.quant.qgraph import evaluate
 
     base = evaluate(setup, base_path)
     errors = layer_errors(setup, base_path)
@@ -263,7 +246,7 @@ def compare_backends(onnx_artifact: Path, onnx_manifest: dict[str, Any], tflite_
     x = np.ascontiguousarray(x[:samples], dtype=np.float32)
     model = onnx.load(str(onnx_artifact / onnx_manifest["model_file"]), load_external_data=False)
     taps = _onnx_layer_taps(model)
-    tapped = _with_outputs(onnx_artifact / onnx_manifest["model_file"], [t["tensor"] for t in taps],
+    tapped = with_outputs(onnx_artifact / onnx_manifest["model_file"], [t["tensor"] for t in taps],
                            Path(_tmpdir()) / "taps.onnx")
     opts = {"session_config": onnx_manifest.get("backend_details", {}).get("session_config", {})}
     sess = session(tapped, opts)
@@ -305,7 +288,7 @@ def compare_backends(onnx_artifact: Path, onnx_manifest: dict[str, Any], tflite_
             b = b.transpose(0, 3, 1, 2)
         rows.append({"layer": taps[i]["layer"], "onnx_tensor": taps[i]["tensor"], "tflite_op": ttaps[k]["op"],
                      "tflite_tensor": ttaps[k]["name"], "shape": list(a.shape[1:]),
-                     "layout": "NHWC->NCHW" if transposed else "same", "sqnr_db": _db(sqnr_db(a, b)),
+                     "layout": "NHWC->NCHW" if transposed else "same", "sqnr_db": db(sqnr_db(a, b)),
                      "cosine": round(cosine(a, b), 6),
                      "max_abs_diff": float(np.max(np.abs(a - b))) if a.size else 0.0})
     matched = {i for i, _, _ in pairs}
@@ -316,7 +299,7 @@ def compare_backends(onnx_artifact: Path, onnx_manifest: dict[str, Any], tflite_
     first_bad = next((r for r in rows if r["sqnr_db"] < 20.0), None)
     return {"samples": len(x), "onnx_artifact": str(onnx_artifact), "tflite_artifact": str(tflite_artifact),
             "layers": rows, "unmatched_onnx_layers": [t["layer"] for i, t in enumerate(taps) if i not in matched],
-            "output": {"sqnr_db": _db(sqnr_db(a_out, b_out)),
+            "output": {"sqnr_db": db(sqnr_db(a_out, b_out)),
                        "agreement": float((a_out.reshape(len(a_out), -1).argmax(1)
                                            == b_out.reshape(len(b_out), -1).argmax(1)).mean())},
             "first_divergence": first_bad["layer"] if first_bad else None,

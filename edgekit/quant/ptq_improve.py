@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.quant.qdq import attr
 
 TECHNIQUES = ("equalize", "range-choice", "bias-correction")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
@@ -43,16 +44,10 @@ def check_techniques(techniques: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # cross-layer equalisation
-def _attr(node, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
-
-
-def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """Equalise every Conv -> Relu -> Conv pair whose middle tensor has one reader; returns the new graph and
-    the pairs equalised (with the spread of channel ranges before and after)."""
+def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Equalise every Conv -> Relu -> Conv pair whose middle tensor has one reader; returns the new graph, the
+    pairs equalised (with the spread of channel ranges before and after) and the Conv -> Clip -> Conv pairs
+    skipped (ReLU6: see below)."""
     import onnx
     from onnx import numpy_helper
 
@@ -62,11 +57,20 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for a in model.graph.node:
         if a.op_type != "Conv" or len(a.input) < 2 or a.input[1] not in inits:
             continue
         relu = consumers.get(a.output[0], [])
+        if len(relu) == 1 and relu[0].op_type == "Clip":
+            # ReLU6 and other Clips: clip(x / s_c, 0, 6) != clip(x, 0, 6) / s_c, and Clip's bound is one scalar
+            # for all channels, so the bound cannot follow a per-channel scale: the pair is skipped, and said so
+            nxt = consumers.get(relu[0].output[0], [])
+            if len(nxt) == 1 and nxt[0].op_type == "Conv":
+                skipped.append({"first": a.name, "second": nxt[0].name, "activation": "Clip",
+                                "why": "a per-channel scale cannot pass a clip bound shared by all channels"})
+            continue
         if len(relu) != 1 or relu[0].op_type != "Relu":
             continue
         nxt = consumers.get(relu[0].output[0], [])
@@ -76,7 +80,7 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
         wa = numpy_helper.to_array(inits[a.input[1]]).astype(np.float64)
         wb = numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
         channels = wa.shape[0]
-        gb = _attr(b, "group", 1)
+        gb = attr(b, "group", 1)
         if gb == 1 and wb.shape[1] == channels:
             axis = 1
         elif gb == channels and wb.shape[0] == channels and wb.shape[1] == 1:
@@ -103,7 +107,7 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]]]:
         pairs.append({"first": a.name, "second": b.name, "channels": channels,
                       "range_spread_decades_before": round(before, 2), "range_spread_decades_after": round(after, 2)})
     onnx.save(model, str(dest))
-    return dest, pairs
+    return dest, pairs, skipped
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,12 +128,12 @@ def choose_ranges(prepared: Path, cal, candidates: dict[str, Any], options: dict
                   workdir: Path) -> tuple[Any, dict[str, Any]]:
     """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values."""
     from edgekit.quant.calibrate import Ranges
-    from edgekit.quant.diagnose import _with_outputs
-    from edgekit.quant.fallback import run_session, session
+    from edgekit.quant.graphs import with_outputs
+    from edgekit.quant.qgraph import run_session, session
 
     first = next(iter(candidates.values()))
     names = sorted(first.tensors)
-    sess = session(_with_outputs(prepared, names, workdir / "range-taps.onnx"), {})
+    sess = session(with_outputs(prepared, names, workdir / "range-taps.onnx"), {})
     outs = [o.name for o in sess.get_outputs()]
     values = dict(zip(outs, run_session(sess, cal.x[:SAMPLES]), strict=True))
     feed_name = sess.get_inputs()[0].name
@@ -163,15 +167,15 @@ def bias_correction(setup, cal, dest: Path, log: Callable[[str], None] | None = 
     from onnx import numpy_helper
     from tqdm import tqdm
 
-    from edgekit.quant.diagnose import _with_outputs
-    from edgekit.quant.fallback import build, layer_names, run_session, session
+    from edgekit.quant.graphs import with_outputs
+    from edgekit.quant.qgraph import build, layer_names, run_session, session
 
     model = onnx.load(str(setup.prepared))
     layers = [n for n in model.graph.node if n.name in set(layer_names(setup.prepared))]
     inits = {t.name: t for t in model.graph.initializer}
     x = cal.x[:SAMPLES]
     onnx.save(model, str(dest))
-    fp_sess = session(_with_outputs(dest, [n.output[0] for n in layers], setup.workdir / "bc-fp.onnx"), {})
+    fp_sess = session(with_outputs(dest, [n.output[0] for n in layers], setup.workdir / "bc-fp.onnx"), {})
     fp_names = [o.name for o in fp_sess.get_outputs()]
     fp = dict(zip(fp_names, run_session(fp_sess, x), strict=True))
     corrected = 0
@@ -188,7 +192,7 @@ def bias_correction(setup, cal, dest: Path, log: Callable[[str], None] | None = 
         qnode = next((n for n in qm.graph.node if n.name == node.name), None)
         if qnode is None:
             continue
-        sess = session(_with_outputs(q_path, [qnode.output[0]], setup.workdir / "bc-qt.onnx"), setup.options)
+        sess = session(with_outputs(q_path, [qnode.output[0]], setup.workdir / "bc-qt.onnx"), setup.options)
         got = run_session(sess, x)[-1]
         want = fp[out]
         axes = (0, *range(2, want.ndim)) if node.op_type == "Conv" else (0,)
@@ -221,7 +225,7 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
     """Apply the chosen techniques in ORDER; returns the new setup and, per technique, its measured effect.
     `before` is the held-out result of `setup` as it is, when already measured."""
     from edgekit.quant.calibrate import compute_ranges
-    from edgekit.quant.fallback import build_and_evaluate
+    from edgekit.quant.qgraph import build_and_evaluate
 
     log = log or (lambda _m: None)
     check_techniques(techniques)
@@ -231,9 +235,11 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
     for tech in wanted:
         details: dict[str, Any]
         if tech == "equalize":
-            path, pairs = equalize(setup.prepared, setup.workdir / "equalized.onnx")
+            path, pairs, skipped = equalize(setup.prepared, setup.workdir / "equalized.onnx")
             setup = replace(setup, prepared=path, ranges=compute_ranges(path, cal, method, method_opts))
             details = {"pairs": pairs}
+            if skipped:
+                details["skipped_clip_pairs"] = {"count": len(skipped), "examples": skipped[:3]}
         elif tech == "range-choice":
             cands = {m: compute_ranges(setup.prepared, cal, m) for m in RANGE_CANDIDATES}
             merged, details = choose_ranges(setup.prepared, cal, cands, setup.options, setup.workdir)

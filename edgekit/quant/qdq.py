@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.base import WEIGHTED_OPS
 from edgekit.errors import EdgekitError
 
-#: ops whose second input is a weight; TensorRT's quantized kernels are these
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: ops whose output TensorRT's guidance says not to quantize: it fuses the next layer's input quantizer into
 #: them, and a quantizer on their output adds a second rounding (and int8 logits) for nothing
@@ -65,7 +64,8 @@ def _const_types(model) -> dict[str, int]:
     return out
 
 
-def _attr(node, name: str, default: int) -> int:
+def attr(node, name: str, default: int) -> int:
+    """An integer attribute of an ONNX node (`default` when absent)."""
     for a in node.attribute:
         if a.name == name:
             return int(a.i)
@@ -83,7 +83,7 @@ def output_channel_axis(node, weight_rank: int) -> int:
     if node.op_type == "ConvTranspose":
         return 1
     if node.op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
+        return 0 if attr(node, "transB", 0) else 1
     return weight_rank - 1  # MatMul: [..., K, N]
 
 
@@ -181,7 +181,7 @@ def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False, remedy: str | Non
         rank = np.ndim(consts[w_name])
         scale = consts.get(dq.input[1])
         per_channel = scale is not None and np.size(scale) > 1
-        axis = _attr(dq, "axis", 1) % max(rank, 1)
+        axis = attr(dq, "axis", 1) % max(rank, 1)
         want = output_channel_axis(node, rank) % max(rank, 1)
         if per_channel and axis != want:
             raise EdgekitError(

@@ -71,13 +71,9 @@ def load_teacher(spec: str) -> nn.Module:
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"teacher file not found: {path}")
-        import contextlib
+        from edgekit.models import load_pt2  # safe loading, Q/DQ ops registered, torch's logs quiet
 
-        from edgekit.safe_load import load_exported_program
-
-        with contextlib.suppress(ImportError):  # registers the Q/DQ ops a QAT program holds
-            import torch.ao.quantization.fx._decomposed  # noqa: F401
-        return FrozenProgram(load_exported_program(path).module())
+        return FrozenProgram(load_pt2(path).module())
     if ":" in spec:
         return _call_factory(spec)
     raise EdgekitError(f"cannot load teacher '{spec}': expected zoo:NAME, package.module:factory or a .pt2 file")
@@ -169,6 +165,9 @@ def prepare_out_dir(out: str | Path, resume: bool, force: bool) -> Path:
     ckpt = path / "checkpoint.pt"
     if path.exists() and not path.is_dir():
         raise EdgekitError(f"--out {path} exists and is not a folder")
+    from edgekit.artifact import check_writable
+
+    check_writable(path / "checkpoint.pt")  # before any training: the folder or its parent must take files
     if ckpt.is_file() and not (resume or force):
         raise EdgekitError(f"{path} already holds a training checkpoint: pass --resume to continue it, or --force "
                            "to start over")

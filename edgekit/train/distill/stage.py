@@ -28,12 +28,13 @@ class StageResult:
 def distill(
     teacher: nn.Module, student: nn.Module, train: Any, eval_data: Any = None, *,
     loss: DistillConfig | None = None, config: TrainConfig | None = None, baseline: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, sampler: Any = None,
 ) -> StageResult:
     """Distil `teacher` into `student` (trained in place) and return the stage metrics.
 
     With `baseline=True` a copy of the student, taken before training, is trained on the labels alone with
-    the same TrainConfig; its accuracy is `metrics['student_alone_accuracy']`.
+    the same TrainConfig; its accuracy is `metrics['student_alone_accuracy']`. `sampler` (scored data, see
+    data_score) orders the distillation run only; the student-alone baseline keeps the shuffled order.
     """
     loss = loss or DistillConfig()
     config = config or TrainConfig()
@@ -42,12 +43,14 @@ def distill(
     sample_shape = tuple(train_data.x.shape[1:])
     initial = copy.deepcopy(student) if baseline else None
 
-    trainer = Trainer(student, config, loss, teacher, log=log)
+    trainer = Trainer(student, config, loss, teacher, log=log, sampler=sampler)
     result = trainer.fit(train_data, evaluation)
     metrics = stage_metrics(teacher, student, evaluation, sample_shape)
     metrics["loss"] = trainer.loss.describe() if trainer.loss is not None else loss.describe()
     metrics["epochs"] = config.epochs
     metrics["seed"] = config.seed
+    if sampler is not None:
+        metrics["data_scores"] = sampler.scores.report(len(train_data))
     stage = StageResult(student, result, metrics)
     if initial is not None:
         alone_config = replace(config, checkpoint=None, resume=False, desc=f"{config.desc} (student alone)")

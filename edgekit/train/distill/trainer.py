@@ -259,12 +259,18 @@ class Trainer:
     `epoch_hook(epoch, student)` runs at the start of every epoch, after the student was put in training
     mode (QAT uses it to freeze batch norm and observers); it must depend on the epoch only, so that a
     resumed run does what an uninterrupted one did.
+
+    `sampler` (e.g. data_score.ScheduledSampler) replaces the shuffled order: each epoch's batches come from
+    `sampler.epoch_batches(epoch, epochs, steps)` (positions into `sampler.scores.kept`, samples dropped by
+    scoring never seen); a sampler with `refresh(student, device)` is refreshed at the start of every epoch
+    after the first, from the student's weights only, so a resumed run draws what an uninterrupted one did.
     """
 
     def __init__(self, student: nn.Module, config: TrainConfig | None = None, loss: DistillConfig | None = None,
                  teacher: nn.Module | None = None, log: Callable[[str], None] | None = None,
-                 epoch_hook: Callable[[int, nn.Module], None] | None = None) -> None:
+                 epoch_hook: Callable[[int, nn.Module], None] | None = None, sampler: Any = None) -> None:
         self.student = student
+        self.sampler = sampler
         self.epoch_hook = epoch_hook
         self.teacher = teacher
         self.config = config or TrainConfig()
@@ -396,7 +402,7 @@ class Trainer:
         if temp_params:
             groups.append({"params": temp_params, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        per_rank = len(train) // world
+        per_rank = (len(self.sampler) if self.sampler is not None else len(train)) // world
         steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -426,12 +432,21 @@ class Trainer:
                 self.loss.train()
                 if self.epoch_hook is not None:
                     self.epoch_hook(epoch, self.student)
-                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-                order = torch.randperm(len(train), generator=gen)[: per_rank * world][rank::world]
+                if self.sampler is not None:
+                    if epoch > 0 and hasattr(self.sampler, "refresh"):
+                        self.sampler.refresh(self.student, device)
+                        _set_mode(self.student, True)
+                    kept = self.sampler.scores.kept
+                    batches = [kept[b][rank::world]
+                               for b in self.sampler.epoch_batches(epoch, cfg.epochs, steps_per_epoch)]
+                else:
+                    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                    order = torch.randperm(len(train), generator=gen)[: per_rank * world][rank::world]
+                    batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
                 sums: dict[str, float] = {}
                 count = 0
                 for i in range(steps_per_epoch):
-                    idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                    idx = batches[i]
                     if len(idx) == 0:
                         continue
                     progress = (epoch + i / steps_per_epoch) / cfg.epochs

@@ -1,0 +1,104 @@
+"""Real English sentences available offline, for distilling text encoders without a download.
+
+Python itself ships prose: the language reference topics of `pydoc_data.topics` and the docstrings of the
+standard library's modules. Both are read as text (docstrings through `ast`, so no module is imported and
+nothing runs). Sentences are split, cleaned of code-like lines and deduplicated; the held-out set comes
+from *different documents* than the training set (split by a hash of the document's name), so a held-out
+sentence never shares a paragraph with a training one. `everyday_sentences()` adds ~100 ordinary sentences
+written for this kit, far from the technical register the student is trained on: the harder test.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+_WORD = re.compile(r"[A-Za-z]+")
+_CODE_HINTS = re.compile(r"(>>>|\.\.\.\s|::|==|!=|\w+\(.*\)|[{}\[\]<>=_*`|\\#@$])")
+_EVERYDAY = Path(__file__).with_name("everyday_sentences.txt")
+
+
+@dataclass
+class TextCorpus:
+    """Training and held-out sentences (lists of str) and what was dropped while building them."""
+
+    train: list[str]
+    heldout: list[str]
+    stats: dict[str, int]
+
+
+def _is_prose(sentence: str) -> bool:
+    """A sentence of 6-40 words, mostly alphabetic, with no code markers."""
+    words = sentence.split()
+    if not 6 <= len(words) <= 40 or _CODE_HINTS.search(sentence):
+        return False
+    alpha = sum(len(w) for w in _WORD.findall(sentence))
+    return alpha >= 0.75 * len(sentence.replace(" ", "")) and sentence[0].isupper() and sentence[-1] in ".!?"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Paragraphs (blank-line separated, code blocks skipped) cut into sentences, whitespace collapsed."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        lines = para.splitlines()
+        if not lines or any(line.startswith(("   ", "\t", ">>>")) for line in lines[:1]):
+            continue  # an indented block is code or a grammar production, not prose
+        flat = " ".join(line.strip() for line in lines)
+        out.extend(s.strip() for s in _SENTENCE_END.split(flat))
+    return [s for s in out if _is_prose(s)]
+
+
+def _documents() -> list[tuple[str, str]]:
+    """(name, text) for every language-reference topic and every docstring in the stdlib's .py files."""
+    from pydoc_data.topics import topics
+
+    docs = [(f"topic:{name}", text) for name, text in sorted(topics.items())]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef))]
+        text = "\n\n".join(d for n in nodes if (d := ast.get_docstring(n)))
+        if text:
+            docs.append((f"module:{path.stem}", text))
+    return docs
+
+
+def _heldout_doc(name: str, heldout_percent: int) -> bool:
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < heldout_percent
+
+
+def build_corpus(max_train: int = 4000, max_heldout: int = 400, heldout_percent: int = 10) -> TextCorpus:
+    """Deduplicated prose sentences; held-out documents chosen by hash, never shared with training."""
+    seen: set[str] = set()
+    train: list[str] = []
+    heldout: list[str] = []
+    stats = {"documents": 0, "candidates": 0, "duplicates": 0}
+    for name, text in _documents():
+        stats["documents"] += 1
+        target = heldout if _heldout_doc(name, heldout_percent) else train
+        for s in split_sentences(text):
+            stats["candidates"] += 1
+            key = " ".join(_WORD.findall(s.lower()))
+            if key in seen:
+                stats["duplicates"] += 1
+                continue
+            seen.add(key)
+            target.append(s)
+    # an even spread over the documents rather than the first ones: every k-th sentence
+    train = train[:: max(1, len(train) // max_train)][:max_train]
+    heldout = heldout[:: max(1, len(heldout) // max_heldout)][:max_heldout]
+    stats.update(train=len(train), heldout=len(heldout))
+    return TextCorpus(train, heldout, stats)
+
+
+def everyday_sentences() -> list[str]:
+    """About a hundred ordinary English sentences (weather, cooking, travel ...), one per line of a text file."""
+    return [line.strip() for line in _EVERYDAY.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,183 @@
+"""The text distillation stage end to end: load a Hugging Face teacher, build the student, compute the
+teacher's targets once, optionally score the data, train, and measure retention on held-out sentences.
+
+Measured: parameters (embeddings counted), mean / worst embedding cosine to the teacher, nearest-neighbour
+retrieval agreement, linear CKA per mapped layer pair, and the vocabulary's cost: the share of held-out
+tokens that become [UNK], both for the student's own tokenizer (what inference sees) and for the teacher's
+tokens mapped into the student's vocabulary (what training saw).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.errors import EdgekitError
+from edgekit.train.distill.data_score import DataScores, score_samples, text_degenerate, token_dropout
+from edgekit.train.distill.student import StudentSpec, TextStudent, build_student
+from edgekit.train.distill.text import (
+    TextData,
+    TextDistillConfig,
+    build_layer_map,
+    embed,
+    encode,
+    fit_text,
+    layer_cka,
+    retrieval_agreement,
+    teacher_targets,
+)
+from edgekit.train.distill.trainer import TrainConfig
+
+
+def load_hf_teacher(spec: str | Path) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from `hf:DIR` or a folder, with eager attention so attention maps come back."""
+    text = str(spec)
+    path = Path(text[3:] if text.startswith("hf:") else text)
+    if not (path / "config.json").is_file():
+        raise EdgekitError(f"teacher folder {path} has no config.json: pass hf:DIR with a Hugging Face "
+                           "save_pretrained folder (model + tokenizer)")
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise EdgekitError("a hf:DIR teacher needs the Python package 'transformers', which is not installed; "
+                           "pip install 'edgekit[text]'") from None
+
+    hf_logging.disable_progress_bar()  # stderr carries edgekit's own progress lines and one-line errors
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise EdgekitError(f"cannot load a Hugging Face model and tokenizer from {path}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), tokenizer
+
+
+def read_sentences(path: str | Path, what: str = "data") -> list[str]:
+    """One sentence per line; blank lines skipped; duplicates kept (scoring removes them)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgekitError(f"{what} file not found: {p} (expected a text file with one sentence per line)")
+    try:
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{what} file {p} is not UTF-8 text; give one sentence per line") from None
+    sentences = [s for s in lines if s]
+    if len(sentences) < 2:
+        raise EdgekitError(f"{what} file {p} holds {len(sentences)} sentence(s); give at least 2, one per line")
+    return sentences
+
+
+def student_tokenizer(student: TextStudent, like: Any = None) -> Any:
+    from transformers import BertTokenizer
+
+    lower = bool(getattr(like, "do_lower_case", True)) if like is not None else True
+    return BertTokenizer(vocab={t: i for i, t in enumerate(student.tokens)}, do_lower_case=lower)
+
+
+@dataclass
+class TextSetup:
+    teacher: nn.Module
+    tokenizer: Any
+    student: TextStudent
+    data: TextData
+    config: TextDistillConfig
+
+
+def prepare(teacher: nn.Module, tokenizer: Any, sentences: Sequence[str], spec: StudentSpec,
+            config: TextDistillConfig, seed: int = 0, score: bool = False,
+            log: Callable[[str], None] | None = None) -> TextSetup:
+    """Tokenise, build the student, run the teacher once over the data, and score it when asked."""
+    log = log or (lambda _m: None)
+    ids = encode(tokenizer, sentences, config.max_length)
+    student = build_student(teacher, tokenizer.get_vocab(), spec, ids, seed=seed)
+    lmap = build_layer_map(config, spec.layers, teacher.config.num_hidden_layers)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    log(f"teacher targets for {len(ids)} sentences (layer map {lmap.describe()})")
+    targets = teacher_targets(teacher, ids, lmap, spec.heads, pad_id)
+    data = TextData(ids, targets, pad_id)
+    if score or config.sampling == "scored":
+        data.scores = score_text(teacher, tokenizer, ids, targets.embedding, seed)
+    return TextSetup(teacher, tokenizer, student, data, config)
+
+
+def score_text(teacher: nn.Module, tokenizer: Any, ids: list[list[int]], embeddings: torch.Tensor,
+               seed: int = 0, dropout: float = 0.15) -> DataScores:
+    """Scores from the teacher: token-dropout consistency, near-duplicates, degenerate sentences."""
+    special = set(tokenizer.all_special_ids)
+    gen = torch.Generator().manual_seed(seed + 12345)
+    augmented_ids = [token_dropout(x, dropout, gen, special) for x in ids]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    augmented = embed(teacher, augmented_ids, pad_id, teacher=True)
+    degenerate = text_degenerate(ids, lambda i: tokenizer.convert_ids_to_tokens(i), special,
+                                 tokenizer.unk_token_id)
+    return score_samples(embeddings, augmented, degenerate)
+
+
+def unk_rates(tokenizer: Any, student: TextStudent, sentences: Sequence[str], max_length: int) -> dict[str, float]:
+    """Share of held-out (non-special) tokens that are [UNK] for the student."""
+    own = student_tokenizer(student, tokenizer)
+    unk = student.tokens.index("[UNK]")
+    frame_t = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    frame_s = {own.cls_token_id, own.sep_token_id, own.pad_token_id}
+    t_ids = [[i for i in x if i not in frame_t] for x in encode(tokenizer, sentences, max_length)]
+    s_ids = [[i for i in x if i not in frame_s] for x in encode(own, sentences, max_length)]
+    t_total = max(1, sum(map(len, t_ids)))
+    return {
+        "unk_rate_student_tokenizer": sum(i == unk for x in s_ids for i in x) / max(1, sum(map(len, s_ids))),
+        "unk_rate_mapped_teacher_tokens": sum(int(student.vocab_map[i]) == unk for x in t_ids for i in x) / t_total,
+        "unk_rate_teacher": sum(i == tokenizer.unk_token_id for x in t_ids for i in x) / t_total,
+    }
+
+
+def evaluate(setup: TextSetup, model: nn.Module, sentences: Sequence[str], *, cka: bool = True,
+             teacher_embeddings: torch.Tensor | None = None) -> dict[str, Any]:
+    """Retention on held-out sentences: the student reads them with its own tokenizer."""
+    tok, cfg = setup.tokenizer, setup.config
+    pad_id = setup.data.pad_id
+    t_ids = encode(tok, sentences, cfg.max_length)
+    t_emb = teacher_embeddings if teacher_embeddings is not None else embed(setup.teacher, t_ids, pad_id,
+                                                                            teacher=True)
+    own = student_tokenizer(setup.student, tok)
+    s_emb = embed(model, encode(own, sentences, cfg.max_length), own.pad_token_id)
+    cos = F.cosine_similarity(s_emb, t_emb, dim=-1)
+    out: dict[str, Any] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                           "cosine_p10": float(cos.quantile(0.1)), **retrieval_agreement(t_emb, s_emb)}
+    if cka:
+        lmap = build_layer_map(cfg, setup.student.spec.layers, setup.teacher.config.num_hidden_layers)
+        out["cka"] = layer_cka(setup.teacher, model, t_ids, setup.student.vocab_map, lmap, pad_id)
+    return out
+
+
+def run_stage(setup: TextSetup, train: TrainConfig, heldout: Sequence[str], *, config: TextDistillConfig | None = None,
+              log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None,
+              student: TextStudent | None = None) -> tuple[TextStudent, dict[str, Any]]:
+    """Train a copy of the setup's fresh student (or `student`) under `config` and measure it."""
+    config = config or setup.config
+    student = student or copy.deepcopy(setup.student)
+    t_ids = encode(setup.tokenizer, heldout, config.max_length)
+    t_emb = embed(setup.teacher, t_ids, setup.data.pad_id, teacher=True)
+
+    def quick(model: nn.Module) -> dict[str, float]:
+        r = evaluate(setup, model, heldout, cka=False, teacher_embeddings=t_emb)
+        return {"heldout_cosine": r["cosine_mean"]}
+
+    result = fit_text(student, setup.data, config, train, evaluate=quick, log=log, steps_per_epoch=steps_per_epoch)
+    report = {"config": config.describe(), "history": result.history, "steps": result.steps,
+              "seconds": result.seconds, "world_size": result.world_size,
+              **evaluate(setup, student.model, heldout, teacher_embeddings=t_emb)}
+    return student, report
+
+
+def same_budget(config: TextDistillConfig, **changes: Any) -> TextDistillConfig:
+    """The same configuration with a few fields changed (baseline: output_only=True)."""
+    return replace(config, **changes)

@@ -1,0 +1,118 @@
+"""`edgekit distill` on a transformer: a tiny random BERT teacher (hidden 32) saved as a Hugging Face folder,
+distilled through the CLI into a config-built student, in-process and under a 2-process torchrun (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.data.text_corpus import build_corpus, everyday_sentences, split_sentences
+from edgekit.data.tiny_text import save_tiny_bert
+from tests.test_ddp import _torchrun
+
+STUDENT = "layers=1,hidden=16,heads=2,intermediate=32"
+
+
+@pytest.fixture(scope="module")
+def textdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    sentences = everyday_sentences()
+    (root / "train.txt").write_text("\n".join(sentences[:80]) + "\n")
+    (root / "eval.txt").write_text("\n".join(sentences[80:]) + "\n")
+    save_tiny_bert(root / "teacher", sentences[:60])  # words of the last 40 sentences are partly unknown
+    return root
+
+
+def test_cli_distils_a_transformer_student_and_saves_a_pretrained_folder(cli, textdir):
+    out = textdir / "out"
+    r = cli("distill", "--teacher", f"hf:{textdir / 'teacher'}", "--student-config", STUDENT,
+            "--data", textdir / "train.txt", "--eval", textdir / "eval.txt", "--epochs", "2", "--batch-size", "16",
+            "--sampling", "scored", "--baseline", "--out", out)
+    assert r.rc == 0, r.err[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "text" and report["student_params"] < report["teacher_params"]
+    assert set(report["cka"]) == {"0=0", "1=2"}  # uniform map: embeddings and the last teacher block
+    assert len(report["history"]) == 2 and {"output", "hidden", "attention"} <= set(report["history"][0])
+    assert report["data_scores"]["kept"] + sum(report["data_scores"]["dropped"].values()) == 80
+    base = report["baseline_output_only"]
+    assert "hidden" not in base["history"][0] and base["steps"] == report["steps"]
+    assert 0 <= report["unk_rate_student_tokenizer"] <= report["unk_rate_mapped_teacher_tokens"] + 1e-9
+    # the saved folder is a Hugging Face model + tokenizer, and the embedding reloads identically
+    from transformers import AutoModel, AutoTokenizer
+
+    from edgekit.train.distill.student import load_text_student
+
+    assert AutoModel.from_pretrained(out).config.hidden_size == 16
+    model, tok = load_text_student(out)
+    assert isinstance(tok, type(AutoTokenizer.from_pretrained(out)))
+    batch = tok(["The cat fell asleep in the sun."], return_tensors="pt")
+    emb = model(batch["input_ids"], batch["attention_mask"])
+    assert emb.shape == (1, 32) and torch.isfinite(emb).all()  # mapped into the teacher's width
+
+
+def test_cli_text_bad_input_is_one_line_and_writes_nothing(cli, textdir):
+    out = textdir / "bad"
+    teacher = f"hf:{textdir / 'teacher'}"
+    for args, needle in [
+        (["--student-config", "layers=1,hidden=15,heads=2"], "not divisible"),
+        (["--student-config", "layers=1,hidden=64,heads=2"], "wider than the teacher"),
+        (["--student-config", STUDENT, "--layer-map", "1=9"], "out of range"),
+        (["--student-config", STUDENT, "--data", textdir / "missing.txt"], "not found"),
+    ]:
+        argv = ["distill", "--teacher", teacher, "--data", textdir / "train.txt", *args, "--out", out]
+        r = cli(*argv)
+        assert r.rc == 2, (args, r.err)
+        assert needle in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        assert not out.exists()
+    r = cli("distill", "--teacher", f"hf:{textdir}", "--student-config", STUDENT, "--data", textdir / "train.txt",
+            "--out", out)
+    assert r.rc == 2 and "config.json" in r.err and not out.exists()
+
+
+def test_torchrun_two_processes_distil_a_transformer(textdir):
+    out = textdir / "ddp"
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "edgekit", "distill",
+           "--teacher", f"hf:{textdir / 'teacher'}", "--student-config", STUDENT, "--data", "train.txt",
+           "--eval", "eval.txt", "--epochs", "2", "--batch-size", "8", "--sampling", "scored",
+           "--temperature", "learnable", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(cmd, cwd=textdir, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2 and len(report["history"]) == 2
+    assert proc.stdout.count("retention") == 1  # only rank 0 reports
+    assert (out / "config.json").is_file() and (out / "2_Dense" / "model.safetensors").is_file()
+
+
+def test_offline_corpus_is_prose_and_heldout_is_separate():
+    corpus = build_corpus(max_train=300, max_heldout=50)
+    assert len(corpus.train) == 300 and len(corpus.heldout) == 50
+    assert not set(corpus.train) & set(corpus.heldout)
+    assert all(s[0].isupper() and s[-1] in ".!?" and 6 <= len(s.split()) <= 40 for s in corpus.train)
+    assert len(everyday_sentences()) >= 100
+    text = "A first sentence is here today. Then comes a second one, quite long.\n\n    x = f(1)  # code\n"
+    assert split_sentences(text) == ["A first sentence is here today.", "Then comes a second one, quite long."]
+
+
+
+def test_student_of_the_teachers_shape_starts_as_the_teacher(textdir):
+    """Where every shape allows, initialisation copies the teacher: same embeddings, trimmed vocabulary or not."""
+    from edgekit.train.distill.student import build_student, parse_student_config
+    from edgekit.train.distill.text import embed, encode
+    from edgekit.train.distill.text_stage import load_hf_teacher
+
+    teacher, tok = load_hf_teacher(f"hf:{textdir / 'teacher'}")
+    sentences = everyday_sentences()[:20]
+    ids = encode(tok, sentences, 64)
+    expected = embed(teacher, ids, tok.pad_token_id, teacher=True)
+    for vocab in ("shared", "trim"):
+        spec = parse_student_config(f"layers=2,hidden=32,heads=4,intermediate=64,vocab={vocab}")
+        student = build_student(teacher, tok.get_vocab(), spec, ids)
+        got = embed(student.model, ids, tok.pad_token_id, vocab_map=student.vocab_map)
+        assert torch.allclose(got, expected, atol=1e-5), vocab
+    assert len(student.tokens) < len(tok.get_vocab())  # trimmed to the sentences' tokens + single characters
