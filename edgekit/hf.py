@@ -129,17 +129,18 @@ def load(folder: Path, task: str | None, max_length: int | None = None) -> dict[
             "outputs": output_specs(task), "tokenizer": tokenizer, "task": task}
 
 
-def read_text(path: Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, one sentence each."""
+def read_text(path: Path, what: str = "data", at_least: int = 1) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, one sentence each (duplicates kept)."""
     if not path.is_file():
-        raise EdgekitError(f"data file not found: {path}")
+        raise EdgekitError(f"{what} file not found: {path} (expected a text file with one sentence per line)")
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
-        raise EdgekitError(f"{path} is not UTF-8 text (one sentence per line)") from None
+        raise EdgekitError(f"{what} file {path} is not UTF-8 text; give one sentence per line") from None
     lines = [ln for ln in lines if ln]
-    if not lines:
-        raise EdgekitError(f"text data {path} has no sentences (one per line)")
+    if len(lines) < at_least:
+        raise EdgekitError(f"{what} file {path} holds {len(lines)} sentence(s); give at least {at_least}, "
+                           "one per line")
     return lines
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.bench.baseline import pick as pick_baseline
+from edgekit.bench.baseline import runtime_name
 from edgekit.bench.provenance import same_class
 from edgekit.errors import EdgekitError
 from edgekit.facade import make_callable
@@ -344,15 +345,6 @@ def records_from(data: Any, source: str) -> list[dict[str, Any]]:
     return data
 
 
-def _name(value: Any) -> str | None:
-    """A runtime/backend given as "onnxruntime", "torch 2.6.0" or {"name": ..., "version": ...}."""
-    if isinstance(value, dict):
-        value = value.get("name")
-    if isinstance(value, str) and value.strip():
-        return value.strip().split()[0].lower()
-    return None
-
-
 def _number(rec: Mapping[str, Any], key: str, where: str, fraction: bool = False) -> float | None:
     value = rec.get(key)
     if value is None:
@@ -383,8 +375,8 @@ def parse_record(rec: Mapping[str, Any], index: int, source: str) -> Record:
     where = f"{source}: record {index} ('{label}')"
     if not isinstance(precision, str):
         raise EdgekitError(f"{where}: missing field 'precision'")
-    runtime = _name(rec.get("runtime"))
-    backend = _name(rec.get("backend"))
+    runtime = runtime_name(rec.get("runtime"))
+    backend = runtime_name(rec.get("backend"))
     eager = any(n in _EAGER_NAMES for n in (runtime, backend, (target or "").lower()))
     batch = rec.get("batch")
     size = rec.get("model_bytes")

@@ -20,7 +20,8 @@ from typing import Any
 EAGER_NAMES = ("torch", "pytorch", "torch-eager", "torch_eager", "eager")
 
 
-def _name(value: Any) -> str | None:
+def runtime_name(value: Any) -> str | None:
+    """A runtime/backend given as "onnxruntime", "torch 2.6.0" or {"name": ..., "version": ...}."""
     if isinstance(value, dict):
         value = value.get("name")
     if isinstance(value, str) and value.strip():
@@ -31,7 +32,8 @@ def _name(value: Any) -> str | None:
 def is_eager(rec: Mapping[str, Any]) -> bool:
     """A torch eager run: recognised by its backend, runtime or target name."""
     target = rec.get("target") if isinstance(rec.get("target"), str) else ""
-    return any(n in EAGER_NAMES for n in (_name(rec.get("runtime")), _name(rec.get("backend")), target.lower()))
+    names = (runtime_name(rec.get("runtime")), runtime_name(rec.get("backend")), target.lower())
+    return any(n in EAGER_NAMES for n in names)
 
 
 def _p50(rec: Mapping[str, Any]) -> float | None:
@@ -55,7 +57,7 @@ def _comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _engine(rec: Mapping[str, Any]) -> str | None:
-    return _name(rec.get("backend")) or _name(rec.get("runtime"))
+    return runtime_name(rec.get("backend")) or runtime_name(rec.get("runtime"))
 
 
 def _usable(rec: Mapping[str, Any]) -> bool:

@@ -153,18 +153,6 @@ class Job:
         return self.path.name or str(self.path)
 
 
-def _fixed_batch(manifest: dict[str, Any]) -> int | None:
-    dim = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def _model_bytes(manifest: dict[str, Any]) -> int:
-    """The model file plus files that belong to it by name (e.g. model.onnx.data external weights)."""
-    main = manifest["model_file"]
-    return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main
-                   or name.startswith(main + ".")))
-
-
 def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
     """What the quality figures were measured on; `calibration_data` is True when it is the very data the
     artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
@@ -241,7 +229,7 @@ class Harness:
             except EdgekitError as exc:
                 self.fail(job, str(exc))
                 continue
-            fixed = _fixed_batch(job.manifest)
+            fixed = rec.fixed_batch(job.manifest)
             for b in self.config.batches:
                 if fixed is not None and b != fixed:
                     job.skipped[b] = f"the artifact's input has a fixed batch of {fixed}"
@@ -315,7 +303,7 @@ class Harness:
                 self.fail(job, str(exc))
                 bar.update(1)
                 continue
-            first = job.batches[0] if job.batches else _fixed_batch(job.manifest) or 1
+            first = job.batches[0] if job.batches else rec.fixed_batch(job.manifest) or 1
             load = self.ask(job, {"cmd": "load", "artifact": staged, "batch": first,
                                   "threads": self.config.threads, "seed": self.config.seed},
                             timeout=_LOAD_TIMEOUT_S)
@@ -553,7 +541,7 @@ class Harness:
                            **{k: v for k, v in job.env.items() if k != "versions"}},
                 "runtime": job.load.get("runtime"), "runtime_version": job.load.get("runtime_version"),
                 "runtime_versions": job.env.get("versions"), "threads": job.load.get("threads", self.config.threads),
-                "model_bytes": _model_bytes(m) if m else None,
+                "model_bytes": rec.model_bytes(m) if m else None,
                 "artifact_bytes": int(sum(f["bytes"] for f in m["files"].values())) if m else None,
                 "settings": self.config.settings(), "edgekit_version": __version__, "timestamp": stamp,
             })

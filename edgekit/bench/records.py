@@ -202,12 +202,12 @@ class BenchResult:
         return not self.failures
 
 
-def _fixed_batch(manifest: dict[str, Any]) -> int | None:
+def fixed_batch(manifest: dict[str, Any]) -> int | None:
     dim = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _model_bytes(manifest: dict[str, Any]) -> int:
+def model_bytes(manifest: dict[str, Any]) -> int:
     """The model file plus files that belong to it by name (e.g. model.onnx.data external weights)."""
     main = manifest["model_file"]
     return int(sum(meta["bytes"] for name, meta in manifest["files"].items() if name == main

@@ -89,12 +89,7 @@ def quantize_embeddings_int8(model, min_elements: int = MIN_TABLE_ELEMENTS) -> l
         model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes_name))
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    _drop_unused(model)
+    from edgekit.quant.qdq import prune_initializers
+
+    prune_initializers(model)
     return records
-
-
-def _drop_unused(model) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)

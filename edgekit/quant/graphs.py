@@ -37,6 +37,19 @@ def with_outputs(src: Path, names: Sequence[str], dest: Path) -> Path:
     return dest
 
 
+def constant_dequantized_inputs(node, producers: dict[str, Any], inits: dict[str, Any]) -> list[tuple[int, Any]]:
+    """(input index, DequantizeLinear) for a weighted node's weight (1) and bias (2) inputs that come from a
+    DequantizeLinear of constants: the inputs a fold back to float rewrites."""
+    found = []
+    for idx in (1, 2):
+        if idx >= len(node.input) or not node.input[idx]:
+            continue
+        dq = producers.get(node.input[idx])
+        if dq is not None and dq.op_type == "DequantizeLinear" and all(i in inits for i in dq.input if i):
+            found.append((idx, dq))
+    return found
+
+
 def dequantize(dq, inits: dict[str, Any]) -> np.ndarray:
     """What a DequantizeLinear of constants computes: (q - zero_point) * scale in float32, per axis."""
     from onnx import numpy_helper
@@ -132,12 +145,7 @@ def fold_float_output_weights(model) -> list[str]:
         if node.output[0] not in outputs and len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
             continue  # DQ -> op -> Q: ONNX Runtime fuses it into its int8 kernel
         done = False
-        for idx in (1, 2):
-            if idx >= len(node.input) or not node.input[idx]:
-                continue
-            dq = producers.get(node.input[idx])
-            if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i):
-                continue
+        for idx, dq in constant_dequantized_inputs(node, producers, inits):
             value = dequantize(dq, inits)
             name = f"{node.input[idx]}_folded"
             if name not in inits:

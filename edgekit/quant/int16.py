@@ -55,7 +55,7 @@ def fold_weights(model, layers: Sequence[str], prepared=None) -> list[str]:
     """
     from onnx import numpy_helper
 
-    from edgekit.quant.graphs import dequantize, drop_unread_qdq
+    from edgekit.quant.graphs import constant_dequantized_inputs, dequantize, drop_unread_qdq
 
     wanted = set(layers)
     inits = {t.name: t for t in model.graph.initializer}
@@ -69,12 +69,7 @@ def fold_weights(model, layers: Sequence[str], prepared=None) -> list[str]:
     for node in model.graph.node:
         if node.name not in wanted:
             continue
-        for idx in (1, 2):
-            if idx >= len(node.input) or not node.input[idx]:
-                continue
-            dq = producers.get(node.input[idx])
-            if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i):
-                continue
+        for idx, dq in constant_dequantized_inputs(node, producers, inits):
             name = f"{node.input[idx]}_folded"
             if name not in inits:
                 if idx == 2 and node.name in fp32:

@@ -64,17 +64,9 @@ def load_hf_teacher(spec: str | Path) -> tuple[nn.Module, Any]:
 
 def read_sentences(path: str | Path, what: str = "data") -> list[str]:
     """One sentence per line; blank lines skipped; duplicates kept (scoring removes them)."""
-    p = Path(path)
-    if not p.is_file():
-        raise EdgekitError(f"{what} file not found: {p} (expected a text file with one sentence per line)")
-    try:
-        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise EdgekitError(f"{what} file {p} is not UTF-8 text; give one sentence per line") from None
-    sentences = [s for s in lines if s]
-    if len(sentences) < 2:
-        raise EdgekitError(f"{what} file {p} holds {len(sentences)} sentence(s); give at least 2, one per line")
-    return sentences
+    from edgekit.hf import read_text
+
+    return read_text(Path(path), what, at_least=2)
 
 
 def student_tokenizer(student: TextStudent, like: Any = None) -> Any:
