@@ -55,8 +55,10 @@ def verification_lines(v: dict) -> list[str]:
             lines.append(f"cosine     {c['mean']:.4f} mean, {c['worst']:.4f} worst vs FP32{label} on {v['samples']} "
                          f"samples of {v['data']}; SQNR {sq}")
         elif o.get("agreement") is not None:
-            lines.append(f"agreement  {o['agreement']:.4f} top-1 vs FP32{label} on {v['samples']} samples of "
-                         f"{v['data']}; SQNR {sq}")
+            ci = o.get("agreement_ci95") or (v.get("agreement_ci95") if o is v or len(per) == 1 else None)
+            interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+            lines.append(f"agreement  {o['agreement']:.4f}{interval} top-1 vs FP32{label} on {v['samples']} samples "
+                         f"of {v['data']}; SQNR {sq}")
         else:
             lines.append(f"sqnr       {sq} vs FP32{label} on {v['samples']} samples of {v['data']}")
     return lines
