@@ -163,6 +163,8 @@ def _load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any
             raise EdgekitError(f"{path}: array '{name}' must be a numeric array of samples (got dtype {arr.dtype})")
         if len(arr) != len(x):
             raise EdgekitError(f"{path}: array '{name}' has {len(arr)} samples but the others {len(x)}")
+    if y is not None and y.ndim != 1:
+        raise EdgekitError(f"{path}: 'y' must be a 1-D array of labels, one per sample (got shape {y.shape})")
     if y is not None and len(y) != len(x):
         first = "x" if named is None else next(iter(named))
         raise EdgekitError(f"{path}: 'y' has {len(y)} labels but '{first}' has {len(x)} samples")
