@@ -48,9 +48,9 @@ def main() -> None:
 
     from edgekit.backends.onnxruntime import effective_session_config
     from edgekit.data import testmodels
+    from edgekit.data.calibration import CalibrationSet
     from edgekit.export import ExportPipeline, run_batched
     from edgekit.metrics import compare
-    from edgekit.quant.calibrate import CalibrationSet
 
     model = testmodels.sensitive_dwsep()
     params = sum(p.numel() for p in model.parameters())

@@ -15,8 +15,11 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _zoo_cache(tmp_path_factory):
-    """Zoo weights are trained once per test session, never read from the user's cache."""
+    """Zoo weights are trained once per test session, never read from the user's cache; the CLI runs a test
+    starts get a temp folder of this session's own, so leftovers of other processes' killed runs (which the
+    next run removes and reports in one more stderr line) never reach a test that counts stderr lines."""
     os.environ["EDGEKIT_CACHE"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
     yield
 
 

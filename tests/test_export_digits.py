@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.backends.onnxruntime import WEIGHT_OPS
+from edgekit.graph.qdq import WEIGHTED_OPS
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_int8_graph_holds_every_conv_and_linear_weight_as_integers(digits_artifa
     model = onnx.load(str(art.model_path))
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    weight_nodes = [n for n in model.graph.node if n.op_type in WEIGHT_OPS]
+    weight_nodes = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
     assert len(weight_nodes) == 4  # three convolutions and the classifier
     for node in weight_nodes:
         dq = producers[node.input[1]]

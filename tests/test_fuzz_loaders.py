@@ -303,7 +303,7 @@ def _data_file(data: st.DataObject, tmp: Path) -> Path:
 
 
 def _load_and_check(path: Path) -> None:
-    from edgekit.quant.calibrate import check_matches, load_data
+    from edgekit.data.calibration import check_matches, load_data
 
     cset = load_data(str(path))
     check_matches(cset, (1, *cset.x.shape[1:]))

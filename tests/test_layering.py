@@ -29,14 +29,7 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {}
 KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
 
 #: upward imports owned by work in progress elsewhere: (importer module prefix, imported prefix) -> why
-KNOWN_LAYERING: dict[tuple[str, str], str] = {
-    ("edgekit.backends.", "edgekit.quant.qdq"):
-        "the Q/DQ and fp16 graph rules the backends write move below them with quant/'s refactor",
-    ("edgekit.backends.base", "edgekit.quant.calibrate"):
-        "calibration sets leave quant/ for the low data layer with the named-input work",
-    ("edgekit.bench.harness", "edgekit.quant.calibrate"):
-        "calibration sets leave quant/ for the low data layer with the named-input work",
-}
+KNOWN_LAYERING: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -9,8 +9,8 @@ from edgekit.metrics import top1_agreement
 
 def test_self_distillation_qat_beats_ptq_without_labels(tmp_path):
     from edgekit.data import testmodels
+    from edgekit.data.calibration import CalibrationSet
     from edgekit.export import ExportPipeline, run_batched
-    from edgekit.quant.calibrate import CalibrationSet
     from edgekit.train import selfdistill
 
     model = testmodels.sensitive_dwsep()

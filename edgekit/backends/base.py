@@ -20,14 +20,10 @@ from edgekit.errors import EdgekitError
 from edgekit.graph.tensors import TensorSpec as TensorSpec  # the manifest's tensor description, shared
 
 if TYPE_CHECKING:
+    from edgekit.data.calibration import CalibrationSet, Ranges
     from edgekit.graph.onnx_export import OnnxModel
     from edgekit.models import SourceModel
-    from edgekit.quant.calibrate import CalibrationSet, Ranges
     from edgekit.targets import Target
-
-#: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
 
 @dataclass
 class ExportResult:

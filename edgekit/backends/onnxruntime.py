@@ -16,21 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import WEIGHTED_OPS, Exporter, ExportRequest, ExportResult, Runner
+from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import describe
 from edgekit.graph.ort_session import X64_POLICY as X64_POLICY
 from edgekit.graph.ort_session import X64_QUANT_PRECISION as X64_QUANT_PRECISION
 from edgekit.graph.ort_session import effective_session_config
 from edgekit.graph.ort_session import session_config as session_config
+from edgekit.graph.qdq import WEIGHTED_OPS
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 _ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-#: kept for callers of the old name
-WEIGHT_OPS = WEIGHTED_OPS
 
 
 def _qtype(options: dict[str, Any], key: str, default: str):
@@ -50,7 +49,7 @@ def float_weights(model) -> list[str]:
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
     bad = []
     for node in model.graph.node:
-        if node.op_type in WEIGHT_OPS and len(node.input) > 1:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1:
             w = inits.get(node.input[1])
             if w is not None and w.data_type in floats:
                 bad.append(node.name or node.op_type)

@@ -158,7 +158,7 @@ def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
     artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
     import hashlib
 
-    from edgekit.quant.calibrate import byte_view
+    from edgekit.data.calibration import byte_view
 
     cal = manifest.get("calibration") or {}
     h = hashlib.sha256(str(ev.x.shape).encode())
@@ -239,15 +239,15 @@ class Harness:
                 self.log(f"bench: {job.path}: batch {b} skipped: {why}")
 
     def _evalset(self, data, specs, what: str = "evaluation set") -> EvalSet:
-        from edgekit.quant.calibrate import checked
+        from edgekit.data.calibration import checked
 
         data = checked(data, specs, what)
         single = len(specs) == 1 and specs[0].is_float and (data.named is None or "x" in data.named)
         return EvalSet(data.x, data.y, data.source, None if single else data.named)
 
     def choose_eval_sets(self) -> None:
+        from edgekit.data.calibration import load_data
         from edgekit.io import random_feeds
-        from edgekit.quant.calibrate import load_data
 
         cache: dict[tuple[str, str], Any] = {}
 

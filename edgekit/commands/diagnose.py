@@ -35,7 +35,7 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
     from edgekit.quant.diagnose import compare_backends, format_comparison, require_onnx_qdq
 
     if not _is_artifact(args.against):

@@ -70,7 +70,7 @@ def layer_tensors(prepared) -> dict[str, dict[str, Any]]:
 
 
 def layer_names_of(model) -> list[str]:
-    from edgekit.quant.qdq import weighted_nodes
+    from edgekit.graph.qdq import weighted_nodes
 
     return weighted_nodes(model)
 

@@ -138,7 +138,7 @@ def resolve_pair(teacher: str | None, student: str | None, pair: str | None, *, 
 
 def load_datasets(data: str | None, eval_data: str | None, zoo_default: bool) -> tuple[Data, Data, str]:
     """(train, eval, note). Without --eval, zoo data evaluates on the held-out split; other data on itself."""
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
 
     if data is None:
         if not zoo_default:

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import WEIGHTED_OPS
 from edgekit.errors import EdgekitError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: ops whose output TensorRT's guidance says not to quantize: it fuses the next layer's input quantizer into
 #: them, and a quantizer on their output adds a second rounding (and int8 logits) for nothing
 NO_OUTPUT_QUANTIZATION = list(WEIGHTED_OPS)
