@@ -9,42 +9,18 @@ low agreement or an unverified precision would otherwise only be found inside ma
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 #: below this top-1 agreement with FP32 the summary warns
 MIN_AGREEMENT = 0.99
-_REMOTE_DIR = "/data/local/tmp/edgekit"
-
-
-def _tflite_step(model_file: str) -> str:
-    remote = f"{_REMOTE_DIR}/{model_file}"
-    return (f"adb push {shlex.quote(model_file)} {remote} && adb shell {_REMOTE_DIR}/benchmark_model "
-            f"--graph={remote} --num_threads=1 (push TFLite's benchmark_model for the phone first; or edgekit "
-            "bench ART --device adb://SERIAL --benchmark-model PATH)")
-
-
-def _ort_mobile_step(model_file: str) -> str:
-    remote = f"{_REMOTE_DIR}/{model_file}"
-    return (f"adb push {shlex.quote(model_file)} {remote} && adb shell {_REMOTE_DIR}/onnxruntime_perf_test -e cpu "
-            f"-m times -r 100 -x 1 {remote} (or edgekit bench ART --device adb://SERIAL --perf-test PATH)")
 
 
 def next_step(manifest: dict[str, Any]) -> str | None:
-    """The exact command that finishes or measures the artifact on its device, or None when none is needed
-    (an artifact for this kind of machine, already complete)."""
-    details = manifest.get("backend_details") or {}
-    backend = manifest.get("backend")
-    profile = manifest.get("target_profile") or {}
-    if backend == "tensorrt" and details.get("engine") != "built" and details.get("trtexec"):
-        return f"on the device, in the artifact folder: {details['trtexec']}"
-    if backend == "ascend" and not str(details.get("compiled", "")).startswith("true") and details.get("atc_command"):
-        return f"where CANN's atc is installed, in the artifact folder: {details['atc_command']}"
-    if profile.get("device_class") == "edge-cpu" and backend == "tflite":
-        return f"on the phone: {_tflite_step(manifest['model_file'])}"
-    if profile.get("device_class") == "edge-cpu" and backend == "ort-mobile":
-        return f"on the phone: {_ort_mobile_step(manifest['model_file'])}"
-    return None
+    """The exact command that finishes or measures the artifact on its device (its backend knows which), or
+    None when none is needed."""
+    from edgekit.backends.registry import next_step as backend_next_step
+
+    return backend_next_step(manifest)
 
 
 def warnings(manifest: dict[str, Any]) -> list[str]:

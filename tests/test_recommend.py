@@ -14,17 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.recommend import (
-    FALLBACK_ORDER,
-    RULE_BUDGET,
-    RULE_NO_ACCURACY,
-    RULE_NO_LATENCY,
-    RULE_SIZE,
-    RULE_SPEEDUP,
-    decide,
-    judge,
-    recommend,
-)
+from edgekit.recommend import FALLBACK_ORDER, decide, judge, recommend
+from edgekit.recommend.judge import RULE_BUDGET, RULE_NO_ACCURACY, RULE_NO_LATENCY, RULE_SIZE, RULE_SPEEDUP
 from edgekit.targets import PRECISIONS, Target, load_target
 
 
@@ -237,12 +228,26 @@ def test_size_rule_applies_only_to_a_size_reduction():
 
 
 def test_max_accuracy_drop_is_the_users_budget():
-    r = recommend(GPU_SERVER, max_accuracy_drop=0.5, results=issue_case(0.94))
+    # a fraction, like every accuracy in edgekit and like edgekit.export's budget: 0.005 is half a point
+    r = recommend(GPU_SERVER, max_accuracy_drop=0.005, results=issue_case(0.94))
     [v] = r.judgement.rejected
     assert (v.artifact, v.rule) == ("m-int8", RULE_BUDGET)
-    assert v.reason == "loses 1.00 points (accuracy); the budget (max_accuracy_drop) is 0.5"
+    assert v.reason == "loses 1.00 points (accuracy); the budget is 0.5 points (max_accuracy_drop / --max-accuracy-drop)"
     assert r.chosen_artifact == "m-fp16"
-    assert r.to_dict()["max_accuracy_drop"] == 0.5
+    assert r.to_dict()["max_accuracy_drop"] == 0.005
+
+
+def test_budgets_are_fractions_in_python_and_points_on_the_command_line(cli, board, tmp_path):
+    with pytest.raises(EdgekitError, match="must be a fraction in \\[0, 1\\]"):
+        recommend(GPU_SERVER, max_accuracy_drop=5, results=issue_case(0.94))
+    results = write_results(tmp_path / "r.json", 0.94)
+    r = cli("recommend", "--target", str(board), "--results", str(results), "--max-accuracy-drop", "0.5", "--json")
+    assert r.rc == 0, r.err
+    out = json.loads(r.out)
+    assert out["max_accuracy_drop"] == 0.005
+    assert {"artifact": "m-int8", "precision": "int8", "rule": RULE_BUDGET,
+            "reason": "loses 1.00 points (accuracy); the budget is 0.5 points (max_accuracy_drop / "
+                      "--max-accuracy-drop)"} in out["rejected"]
 
 
 def test_quantized_artifact_slower_than_fp32_is_flagged_and_fp32_wins():
@@ -428,7 +433,7 @@ def test_cli_table_names_the_rejecting_rule(cli, board, tmp_path):
                    write(d / "nofp32.json", json.dumps([rec("m", "int8", 1.0, 0.9, target="my-arm-board")]))],
      "no FP32 baseline for target 'my-arm-board'"),
     (lambda d, b: ["--target", b, "--max-accuracy-drop", "-1"],
-     "max_accuracy_drop (--max-accuracy-drop) must be a non-negative"),
+     "--max-accuracy-drop is in percentage points, 0 to 100"),
     (lambda d, b: ["--target", b, "--priority", "speed"], "invalid choice: 'speed'"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(cli, board, tmp_path, make_args, message):

@@ -13,12 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.backends.tensorrt import (
-    CALIBRATION_CACHE_FILE,
-    engine_support,
-    read_calibration_cache,
-    trt_version_code,
-)
+from edgekit.backends.tensorrt import CALIBRATION_CACHE_FILE
+from edgekit.backends.tensorrt_engine import engine_support, read_calibration_cache, trt_version_code
 from edgekit.errors import EdgekitError
 from edgekit.graph.qdq import WEIGHTED_OPS, output_channel_axis, weighted_nodes
 from tests.conftest import no_partial_left

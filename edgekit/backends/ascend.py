@@ -136,6 +136,13 @@ def aipp_normalisation(user: dict[str, Any], profile: dict[str, Any], calib: Any
                   "pixel units) to get one")
 
 
+def next_step(manifest: dict[str, Any]) -> str | None:
+    details = manifest.get("backend_details") or {}
+    if str(details.get("compiled", "")).startswith("true") or not details.get("atc_command"):
+        return None
+    return f"where CANN's atc is installed, in the artifact folder: {details['atc_command']}"
+
+
 class AscendExporter(Exporter):
     """fp32 / fp16 / mixed for ATC: the ONNX, the atc command, the AIPP config; the .om where atc exists.
 

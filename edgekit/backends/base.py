@@ -25,6 +25,23 @@ if TYPE_CHECKING:
     from edgekit.models import SourceModel
     from edgekit.targets import Target
 
+#: where the phone commands put artifacts and tools (adb's world-writable scratch folder)
+PHONE_DIR = "/data/local/tmp/edgekit"
+
+
+def phone_step(manifest: dict[str, Any], tool: str, tool_args: str, bench_hint: str) -> str | None:
+    """`adb push` of the model, then the runtime's own benchmark tool on it: what finishes a phone artifact.
+    None for an artifact that is not for an edge-CPU device (nothing to push)."""
+    import shlex
+
+    if (manifest.get("target_profile") or {}).get("device_class") != "edge-cpu":
+        return None
+    model_file = str(manifest["model_file"])
+    remote = f"{PHONE_DIR}/{model_file}"
+    return (f"on the phone: adb push {shlex.quote(model_file)} {remote} && adb shell {PHONE_DIR}/{tool} "
+            f"{tool_args.format(model=remote)} ({bench_hint})")
+
+
 @dataclass
 class ExportResult:
     """What an exporter wrote into its folder. `details` goes into the manifest under the backend's name."""

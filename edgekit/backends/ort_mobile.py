@@ -12,11 +12,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from edgekit.backends.base import Exporter, ExportRequest, ExportResult
+from edgekit.backends.base import Exporter, ExportRequest, ExportResult, phone_step
 from edgekit.backends.onnxruntime import OrtExporter, OrtRunner
 from edgekit.backends.options import names as option_names
 from edgekit.errors import EdgekitError
+
+
+def next_step(manifest: dict[str, Any]) -> str | None:
+    return phone_step(manifest, "onnxruntime_perf_test", "-e cpu -m times -r 100 -x 1 {model}",
+                      "or edgekit bench ART --device adb://SERIAL --perf-test PATH")
 
 
 class OrtMobileExporter(Exporter):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 from edgekit.errors import EdgekitError, MissingRuntimeError
 
@@ -40,6 +41,9 @@ class BackendSpec:
     #: "module:function" -> (bool, why): can the device runtime / compiler itself run here? None: the runtime
     #: in `requires` is the one that runs the artifact, so installed means it runs here
     native_check: str | None = None
+    #: "module:function" -> the command that finishes or measures an artifact on its device, from its manifest
+    #: (None from the function: nothing to do); None: artifacts of this backend are complete where exported
+    next_step: str | None = None
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -77,6 +81,7 @@ register_backend(
         runner="edgekit.backends.ort_mobile:OrtMobileRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
+        next_step="edgekit.backends.ort_mobile:next_step",
     )
 )
 
@@ -94,6 +99,7 @@ register_backend(
             Requirement("ai_edge_litert", "ai-edge-litert", "tflite"),
         ),
         runtime_module="ai_edge_litert",
+        next_step="edgekit.backends.tflite:next_step",
         no_fallback_reason=(
             "TFLite full-integer int8 has no per-layer float fallback in TensorFlow's converter (every op must "
             "be int8; only the experimental QuantizationDebugger's denylisted_nodes keeps chosen nodes float, "
@@ -109,12 +115,13 @@ register_backend(
         description="TensorRT: explicit Q/DQ int8, fp16, mixed; .engine built where TensorRT and a GPU exist",
         precisions=("fp32", "fp16", "int8", "mixed"),
         exporter="edgekit.backends.tensorrt:TensorRTExporter",
-        runner="edgekit.backends.tensorrt:TensorRTRunner",
+        runner="edgekit.backends.tensorrt_engine:TensorRTRunner",
         requires=(_ORT,),
         runtime_module="onnxruntime",
         layer_fallback=("fp16",),  # written as Casts around the layer, as the `mixed` precision does
         qdq_style="tensorrt",
-        native_check="edgekit.backends.tensorrt:engine_support",
+        native_check="edgekit.backends.tensorrt_engine:engine_support",
+        next_step="edgekit.backends.tensorrt_engine:next_step",
     )
 )
 
@@ -129,6 +136,7 @@ register_backend(
         requires=(_ORT,),
         runtime_module="onnxruntime",
         native_check="edgekit.backends.ascend:compile_support",
+        next_step="edgekit.backends.ascend:next_step",
     )
 )
 
@@ -204,7 +212,16 @@ def run_here(name: str) -> tuple[bool, str]:
     return True, f"{spec.runtime_module} installed"
 
 
-def _load(dotted: str) -> type:
+def next_step(manifest: dict[str, Any]) -> str | None:
+    """The exact command that finishes or measures the artifact on its device, asked of its backend; None when
+    none is needed (an artifact for this kind of machine, already complete) or the backend is unknown here."""
+    spec = _BACKENDS.get(str(manifest.get("backend")))
+    if spec is None or spec.next_step is None:
+        return None
+    return _load(spec.next_step)(manifest)
+
+
+def _load(dotted: str) -> Any:
     module, _, attr = dotted.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner, TensorSpec
+from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner, TensorSpec, phone_step
 from edgekit.errors import EdgekitError
 
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
@@ -57,6 +57,12 @@ def _readable(tensor_name: str) -> str:
     """TFLite tensor names carry tf-keras scopes (model_3/tf.math.sin/Sin;...): keep the first op path."""
     first = tensor_name.split(";")[0]
     return first.split("/", 1)[1] if first.startswith("model") and "/" in first else first
+
+
+def next_step(manifest: dict[str, Any]) -> str | None:
+    return phone_step(manifest, "benchmark_model", "--graph={model} --num_threads=1",
+                      "push TFLite's benchmark_model for the phone first; or edgekit bench ART --device "
+                      "adb://SERIAL --benchmark-model PATH")
 
 
 class TfliteExporter(Exporter):

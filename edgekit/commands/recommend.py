@@ -8,12 +8,16 @@ import json
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.recommend import format_text, load_results, recommend
+    from edgekit.errors import EdgekitError
     from edgekit.targets import load_target
 
+    if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
+        raise EdgekitError(f"--max-accuracy-drop is in percentage points, 0 to 100 (got {args.max_accuracy_drop:g})")
     target = load_target(args.target)
     records = load_results(args.results) if args.results else None
     rec = recommend(target, priority=args.priority, workload=args.workload,
-                    max_accuracy_drop=args.max_accuracy_drop, results=records, source=args.results or "results",
+                    max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
+                    results=records, source=args.results or "results",
                     allow_proxy=args.allow_proxy, min_cosine=args.min_cosine)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))

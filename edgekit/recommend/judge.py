@@ -1,41 +1,15 @@
-"""The precision decision helper: which precision (and which training techniques) to ship on a target.
+"""The measured half of the precision helper: benchmark records judged against an accuracy budget. A static
+tree cannot know that INT8 costs this particular model 3 points; the measurements can.
 
-Two halves. `decide` walks a small decision tree over the target profile's fields (device class, CPU
-architecture, the precisions its backend offers) plus the user's priority and workload, and records every node
-it passed so the user can see *why*. `judge` then checks measured benchmark records against an accuracy
-budget: a static tree cannot know that INT8 costs this particular model 3 points, the measurements can.
-
-The tree reads fields, never target names, so a user's own target file gets the same reasoning as a
-built-in one:
-
-    priority latency
-      gpu                       -> mixed (FP16 + INT8), PTQ
-      cpu / edge-cpu            -> dynamic INT8
-      npu                       -> static INT8, PTQ
-      mcu                       -> static (full-integer) INT8, PTQ
-    priority cost
-      workload batch            -> distillation + pruning (+ the class's throughput precision: mixed on gpu,
-                                   INT8 elsewhere)
-      workload online
-        ARM Cortex-A class CPU  -> runtime has int4-weight?  yes: 4-bit weights + distillation
-                                                             no:  distillation + INT8, saying why
-        any other device        -> distillation + INT8
-
-"ARM Cortex-A class" = device_class edge-cpu with an ARM cpu_arch (not ARM servers, GPU modules or Cortex-M MCUs).
-Without --workload, cost decisions take online for edge devices (edge-cpu, mcu, or a gpu/npu on an ARM host)
-and batch for servers; latency decisions are online by nature.
-
-Whatever a leaf wants, the target may not offer; the precision then falls back along `FALLBACK_ORDER`
-(accelerators and MCUs skip dynamic-int8) and the path says so.
-
-With measurements, each candidate is judged against its FP32 baseline by the rule the bench table uses too
+Each candidate is judged against its FP32 baseline by the rule the bench table uses too
 (edgekit.bench.baseline: the same target's fp32 record at the same batch and device, else torch eager fp32):
 every point lost must buy >= 2x speed-up, a size reduction may cost <= 5 points of recall (accuracy, or
-agreement, when no recall is recorded), and the user's --max-accuracy-drop holds. The fastest survivor (p50)
-wins; quantized artifacts slower than FP32 are flagged. Only records measured on a device of the target's class
-count, unless --allow-proxy.
+agreement, when no recall is recorded), and the user's accuracy budget holds. The fastest survivor (p50)
+wins; quantized artifacts slower than FP32 are flagged. Only records measured on a device of the target's
+class count, unless `allow_proxy`.
 
-Accuracies are fractions in [0, 1]; "points" are percentage points (x100) of them, as everywhere in edgekit.
+Budgets are fractions, like every accuracy in edgekit (`max_accuracy_drop=0.01` is one percentage point);
+the verdicts speak in points (percentage points, x100), which is how people compare models.
 """
 
 from __future__ import annotations
@@ -51,30 +25,7 @@ from edgekit.bench.baseline import pick as pick_baseline
 from edgekit.bench.baseline import runtime_name
 from edgekit.bench.provenance import same_class
 from edgekit.errors import EdgekitError
-from edgekit.facade import make_callable
-from edgekit.targets import PRECISIONS, Target, load_target
-
-PRIORITIES = ("latency", "cost")
-WORKLOADS = ("online", "batch")
-TECHNIQUES = ("distill", "prune", "qat", "ptq")
-
-#: where a wanted precision goes when the target does not offer it, nearest first. INT8-family wishes stay
-#: integer as long as they can (the reason they were wanted is integer kernels); everything ends at fp32,
-#: which every backend offers. When nothing listed matches, the target's own default precision is used.
-FALLBACK_ORDER: dict[str, tuple[str, ...]] = {
-    "mixed": ("fp16", "int8", "fp32"),
-    "fp16": ("fp32",),
-    "int8": ("dynamic-int8", "mixed", "fp16", "fp32"),
-    "dynamic-int8": ("int8", "fp32"),
-    "int4-weight": ("int8", "dynamic-int8", "fp32"),
-    "fp32": (),
-}
-#: dynamic quantization computes activation ranges at run time on CPU kernels; GPUs, NPUs and MCUs need
-#: static ranges, so it is never a fallback there.
-_STATIC_ONLY_CLASSES = ("gpu", "npu", "mcu")
-#: device classes that run on the device itself (one request at a time) rather than in a server
-_EDGE_CLASSES = ("edge-cpu", "mcu")
-_ARM_ARCHES = ("aarch64", "arm64", "arm")
+from edgekit.targets import PRECISIONS, Target
 
 #: rule ids, as they appear in `rejected[].rule`
 RULE_SPEEDUP = "2x-per-point"
@@ -89,149 +40,6 @@ SPEEDUP_PER_POINT = 2.0
 SIZE_RECALL_POINTS = 5.0
 
 _EAGER_NAMES = ("torch", "pytorch", "torch-eager", "torch_eager", "eager")
-
-
-# --------------------------------------------------------------------------------------------------------
-# the tree
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TreeDecision:
-    """Where the static tree ends. `leaf` is a stable id (tests and reports key on it); `path` is readable."""
-
-    leaf: str
-    wanted: str  # what the leaf asked for, before the target's precisions were consulted
-    precision: str  # what the target offers, after fallback
-    techniques: tuple[str, ...]
-    workload: str
-    path: tuple[str, ...]
-
-
-def is_arm(cpu_arch: str) -> bool:
-    arch = cpu_arch.lower()
-    return arch in _ARM_ARCHES or arch.startswith("armv")
-
-
-def is_cortex_a_class(target: Target) -> bool:
-    """An application-class ARM core on the device itself (phones, boards). Not an ARM server CPU (class cpu,
-    Neoverse), not a GPU module's host CPU (class gpu), not a Cortex-M (class mcu)."""
-    return target.device_class == "edge-cpu" and is_arm(target.cpu_arch)
-
-
-def default_workload(target: Target) -> str:
-    """An edge device serves its own requests one at a time; a server-class device is usually fed batches.
-    An ARM host makes a gpu or npu an embedded module (Jetson-class), hence online."""
-    if target.device_class in _EDGE_CLASSES or (target.device_class in ("gpu", "npu") and is_arm(target.cpu_arch)):
-        return "online"
-    return "batch"
-
-
-def _techniques(base: Sequence[str], precision: str) -> tuple[str, ...]:
-    """The training/export steps for `precision`. Static INT8 (and the INT8 half of mixed) needs activation
-    ranges: when a training loop runs anyway (distillation), fake-quant fine-tuning (QAT) with the teacher's
-    targets is nearly free and recovers more than calibration alone; otherwise post-training calibration."""
-    out = list(base)
-    if precision in ("int8", "mixed"):
-        out.append("qat" if "distill" in base else "ptq")
-    return tuple(t for t in TECHNIQUES if t in out)
-
-
-def resolve_precision(target: Target, wanted: str) -> tuple[str, str]:
-    """The precision to use on `target` for a leaf that wants `wanted`, and the path step that says how."""
-    offered = ", ".join(target.precisions)
-    if wanted in target.precisions:
-        return wanted, f"target offers {wanted}? yes ({target.backend}: {offered})"
-    chain = [p for p in FALLBACK_ORDER[wanted]
-             if not (p == "dynamic-int8" and target.device_class in _STATIC_ONLY_CLASSES)]
-    order = " -> ".join((wanted, *chain))
-    for p in chain:
-        if p in target.precisions:
-            return p, (f"target offers {wanted}? no ({target.backend}: {offered}) -> falling back to {p} "
-                       f"(order {order})")
-    return target.default_precision, (
-        f"target offers {wanted}? no ({target.backend}: {offered}), nor any of {order} -> "
-        f"the target's default precision {target.default_precision}")
-
-
-def decide(target: Target, priority: str = "latency", workload: str | None = None) -> TreeDecision:
-    """Walk the tree for `target`; every node appends one readable step to the path."""
-    if priority not in PRIORITIES:
-        raise EdgekitError(f"unknown priority '{priority}'; choose one of {', '.join(PRIORITIES)}")
-    if workload is not None and workload not in WORKLOADS:
-        raise EdgekitError(f"unknown workload '{workload}'; choose one of {', '.join(WORKLOADS)}")
-    cls = target.device_class
-    path = [f"target {target.name}: device_class {cls}, backend {target.backend}, cpu_arch {target.cpu_arch}"]
-    if workload is None and priority == "latency":
-        workload = "online"  # latency-sensitive means someone waits for each answer
-        workload_step = "workload: online (latency priority)"
-    elif workload is None:
-        workload = default_workload(target)
-        workload_step = f"workload: {workload} (default for device_class {cls}"
-        workload_step += f" on {target.cpu_arch})" if cls in ("gpu", "npu") else ")"
-    else:
-        workload_step = f"workload: {workload} (--workload)"
-    base: tuple[str, ...] = ()
-
-    if priority == "latency":
-        path.append("priority: latency -> decide by device class")
-        if workload == "batch":
-            path.append(f"{workload_step}; under latency priority the device class decides alone")
-        if cls == "gpu":
-            leaf, wanted = "latency/gpu", "mixed"
-            path.append("device class gpu -> mixed precision (FP16 + INT8): tensor cores run both; INT8 where "
-                        "it costs little, FP16 where it does not")
-        elif cls in ("cpu", "edge-cpu"):
-            leaf, wanted = "latency/cpu", "dynamic-int8"
-            path.append(f"device class {cls} (a CPU) -> dynamic INT8: int8 weights and GEMMs with activation "
-                        "ranges taken at run time, no calibration set to get wrong")
-        elif cls == "npu":
-            leaf, wanted = "latency/npu", "int8"
-            path.append("device class npu -> static INT8: NPUs run calibrated fixed-point graphs natively; "
-                        "ranges must be known before compilation")
-        else:  # mcu
-            leaf, wanted = "latency/mcu", "int8"
-            path.append("device class mcu -> full-integer INT8: microcontrollers have little or no floating "
-                        "point and kilobytes of memory")
-    else:
-        path.append("priority: cost -> decide by workload")
-        path.append(workload_step)
-        if workload == "batch":
-            base = ("distill", "prune")
-            wanted = "mixed" if cls == "gpu" else "int8"
-            leaf = "cost/batch"
-            path.append(f"batch inference -> distillation + pruning: fewer FLOPs per sample cut the bill at any "
-                        f"precision; precision {wanted}, the throughput precision of device class {cls}")
-        elif is_cortex_a_class(target):
-            base = ("distill",)
-            path.append(f"edge device with an ARM Cortex-A class CPU? yes (device_class {cls}, cpu_arch "
-                        f"{target.cpu_arch}) -> 4-bit weights + distillation where the runtime supports it")
-            if "int4-weight" in target.precisions:
-                leaf, wanted = "cost/arm-int4", "int4-weight"
-                path.append(f"runtime supports 4-bit weights? yes ({target.backend} offers int4-weight) -> "
-                            "4-bit weights take an eighth of FP32's bytes and half of INT8's; distillation "
-                            "recovers the accuracy they cost")
-            else:
-                leaf, wanted = "cost/arm-int8", "int8"
-                path.append(f"runtime supports 4-bit weights? no ({target.backend} offers "
-                            f"{', '.join(target.precisions)}; no int4-weight kernels) -> distillation + INT8 "
-                            "instead: INT8 is the smallest weight format this runtime executes natively")
-        else:
-            base = ("distill",)
-            leaf, wanted = "cost/edge-int8", "int8"
-            where = "edge device" if default_workload(target) == "online" else "online serving on a server"
-            path.append(f"{where} (device_class {cls}; the 4-bit rule is for ARM Cortex-A class edge CPUs) -> "
-                        "distillation + INT8: a smaller student at a quarter of FP32's bytes per weight")
-    precision, step = resolve_precision(target, wanted)
-    path.append(step)
-    techniques = _techniques(base, precision)
-    path.append(f"recommend {precision}" + (f" with {' + '.join(techniques)}" if techniques else ""))
-    return TreeDecision(leaf, wanted, precision, techniques, workload, tuple(path))
-
-
-# --------------------------------------------------------------------------------------------------------
-# measured results
-# --------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -455,16 +263,17 @@ def _judge_one(cand: Record, base: Record, max_drop: float | None, min_cosine: f
         if recall_points > SIZE_RECALL_POINTS + 1e-9:
             return reject(RULE_SIZE, f"its size reduction costs {recall_points:.2f} points of {recall_metric}; "
                                      f"at most {SIZE_RECALL_POINTS:g} allowed")
-    if max_drop is not None and points > max_drop + 1e-9:
-        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); the budget (max_accuracy_drop) is "
-                                   f"{max_drop:g}")
+    if max_drop is not None and points > 100.0 * max_drop + 1e-9:
+        return reject(RULE_BUDGET, f"loses {points:.2f} points ({metric}); the budget is {100.0 * max_drop:g} "
+                                   "points (max_accuracy_drop / --max-accuracy-drop)")
     return v
 
 
-def _check_drop(max_accuracy_drop: float | None) -> None:
-    if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
-        raise EdgekitError(f"max_accuracy_drop (--max-accuracy-drop) must be a non-negative number of points "
-                           f"(got {max_accuracy_drop:g})")
+def check_drop(max_accuracy_drop: float | None) -> None:
+    """`max_accuracy_drop` is a fraction of accuracy, like every accuracy in edgekit: 0.01 is one point."""
+    if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and 0.0 <= max_accuracy_drop <= 1.0):
+        raise EdgekitError(f"max_accuracy_drop must be a fraction in [0, 1], e.g. 0.01 for one point (got "
+                           f"{max_accuracy_drop:g}; --max-accuracy-drop on the command line takes points)")
 
 
 def _proxy_reason(rec: Mapping[str, Any], target: Target) -> str | None:
@@ -479,7 +288,7 @@ def _proxy_reason(rec: Mapping[str, Any], target: Target) -> str | None:
     return f"measured on a {mo.get('device_class')} device ({where}), not a {target.device_class} like {target.name}"
 
 
-def _check_cosine(min_cosine: float | None) -> None:
+def check_cosine(min_cosine: float | None) -> None:
     if min_cosine is not None and not (math.isfinite(min_cosine) and -1.0 <= min_cosine <= 1.0):
         raise EdgekitError(f"--min-cosine must be within [-1, 1], e.g. 0.99 (got {min_cosine:g})")
 
@@ -494,8 +303,8 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
     --allow-proxy) when nothing else was measured, and ignored beside real ones; with it they are ranked under
     a loud warning in the path and in `Judgement.proxy`.
     """
-    _check_drop(max_accuracy_drop)
-    _check_cosine(min_cosine)
+    check_drop(max_accuracy_drop)
+    check_cosine(min_cosine)
     ignored: list[tuple[str, str]] = []
     parsed = []
     proxies: list[tuple[str, str]] = []
@@ -586,7 +395,7 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         + (" (agreement with FP32 is the proxy where no labelled accuracy exists)" if "agreement" in metrics else ""),
         f"rules: each point lost must buy >= {SPEEDUP_PER_POINT:g}x over FP32; a size reduction may cost at most "
         f"{SIZE_RECALL_POINTS:g} points of recall"
-        + (f"; at most {max_accuracy_drop:g} points lost (max_accuracy_drop)" if max_accuracy_drop is not None
+        + (f"; at most {100.0 * max_accuracy_drop:g} points lost (max_accuracy_drop)" if max_accuracy_drop is not None
            else "")
         + (f"; mean cosine to FP32 >= {min_cosine:g} (min_cosine)" if min_cosine is not None else ""),
     ]
@@ -602,126 +411,3 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         path.append("no measured candidate passed -> ship the FP32 export")
     return Judgement(source, main_base.artifact, tuple(verdicts), chosen, tuple(ignored), max_accuracy_drop,
                      tuple(path), tuple(proxies) if allow_proxy else (), min_cosine)
-
-
-# --------------------------------------------------------------------------------------------------------
-# both together
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    target: str
-    priority: str
-    tree: TreeDecision
-    precision: str
-    techniques: tuple[str, ...]
-    path: tuple[str, ...]
-    judgement: Judgement | None = None
-
-    @property
-    def chosen_artifact(self) -> str | None:
-        return self.judgement.chosen.artifact if self.judgement and self.judgement.chosen else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The `--json` form; `rejected` and `chosen_artifact` only when results were given."""
-        out: dict[str, Any] = {
-            "target": self.target, "priority": self.priority, "workload": self.tree.workload,
-            "precision": self.precision, "techniques": list(self.techniques), "path": list(self.path),
-            "leaf": self.tree.leaf, "tree_precision": self.tree.precision,
-        }
-        j = self.judgement
-        if j is not None:
-            out["chosen_artifact"] = self.chosen_artifact
-            out["rejected"] = [{"artifact": v.artifact, "precision": v.precision, "rule": v.rule, "reason": v.reason}
-                               for v in j.rejected]
-            out["flagged"] = [{"artifact": v.artifact, "precision": v.precision, "note": v.flag} for v in j.flagged]
-            out["baseline"] = j.baseline
-            out["candidates"] = [
-                {"artifact": v.artifact, "precision": v.precision, "baseline": v.baseline, "p50_ms": v.p50_ms,
-                 "speedup": v.speedup, "points_lost": v.points_lost, "metric": v.metric,
-                 "size_ratio": v.size_ratio, "passed": v.rule is None}
-                for v in j.verdicts
-            ]
-            out["ignored"] = [{"artifact": a, "reason": why} for a, why in j.ignored]
-            out["max_accuracy_drop"] = j.max_accuracy_drop
-            out["proxy"] = [{"artifact": a, "reason": why} for a, why in j.proxy]
-            out["min_cosine"] = j.min_cosine
-        return out
-
-
-def recommend(target: str | Path | Target, results: Any = None, priority: str = "latency",
-              max_accuracy_drop: float | None = None, workload: str | None = None,
-              source: str | None = None, allow_proxy: bool = False, min_cosine: float | None = None
-              ) -> Recommendation:
-    """The tree's answer, overridden by measurements when `results` (bench records) are given: a measured
-    accuracy loss outranks the tree's general expectation for a device class.
-
-    `target`: a name, a .toml path or a Target. `results`: bench records (what `edgekit.bench` returns), a
-    BenchResult, or the path of a bench JSON file. `max_accuracy_drop`: percentage points of accuracy.
-    """
-    if not isinstance(target, Target):
-        target = load_target(str(target))
-    if isinstance(results, str | Path):
-        source = source or str(results)
-        results = load_results(results)
-    elif results is not None and hasattr(results, "records"):
-        results = results.records
-    source = source or "results"
-    tree = decide(target, priority, workload)
-    _check_drop(max_accuracy_drop)
-    _check_cosine(min_cosine)
-    if min_cosine is not None and results is None:
-        raise EdgekitError("--min-cosine judges measured artifacts: pass --results bench.json too")
-    if results is None:
-        return Recommendation(target.name, priority, tree, tree.precision, tree.techniques, tree.path)
-    j = judge(results, target, max_accuracy_drop, source, allow_proxy=allow_proxy, min_cosine=min_cosine)
-    precision = j.chosen.precision if j.chosen is not None else "fp32"
-    path = [*tree.path, *j.path]
-    techniques = tree.techniques
-    if precision != tree.precision:
-        path.append(f"measurements override the tree: {precision} instead of {tree.precision}")
-        techniques = _techniques([t for t in tree.techniques if t in ("distill", "prune")], precision)
-    return Recommendation(target.name, priority, tree, precision, techniques, tuple(path), j)
-
-
-def format_text(rec: Recommendation) -> list[str]:
-    """The human form: the path node by node, the answer, and the measured table when there is one."""
-    lines = [f"recommendation for {rec.target} (priority {rec.priority}, workload {rec.tree.workload})"]
-    if rec.judgement is not None and rec.judgement.proxy:
-        lines.append(f"WARNING: ranked {len(rec.judgement.proxy)} record(s) NOT measured on a device like "
-                     f"{rec.target} (--allow-proxy): their speed says nothing about it")
-    lines.append("path:")
-    lines += [f"  {i}. {step}" for i, step in enumerate(rec.path, 1)]
-    lines.append(f"precision   {rec.precision}")
-    lines.append(f"techniques  {', '.join(rec.techniques) or '(none: export only)'}")
-    j = rec.judgement
-    if j is None:
-        return lines
-    lines.append(f"chosen      {rec.chosen_artifact or '(none)'}")
-    headers = ("artifact", "precision", "p50 ms", "speed-up", "points lost", "metric", "size", "verdict")
-    rows = []
-    for v in j.verdicts:
-        verdict = "chosen" if v is j.chosen else ("pass" if v.rule is None else f"rejected: {v.rule}")
-        if v.flag:
-            verdict += " (slower than FP32)"
-        rows.append((
-            v.artifact, v.precision, "-" if v.p50_ms is None else f"{v.p50_ms:.3f}",
-            "-" if v.speedup is None else f"{v.speedup:.2f}x",
-            "-" if v.points_lost is None else f"{v.points_lost:.2f}", v.metric or "-",
-            "-" if v.size_ratio is None else f"{v.size_ratio:.2f}x", verdict,
-        ))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines.append("")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    for v in j.rejected:
-        lines.append(f"rejected    {v.artifact}: {v.rule}: {v.reason}")
-    for v in j.flagged:
-        lines.append(f"flagged     {v.artifact}: {v.flag}")
-    for artifact, why in j.ignored:
-        lines.append(f"ignored     {artifact}: {why}")
-    return lines
-
-
-make_callable(__name__, "recommend")
