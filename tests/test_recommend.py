@@ -232,7 +232,8 @@ def test_max_accuracy_drop_is_the_users_budget():
     r = recommend(GPU_SERVER, max_accuracy_drop=0.005, results=issue_case(0.94))
     [v] = r.judgement.rejected
     assert (v.artifact, v.rule) == ("m-int8", RULE_BUDGET)
-    assert v.reason == "loses 1.00 points (accuracy); the budget is 0.5 points (max_accuracy_drop / --max-accuracy-drop)"
+    assert v.reason == ("loses 1.00 points (accuracy); the budget is 0.5 points (max_accuracy_drop / "
+                        "--max-accuracy-drop)")
     assert r.chosen_artifact == "m-fp16"
     assert r.to_dict()["max_accuracy_drop"] == 0.005
 

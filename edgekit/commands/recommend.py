@@ -7,8 +7,8 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.recommend import format_text, load_results, recommend
     from edgekit.errors import EdgekitError
+    from edgekit.recommend import format_text, load_results, recommend
     from edgekit.targets import load_target
 
     if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
