@@ -75,11 +75,11 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgekit.backends.onnxruntime import quantize_static_qdq  # noqa: F401  (ORT import check)
+    from edgekit.common.metrics import sqnr_db, top1_agreement, wilson
     from edgekit.data import photos, realcnn
     from edgekit.data.calibration import CalibrationSet
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.metrics import sqnr_db, top1_agreement, wilson
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
     from edgekit.quant import int16_search as rung
     from edgekit.quant import ptq_improve
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization

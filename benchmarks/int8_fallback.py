@@ -46,11 +46,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
 
+    from edgekit.backends.base import run_batched
     from edgekit.backends.onnxruntime import effective_session_config
+    from edgekit.common.metrics import compare
     from edgekit.data import testmodels
     from edgekit.data.calibration import CalibrationSet
-    from edgekit.export import ExportPipeline, run_batched
-    from edgekit.metrics import compare
+    from edgekit.export import ExportPipeline
 
     model = testmodels.sensitive_dwsep()
     params = sum(p.numel() for p in model.parameters())

@@ -30,8 +30,8 @@ def test_npz_and_npy_sets(tmp_path):
 
 
 def test_npz_without_x_must_name_the_models_input(tmp_path):
+    from edgekit.common.io import image_input
     from edgekit.data.calibration import checked
-    from edgekit.io import image_input
 
     np.savez(tmp_path / "z.npz", z=np.zeros((3, 2), dtype=np.float32))
     cset = load_data(str(tmp_path / "z.npz"))
@@ -66,7 +66,7 @@ def test_methods_and_recipes():
 @pytest.fixture(scope="module")
 def prepared_student(tmp_path_factory):
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
 
     root = tmp_path_factory.mktemp("calib")
     onnx_model = export_to_onnx(load_model("zoo:digits-student"), root / "m.onnx")

@@ -88,9 +88,9 @@ def test_dynamic_int8_runs_and_keeps_weights_integer(digits_artifacts):
 def test_runner_reproduces_the_manifest_check(digits_artifacts):
     """The Runner a user (or the benchmark) loads gives the numbers the manifest recorded."""
     from edgekit.artifact import load_artifact
+    from edgekit.backends.base import run_batched
+    from edgekit.common.metrics import accuracy
     from edgekit.data import zoo
-    from edgekit.export import run_batched
-    from edgekit.metrics import accuracy
 
     art = load_artifact(digits_artifacts[("x86-server-cpu", "int8")].path)
     test = zoo.digits_split("test")

@@ -108,7 +108,7 @@ def deep_json() -> str:
 
 # --- targets -------------------------------------------------------------------------------------------------
 def _base_target() -> dict[str, Any]:
-    from edgekit.resources import builtin_dir
+    from edgekit.common.resources import builtin_dir
 
     return tomllib.loads((builtin_dir("targets") / "raspberry-pi-5.toml").read_text())
 

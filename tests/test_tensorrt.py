@@ -136,9 +136,9 @@ def test_trt_version_code():
 
 def test_runner_reproduces_the_manifest_check(arts):
     from edgekit.artifact import load_artifact
+    from edgekit.backends.base import run_batched
+    from edgekit.common.metrics import accuracy
     from edgekit.data import zoo
-    from edgekit.export import run_batched
-    from edgekit.metrics import accuracy
 
     art = load_artifact(arts["int8"].path)
     test = zoo.digits_split("test")

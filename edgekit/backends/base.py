@@ -22,7 +22,7 @@ from edgekit.graph.tensors import TensorSpec as TensorSpec  # the manifest's ten
 if TYPE_CHECKING:
     from edgekit.data.calibration import CalibrationSet, Ranges
     from edgekit.graph.onnx_export import OnnxModel
-    from edgekit.models import SourceModel
+    from edgekit.models.source import SourceModel
     from edgekit.targets import Target
 
 #: where the phone commands put artifacts and tools (adb's world-writable scratch folder)
@@ -154,7 +154,7 @@ def run_batched(runner, x: np.ndarray | dict[str, np.ndarray], batch: int | None
     """Run a runner over many samples (the one input's array, or arrays keyed by input name), in batches of
     the artifact's fixed batch when it has one (batch None: as many as `batch_for` allows for the sample
     size)."""
-    from edgekit import io
+    from edgekit.common import io
     from edgekit.graph.onnx_export import batch_for
 
     feeds = x if isinstance(x, dict) else {runner.input_names()[0]: x}

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                            f"it was exported from ({_manifest(args.source)['model']['source']}), or compare it "
                            "with another backend's artifact with --against ARTIFACT")
     from edgekit.export import ExportPipeline
-    from edgekit.models import parse_input_shape
+    from edgekit.models.source import parse_input_shape
     from edgekit.quant.diagnose import format_report
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None

@@ -12,11 +12,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgekit.artifact import check_destination, staging
+    from edgekit.common.metrics import top1_agreement
     from edgekit.data.calibration import check_matches, load_data
     from edgekit.errors import EdgekitError
     from edgekit.graph.onnx_export import reference_outputs
-    from edgekit.metrics import top1_agreement
-    from edgekit.models import load_model, parse_input_shape
+    from edgekit.models.source import load_model, parse_input_shape
     from edgekit.train import selfdistill
 
     out = Path(args.out)

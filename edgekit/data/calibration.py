@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.io import InputSpec, check_feeds
 from edgekit.errors import EdgekitError
-from edgekit.io import InputSpec, check_feeds
 
 DEFAULT_MAX_SAMPLES = 300
 #: a calibration set smaller than this cannot estimate ranges (one sample is one image's activations)
@@ -184,7 +184,7 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
         if tokenize is None:
             raise EdgekitError(f"text data {spec} needs a model with a tokenizer (hf:DIR); for other models pass "
                                ".npz or .npy")
-        from edgekit.hf import read_text
+        from edgekit.models.hf import read_text
 
         sentences = read_text(Path(text_path))
         named = tokenize(sentences)

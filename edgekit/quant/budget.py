@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.metrics import wilson
 from edgekit.errors import EdgekitError
-from edgekit.metrics import wilson
 
 #: fraction of the calibration samples held out to check the budget when no --eval set is given
 HELD_OUT_FRACTION = 0.25

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.resources import builtin_dir, load_toml
+from edgekit.common.schema import OptionSpec
 from edgekit.data.calibration import CalibrationSet, Ranges
 from edgekit.errors import EdgekitError
-from edgekit.resources import builtin_dir, load_toml
-from edgekit.schema import OptionSpec
 
 # method -> default options. Entropy and percentile use 2048 histogram bins: with ONNX Runtime's default
 # (128) entropy returns exactly the min-max range (STACK-NOTES.md), which would make the choice meaningless.
@@ -55,7 +55,7 @@ class Recipe:
     source: str = "--calib-option"
 
     def __post_init__(self) -> None:
-        from edgekit import schema
+        from edgekit.common import schema
 
         schema.string(self.source, "method", self.method, METHODS)
         opts = schema.table(self.source, "options", self.options)
@@ -70,7 +70,7 @@ class Recipe:
 
 def load_recipe(path: Path) -> tuple[str, dict[str, Any]]:
     """A recipe file's method and options (options not yet checked: the command line may add to them)."""
-    from edgekit import schema
+    from edgekit.common import schema
 
     where = str(path)
     recipe = load_toml(path, "calibration recipe")

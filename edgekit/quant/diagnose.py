@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.metrics import sqnr_db
 from edgekit.errors import EdgekitError
-from edgekit.metrics import sqnr_db
 from edgekit.quant.graphs import with_outputs
 from edgekit.quant.qgraph import QuantSetup, build, build_and_evaluate, db, layer_names, run_session, session
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.metrics import sqnr_db, top1_agreement
 from edgekit.errors import EdgekitError
-from edgekit.metrics import sqnr_db, top1_agreement
 from edgekit.quant.graphs import float_inputs, fold_float_output_weights, private_input_dequantize
 
 

@@ -41,7 +41,7 @@ Accuracies are fractions in [0, 1]; "points" are percentage points (x100) of the
 
 from __future__ import annotations
 
-from edgekit.facade import make_callable
+from edgekit.common.facade import make_callable
 from edgekit.recommend.answer import Recommendation, format_text, recommend
 from edgekit.recommend.judge import Judgement, Verdict, judge, load_results, records_from
 from edgekit.recommend.tree import FALLBACK_ORDER, TreeDecision, decide

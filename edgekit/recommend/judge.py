@@ -125,7 +125,7 @@ STATUSES = ("ok", "skipped", "error")
 def check_record(rec: Mapping[str, Any], index: int, source: str) -> None:
     """The typed fields of one record, whatever its status: a wrong type is refused here, in one line, rather
     than silently read as missing (a text `batch` or a list `target` is a broken file, not a null)."""
-    from edgekit import schema
+    from edgekit.common import schema
 
     where = f"{source}: record {index}"
     status = rec.get("status", "ok")

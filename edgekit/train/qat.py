@@ -371,6 +371,6 @@ def save_program(converted, example, path: Path | str) -> Path:
 def save_onnx(converted, input_shape: tuple[int, ...], path: Path | str, real_inputs=None):
     """The verified Q/DQ ONNX (metadata edgekit.quantization = qat), via edgekit's own ONNX export."""
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
 
     return export_to_onnx(load_model(converted, input_shape), Path(path), real_inputs=real_inputs)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.common.io import BATCH, SEQUENCE, Feeds, InputSpec, OutputSpec
 from edgekit.errors import EdgekitError
-from edgekit.io import BATCH, SEQUENCE, Feeds, InputSpec, OutputSpec
 
 TASKS = ("feature-extraction", "text-classification")
 DEFAULT_TASK = "feature-extraction"
