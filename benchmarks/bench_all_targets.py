@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.bench import report
-from edgekit.bench.harness import BenchConfig, parse_batches, run_bench
+from edgekit.bench.harness import run_bench
+from edgekit.bench.jobs import parse_batches
+from edgekit.bench.records import BenchConfig
 from edgekit.errors import EdgekitError
 
 MODEL = "zoo:digits-student"

@@ -170,7 +170,8 @@ def _row(art, name: str, model: str) -> dict[str, Any]:
 def _bench(stage_dir: Path, reference: Path | None, config: QuickstartConfig,
            log: Callable[[str], None]) -> list[dict[str, Any]]:
     from edgekit.bench import report
-    from edgekit.bench.harness import BenchConfig, run_bench
+    from edgekit.bench.harness import run_bench
+    from edgekit.bench.records import BenchConfig
 
     arts = sorted(p for p in (stage_dir / "artifacts").iterdir() if p.is_dir())
     log(f"[5/{STAGES}] bench: {len(arts)} artifacts, each in its own process, interleaved "

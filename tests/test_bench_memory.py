@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.bench.harness import BenchConfig, run_bench
+from edgekit.bench.harness import run_bench
+from edgekit.bench.records import BenchConfig
 
 MB = 2**20
 QUICK = BenchConfig(warmup=1, warmup_seconds=0.0, iters=10, min_seconds=0.1, rounds=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.bench import harness, records, report
+from edgekit.bench import harness, jobs, records, report
 from edgekit.bench.devices import LocalDevice, make_device
 from edgekit.errors import EdgekitError
 
@@ -35,15 +35,15 @@ def test_pareto_front_keeps_undominated_points_by_latency():
 ])
 def test_bad_settings_fail_before_any_work(kwargs, message):
     with pytest.raises(EdgekitError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        harness.BenchConfig(**kwargs)
+        records.BenchConfig(**kwargs)
 
 
 def test_batches_are_parsed_sorted_and_deduplicated():
-    assert harness.parse_batches("8,1,8") == (8, 1, 8)
-    assert harness.BenchConfig(batches=(8, 1, 8)).batches == (1, 8)
+    assert jobs.parse_batches("8,1,8") == (8, 1, 8)
+    assert records.BenchConfig(batches=(8, 1, 8)).batches == (1, 8)
     for bad in ("", "1,x", "0", "-4"):
         with pytest.raises(EdgekitError, match="malformed batch sizes"):
-            harness.parse_batches(bad)
+            jobs.parse_batches(bad)
 
 
 def test_devices_by_name():

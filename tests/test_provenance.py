@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.bench import baseline, report
-from edgekit.bench.harness import BenchConfig, run_bench
-from edgekit.bench.records import validate_record
+from edgekit.bench.harness import run_bench
+from edgekit.bench.records import BenchConfig, validate_record
 from edgekit.errors import EdgekitError
 from edgekit.recommend import judge, recommend
 from edgekit.targets import load_target

@@ -85,7 +85,8 @@ def test_module_with_token_inputs_exports_with_dynamic_sequence(tmp_path):
 
 
 def test_tiny_bert_x86_fp32_int8_bench_and_min_cosine(tiny_bert, tmp_path):
-    from edgekit.bench.harness import BenchConfig, run_bench
+    from edgekit.bench.harness import run_bench
+    from edgekit.bench.records import BenchConfig
     from edgekit.export import ExportPipeline
     from edgekit.recommend import recommend
     from edgekit.targets import load_target

@@ -10,16 +10,9 @@ in between and evicted its caches. After all blocks, each worker reports its pea
 evaluation inputs, and the harness compares those outputs with the FP32 reference (`edgekit.common.metrics`,
 the same definition the export check uses).
 
-The FP32 reference, in order of preference:
-1. `reference=` (`--reference MODEL_OR_ARTIFACT`): an artifact folder (typically the torch-eager or an fp32
-   export), or a model the user names (zoo:NAME, .onnx, .pt2, package.module:factory);
-2. the model named in the artifact's manifest (`model.source`) when it is data, not code: a built-in
-   `zoo:` model, or an .onnx / .pt2 file (read with the safe loaders), run as the export check runs it, so
-   bench and export report the same agreement. A `module:factory` source is imported only with
-   `trust_model_source=True` (`--trust-model-source`), announced on stderr: an artifact received from
-   someone else must not run their code;
-3. an fp32 artifact of the same source in this run;
-otherwise agreement and SQNR are null and one stderr line says why and how to get them.
+The FP32 reference comes from `edgekit.bench.reference` (the user's, the manifest's source when it is data,
+or an fp32 artifact of the same model in the run); otherwise agreement and SQNR are null and one stderr
+line says why and how to get them.
 """
 
 from __future__ import annotations
@@ -30,7 +23,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +30,10 @@ import numpy as np
 
 from edgekit.bench import provenance
 from edgekit.bench import records as rec
-from edgekit.bench.devices import Device, WorkerChannel, WorkerError, make_device
-from edgekit.bench.records import BenchConfig as BenchConfig
-from edgekit.bench.records import BenchResult as BenchResult
+from edgekit.bench.devices import Device, WorkerError, make_device
+from edgekit.bench.jobs import EvalSet, Job, eval_data_provenance, input_specs, tokenizer_for
+from edgekit.bench.records import BenchConfig, BenchResult
+from edgekit.bench.reference import REFERENCE_HINT, References
 from edgekit.errors import EdgekitError
 
 # Defaults follow TFLite's benchmark_model: warm-up of >= 1 run and >= 0.5 s, then >= 50 runs and >= 1 s,
@@ -48,124 +41,6 @@ from edgekit.errors import EdgekitError
 RANDOM_EVAL_SAMPLES = 64
 _LOAD_TIMEOUT_S = 900.0
 _SLACK_S = 300.0
-
-
-REFERENCE_HINT = ("for them pass --reference MODEL_OR_ARTIFACT, bench the fp32 artifact of the same model in this "
-                  "run, or pass --trust-model-source to import the model the manifest names")
-
-
-def source_is_data(source: str) -> bool:
-    """A manifest source bench may load without running code from it: a built-in zoo model, or an .onnx /
-    .pt2 file (read as data; a .pt2 whose pickles could run code is refused by the safe loader)."""
-    return source.startswith("zoo:") or Path(source).suffix.lower() in (".onnx", ".pt2")
-
-
-def parse_batches(text: str) -> tuple[int, ...]:
-    """'1,8' -> (1, 8)."""
-    try:
-        batches = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        batches = ()
-    if not batches or any(b < 1 for b in batches):
-        raise EdgekitError(f"malformed batch sizes '{text}' (batches=, --batch): expected positive "
-                           "integers separated by commas, e.g. 1,8")
-    return batches
-
-
-@dataclass
-class EvalSet:
-    """Evaluation inputs: `x` for a single-input model, `feeds` (keyed by input name) for the others."""
-
-    x: np.ndarray
-    y: np.ndarray | None
-    source: str
-    feeds: dict[str, np.ndarray] | None = None
-
-    @property
-    def data(self) -> np.ndarray | dict[str, np.ndarray]:
-        return self.feeds if self.feeds is not None else self.x
-
-    @property
-    def count(self) -> int:
-        return len(self.x)
-
-    @property
-    def key(self) -> str:
-        import hashlib
-
-        h = hashlib.sha256(str(self.x.shape).encode())
-        for name, arr in sorted((self.feeds or {"": self.x}).items()):
-            h.update(f"{name}:{arr.dtype}".encode())
-            h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
-        return h.hexdigest()[:16]
-
-
-def input_specs(manifest: dict[str, Any]) -> list[Any]:
-    """The model's InputSpecs as the manifest records them (older manifests: the one input's shape)."""
-    from edgekit.common.io import InputSpec, image_input
-
-    model = manifest.get("model") or {}
-    if model.get("inputs"):
-        return [InputSpec.from_json(d) for d in model["inputs"]]
-    return [image_input(model["input_shape"], manifest["inputs"][0]["name"] if manifest.get("inputs") else "input")]
-
-
-def _tokenizer_for(manifest: dict[str, Any]):
-    """A text model's tokenizer, read from its hf: source folder (text --eval data needs it)."""
-    source = str((manifest.get("model") or {}).get("source", ""))
-    if not source.startswith("hf:"):
-        return None
-    from edgekit.models.hf import load_tokenizer, tokenize
-
-    tok = load_tokenizer(Path(source[3:]))
-    specs = input_specs(manifest)
-    return lambda sentences: tokenize(tok, sentences, specs)
-
-
-@dataclass
-class Job:
-    """One artifact's measurement as it progresses; `error` set means it is out (and reported as failed)."""
-
-    index: int
-    path: Path
-    manifest: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    channel: WorkerChannel | None = None
-    env: dict[str, Any] = field(default_factory=dict)
-    load: dict[str, Any] = field(default_factory=dict)
-    batches: list[int] = field(default_factory=list)
-    skipped: dict[int, str] = field(default_factory=dict)
-    warmups: dict[int, tuple[int, float]] = field(default_factory=dict)
-    times: dict[int, list[int]] = field(default_factory=dict)
-    seconds: dict[int, float] = field(default_factory=dict)
-    memory: dict[int, dict[str, Any]] = field(default_factory=dict)
-    evalset: EvalSet | None = None
-    outputs: list[np.ndarray] | None = None
-    quality: dict[str, Any] = field(default_factory=dict)
-    profile: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def name(self) -> str:
-        return self.path.name or str(self.path)
-
-
-def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the quality figures were measured on; `calibration_data` is True when it is the very data the
-    artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
-    import hashlib
-
-    from edgekit.data.calibration import byte_view
-
-    cal = manifest.get("calibration") or {}
-    h = hashlib.sha256(str(ev.x.shape).encode())
-    h.update(byte_view(ev.x))
-    same = bool(cal.get("sha256")) and h.hexdigest() == cal.get("sha256")
-    same = same or (bool(cal.get("source")) and cal.get("source") == ev.source)
-    return {"source": ev.source, "samples": len(ev.x), "labels": ev.y is not None, "calibration_data": same}
 
 
 class Harness:
@@ -180,17 +55,10 @@ class Harness:
         self.progress = progress
         self.jobs = [Job(i, Path(p)) for i, p in enumerate(paths)]
         self.eval_data = eval_data
-        self.reference_path = Path(reference) if reference is not None else None
-        #: the reference is an artifact folder (else a model spec the user named, loaded with load_model)
-        self.reference_is_artifact = self.reference_path is not None and (self.reference_path / "manifest.json"
-                                                                          ).is_file()
-        self.reference_model: Any = None
-        self.trust_model_source = trust_model_source
-        self._announced: set[str] = set()
+        self.references = References(reference, trust_model_source, config.threads or None, log)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-bench-host-")
         self.tmp = Path(self._tmp.name)
         self._staged_eval: dict[str, str] = {}
-        self._references: dict[tuple[str, str], tuple[list[np.ndarray] | None, str]] = {}
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def fail(self, job: Job, message: str) -> None:
@@ -258,7 +126,7 @@ class Harness:
             text = spec.endswith(".txt") or spec.startswith("zoo:sentences")
             key = (spec, str(manifest["model"].get("source")) if text else "")
             if key not in cache:
-                tokenize = _tokenizer_for(manifest) if text else None
+                tokenize = tokenizer_for(manifest) if text else None
                 cache[key] = load_data(spec, max_samples=self.config.eval_samples, tokenize=tokenize)
             return cache[key]
 
@@ -382,110 +250,7 @@ class Harness:
                 job.channel.close()
                 job.channel = None
 
-    # -- references and comparison --------------------------------------------------------------------
-    def check_reference(self) -> None:
-        """A bad --reference is a bad call: fail before measuring anything."""
-        if self.reference_path is None:
-            return
-        if self.reference_is_artifact:
-            from edgekit.artifact import load_artifact
-
-            load_artifact(self.reference_path)
-            return
-        from edgekit.models.source import load_model
-
-        spec = str(self.reference_path)
-        if not spec.startswith("zoo:") and ":" not in spec and not Path(spec).suffix:
-            raise EdgekitError(f"--reference {spec}: not an artifact folder (no manifest.json) nor a model "
-                               "(zoo:NAME, .onnx, .pt2, package.module:factory)")
-        shapes = [j.manifest["model"]["input_shape"] for j in self.active()]
-        specs = [input_specs(j.manifest) for j in self.active()]
-        if specs and not (len(specs[0]) == 1 and specs[0][0].is_float):  # named inputs: the reference takes them too
-            self.reference_model = load_model(spec, input_spec=specs[0])
-        else:
-            self.reference_model = load_model(spec, tuple(shapes[0]) if shapes else None)
-
-    def _reference_model_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
-        from edgekit.graph.onnx_export import reference_outputs
-
-        label = f"reference model {self.reference_path}"
-        try:
-            return reference_outputs(self.reference_model, evalset.data), label
-        except Exception as exc:  # e.g. its input does not fit this artifact's evaluation data
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return None, f"unavailable: {label} could not run on this artifact's inputs ({reason})"
-
-    def _reference_artifact_outputs(self, evalset: EvalSet) -> tuple[list[np.ndarray] | None, str]:
-        from edgekit.artifact import load_artifact
-        from edgekit.backends.base import run_batched
-
-        assert self.reference_path is not None
-        if not self.reference_is_artifact:
-            return self._reference_model_outputs(evalset)
-        label = f"reference artifact {self.reference_path}"
-        for job in self.jobs:
-            if job.ok and job.outputs is not None and job.path.resolve() == self.reference_path.resolve() \
-                    and job.evalset is not None and job.evalset.key == evalset.key:
-                return job.outputs, label
-        try:
-            art = load_artifact(self.reference_path)
-            with art.runner(self.config.threads or None) as runner:
-                return run_batched(runner, evalset.data), label
-        except Exception as exc:  # e.g. its inputs do not fit this artifact's evaluation data
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return None, f"unavailable: {label} could not run here ({reason})"
-
-    def _source_outputs(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
-        from edgekit.graph.onnx_export import reference_outputs
-        from edgekit.models.source import load_model
-
-        source = str(job.manifest["model"].get("source", ""))
-        assert job.evalset is not None
-        if source_is_data(source) or self.trust_model_source:
-            if not source_is_data(source) and source not in self._announced:
-                self._announced.add(source)
-                self.log(f"bench: --trust-model-source: importing '{source}', named by {job.path}'s manifest, "
-                         "to build the FP32 reference (this runs that code)")
-            key = (source, job.evalset.key)
-            if key not in self._references:  # one load and run per source and evaluation set
-                try:
-                    model = job.manifest["model"]
-                    if model.get("inputs") and (len(model["inputs"]) > 1 or model.get("task") or not str(
-                            model["inputs"][0].get("dtype", "float32")).startswith("float")):
-                        src = load_model(source, input_spec=input_specs(job.manifest), task=model.get("task"))
-                    else:
-                        src = load_model(source, tuple(model["input_shape"]))
-                    how = "torch" if src.kind != "onnx" else "ONNX Runtime, the given .onnx"
-                    self._references[key] = (reference_outputs(src, job.evalset.data),
-                                             f"FP32 source model {source} ({how})")
-                except Exception as exc:  # the source may live elsewhere (another machine, a moved file)
-                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    self._references[key] = (None, f"source model not loadable here: {first}")
-            outputs, reason = self._references[key]
-            if outputs is not None:
-                return outputs, reason
-        else:
-            reason = f"the manifest's source '{source}' is code, which bench does not import unless asked"
-        # an fp32 artifact of the same model, preferring torch-eager (the model itself) over a converted one
-        # (never the artifact itself: agreeing with itself says nothing)
-        fp32 = [o for o in self.jobs if o is not job and o.ok and o.outputs is not None
-                and o.manifest.get("precision") == "fp32"
-                and o.manifest["model"].get("source") == source and o.evalset is not None
-                and o.evalset.key == job.evalset.key]
-        fp32.sort(key=lambda o: (o.manifest.get("backend") != "torch-eager", o.index))
-        if fp32:
-            return fp32[0].outputs, f"fp32 artifact {fp32[0].path} ({reason})"
-        return None, f"unavailable: {reason}, and no fp32 artifact of it in this run"
-
-    def reference_for(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
-        assert job.evalset is not None
-        if self.reference_path is None:
-            return self._source_outputs(job)  # per job: the fp32-artifact fallback is never the job itself
-        key = (str(self.reference_path), job.evalset.key)
-        if key not in self._references:
-            self._references[key] = self._reference_artifact_outputs(job.evalset)
-        return self._references[key]
-
+    # -- comparison ------------------------------------------------------------------------------------
     def compare_all(self) -> None:
         from edgekit.common.metrics import compare_outputs
 
@@ -493,7 +258,7 @@ class Harness:
         for job in self.active():
             if job.outputs is None or job.evalset is None:
                 continue
-            ref, label = self.reference_for(job)
+            ref, label = self.references.outputs_for(job, self.jobs)
             ev = job.evalset
             quality: dict[str, Any] = {"data": ev.source, "samples": ev.count, "labels": ev.y is not None,
                                        "reference": label}
@@ -549,7 +314,7 @@ class Harness:
                 base.update(provenance.where(m.get("backend"), job.load.get("runtime"), job.load.get("executes"),
                                              job.env, self.device.name))
             if job.evalset is not None:
-                base["eval_data"] = _eval_data(job.evalset, m)
+                base["eval_data"] = eval_data_provenance(job.evalset, m)
             if self.config.profile:
                 base["profile"] = job.profile
             bases.append((job, base))
@@ -593,7 +358,7 @@ class Harness:
         try:
             self.check_artifacts()
             self.choose_eval_sets()
-            self.check_reference()
+            self.references.check(self.active())
             n_active = len(self.active())
             blocks = sum(self.config.rounds for j in self.active() for _ in j.batches)
             with tqdm(total=2 * n_active + blocks, desc="bench", unit="step", file=sys.stderr,

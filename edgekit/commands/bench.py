@@ -13,7 +13,8 @@ _WARMUP, _WARMUP_S, _ITERS, _MIN_S, _MAX_S, _ROUNDS, _THREADS = 1, 0.5, 50, 1.0,
 def run(args: argparse.Namespace) -> int:
     from edgekit.bench import multi, report
     from edgekit.bench.devices import make_device
-    from edgekit.bench.harness import BenchConfig, parse_batches
+    from edgekit.bench.jobs import parse_batches
+    from edgekit.bench.records import BenchConfig
     from edgekit.errors import EdgekitError
 
     config = BenchConfig(warmup=args.warmup, warmup_seconds=args.warmup_seconds, iters=args.iters,
