@@ -317,7 +317,7 @@ def test_device_receiver_refuses_names_leaving_its_folder(tmp_path):
     import subprocess
     import sys
 
-    from edgekit.bench.ssh import RECEIVER
+    from edgekit.bench.ssh_receiver import RECEIVER
 
     dest = tmp_path / "dest"
     for name in ("../escaped.txt", "/tmp/abs.txt", "a/../../escaped.txt", "..\\escaped.txt", "ok/../x"):

@@ -10,7 +10,7 @@ uses: it honours ~/.ssh/config (aliases, ProxyJump, per-host keys), the agent, k
 hardware keys. It runs with BatchMode=yes (never prompts: a missing key fails at once), ConnectTimeout and
 ServerAlive* (a vanished board is noticed), and connection failures are retried a few times.
 
-Files go through `ssh` into a small stdlib-only receiver on the board (RECEIVER below) instead of scp:
+Files go through `ssh` into a small stdlib-only receiver on the board (ssh_receiver.py) instead of scp:
 OpenSSH >= 9 scp speaks SFTP, which reports a full disk as a bare "Failure"; the receiver reports the
 real error (ENOSPC), checks free space first, and hashes what it wrote in the same round trip, so a
 transfer is verified by sha256 on arrival without a second connection. Only the files an artifact's
@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from edgekit.bench import worker_bundle
 from edgekit.bench.devices import Device, PipeWorker, WorkerChannel, WorkerError
+from edgekit.bench.ssh_receiver import RECEIVER
 from edgekit.errors import EdgekitError
 
 DEFAULT_PYTHON = "python3"
@@ -57,54 +58,6 @@ _CONNECTION = re.compile(r"Connection refused|Connection timed out|timed out|No 
                          r"kex_exchange_identification|Connection to .* closed|lost connection", re.I)
 _NO_SPACE = re.compile(r"No space left on device|Errno 28|ENOSPC|Disk quota exceeded", re.I)
 _MISSING_PACKAGE = re.compile(r"needs the Python package '([^']+)'")
-
-# Runs on the device with its Python (stdlib only): reads one JSON header line, then the files' bytes back
-# to back; writes them under header.dest, hashes them from disk, and answers with one JSON line. It refuses
-# any name that is not a plain relative name inside dest (the device does not trust the sender either).
-RECEIVER = r'''
-import hashlib, importlib.util, json, os, shutil, sys
-inp = sys.stdin.buffer
-head = json.loads(inp.readline())
-dest = head["dest"]
-out = {"ok": True, "hashes": {}, "missing": [], "python": list(sys.version_info[:3])}
-current = dest
-try:
-    os.makedirs(dest, exist_ok=True)
-    need = sum(f["bytes"] for f in head["files"])
-    free = shutil.disk_usage(dest).free
-    if free < need + head.get("margin", 0):
-        raise OSError(28, "No space left on device: %d bytes to write, %d free" % (need, free), dest)
-    for f in head["files"]:
-        name = f["name"]
-        parts = name.split("/") if isinstance(name, str) else [""]
-        if (not name or name.startswith("/") or "\\" in name or ":" in parts[0]
-                or any(p in ("", ".", "..") or any(ord(ch) < 32 for ch in p) for p in parts)):
-            raise ValueError("refused file name %r: not a plain relative name inside the folder" % (name,))
-    for f in head["files"]:
-        current = os.path.join(dest, f["name"])
-        os.makedirs(os.path.dirname(current), exist_ok=True)
-        left = f["bytes"]
-        with open(current, "wb") as fh:
-            while left:
-                chunk = inp.read(min(left, 1 << 20))
-                if not chunk:
-                    raise EOFError("the transfer ended early, in " + f["name"])
-                fh.write(chunk)
-                left -= len(chunk)
-    for f in head["files"]:
-        h = hashlib.sha256()
-        with open(os.path.join(dest, f["name"]), "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out["hashes"][f["name"]] = h.hexdigest()
-    out["missing"] = [m for m in head.get("modules", []) if importlib.util.find_spec(m) is None]
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "error": "%s (writing %s)" % (e.strerror or e, e.filename or current)}
-except Exception as e:
-    out = {"ok": False, "errno": None, "error": "%s: %s" % (type(e).__name__, e)}
-sys.stdout.write(json.dumps(out) + "\n")
-'''
-
 
 def _sha256(path: Path) -> str:
     from edgekit.artifact import sha256_file
