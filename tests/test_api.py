@@ -196,6 +196,22 @@ def test_several_targets_share_one_onnx_export_and_calibration(samples, tmp_path
     assert back.manifest == arts[0].manifest
 
 
+def test_bench_takes_several_devices_and_reports_a_dead_one_beside_the_others(samples, tmp_path) -> None:
+    x, y = samples
+    art = edgekit.export(tiny(), "x86-server-cpu", "fp32", calib=x, out=tmp_path / "fp32")
+    dead = "ssh://nobody@127.0.0.1:1?connect_timeout=2&retries=1"  # nothing listens on port 1
+    lines: list[str] = []
+    records = edgekit.bench([art], eval=(x, y), device=["local", dead], min_seconds=0.05, iters=5, rounds=1,
+                            progress=lines.append)
+    by_device = {r["device"]["kind"]: r for r in records}
+    assert set(by_device) == {"local", "ssh"}
+    assert by_device["local"]["status"] == "ok" and by_device["local"]["latency_ms"]["p50"] > 0
+    assert by_device["ssh"]["status"] == "error" and by_device["ssh"]["error"]
+    assert any("127.0.0.1" in line and "error" in line for line in lines)
+    with pytest.raises(edgekit.EdgekitError, match="device= is an empty list"):
+        edgekit.bench([art], device=[])
+
+
 def test_bad_calls_write_nothing_and_speak_of_parameters(samples, tmp_path) -> None:
     x, _ = samples
     with pytest.raises(EdgekitError, match="input_shape=") as err:

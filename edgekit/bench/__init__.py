@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.common.facade import make_callable, progress_log
+from edgekit.errors import EdgekitError
 
 
 def _path(artifact: Any) -> str | Path:
@@ -31,6 +32,10 @@ def bench(artifacts: Any, eval: Any = None, *, device: Any = "local", reference:
     """Measure artifacts (Artifacts or folder paths; one or a list) on a device, interleaved, and return the
     benchmark records, one per artifact and batch size; a failed artifact's record has status "error".
 
+    `device`: "local", a device address (`ssh://USER@HOST`, `adb://SERIAL`), the name of one in the devices
+    file, a Device, or a list of these: every device measures every artifact, devices in parallel, and the
+    records of all of them come back (a device that fails as a whole gives error records, said in one line).
+
     `eval`: data with the model's input shape, in any form `edgekit.as_dataset` takes (labels give
     accuracy); default: the data the export was checked on, when readable here. `settings` are BenchConfig's
     fields (warmup, iters, min_seconds, max_seconds, rounds, batches, threads, eval_samples, interleave).
@@ -38,7 +43,8 @@ def bench(artifacts: Any, eval: Any = None, *, device: Any = "local", reference:
     `module:factory` source is imported only when `trust_model_source=True` (artifacts are data, not code).
     `progress`: a function or logger that sees the bench lines.
     """
-    from edgekit.bench.harness import run_bench
+    from edgekit.bench.devices import make_device
+    from edgekit.bench.multi import measure
     from edgekit.bench.records import BenchConfig
     from edgekit.data.datasets import as_dataset
 
@@ -48,10 +54,13 @@ def bench(artifacts: Any, eval: Any = None, *, device: Any = "local", reference:
     if eval is not None:
         data = eval if isinstance(eval, str | Path) else as_dataset(eval, what="eval=",
                                                                       max_samples=config.eval_samples)
-    result = run_bench([_path(a) for a in items], config, device=device, eval_data=data,
-                       reference=None if reference is None else _path(reference), log=progress_log(progress),
-                       trust_model_source=trust_model_source)
-    return result.records
+    devices = [make_device(d) for d in (device if isinstance(device, list | tuple) else [device])]
+    if not devices:
+        raise EdgekitError("device= is an empty list: name at least one device, e.g. \"local\"")
+    records, _runs = measure([_path(a) for a in items], config, devices, eval_data=data,
+                             reference=None if reference is None else _path(reference), log=progress_log(progress),
+                             trust_model_source=trust_model_source)
+    return records
 
 
 make_callable(__name__, "bench")

@@ -73,7 +73,7 @@ def target_notes(devices: Sequence[Device], artifacts: Sequence[str | Path]) -> 
 
 
 def bench_devices(artifacts: Sequence[str | Path], config: Any, devices: Sequence[Device], *,
-                  eval_data: str | None = None, reference: str | Path | None = None, progress: bool = False,
+                  eval_data: Any = None, reference: str | Path | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = None, trust_model_source: bool = False) -> list[DeviceRun]:
     """Measure the artifacts on every device, devices in parallel; one DeviceRun per device, in order."""
     log = log or (lambda _m: None)
@@ -99,6 +99,33 @@ def bench_devices(artifacts: Sequence[str | Path], config: Any, devices: Sequenc
         return [run_one(devices[0])]
     with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="edgekit-device") as pool:
         return list(pool.map(run_one, devices))
+
+
+def measure(artifacts: Sequence[str | Path], config: Any, devices: Sequence[Device], *, eval_data: Any = None,
+            reference: str | Path | None = None, progress: bool = False, log: Callable[[str], None] | None = None,
+            trust_model_source: bool = False) -> tuple[list[dict[str, Any]], list[DeviceRun]]:
+    """`edgekit bench` on one or several devices, for the CLI and the Python API alike: the records of every
+    device (error records for a device that failed as a whole, said in one line) and each device's run; an
+    EdgekitError when a device is named twice or every device failed (nothing was measured)."""
+    log = log or (lambda _m: None)
+    if not artifacts:
+        raise EdgekitError("no artifacts to benchmark: name at least one artifact folder")
+    names = [d.name for d in devices]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgekitError(f"device(s) given more than once: {', '.join(twice)}")
+    for note in target_notes(devices, artifacts):
+        log(f"bench: {note}")
+    runs = bench_devices(artifacts, config, devices, eval_data=eval_data, reference=reference, progress=progress,
+                         log=log, trust_model_source=trust_model_source)
+    failed = [r for r in runs if not r.ok]
+    if len(failed) == len(runs) == 1:
+        raise EdgekitError(failed[0].error or "the device failed")
+    for r in failed:
+        log(f"bench: device {r.device.name}: error: {r.error}")
+    if len(failed) == len(runs):
+        raise EdgekitError(f"all {len(runs)} devices failed; nothing was measured")
+    return all_records(runs, artifacts), runs
 
 
 def all_records(runs: Sequence[DeviceRun], artifacts: Sequence[str | Path]) -> list[dict[str, Any]]:

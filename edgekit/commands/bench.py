@@ -24,26 +24,10 @@ def run(args: argparse.Namespace) -> int:
     # every device is resolved before anything is loaded or contacted: a typo fails at once
     devices = [make_device(spec, benchmark_model=args.benchmark_model, perf_test=args.perf_test)
                for spec in (args.device or ["local"])]
-    names = [d.name for d in devices]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise EdgekitError(f"device(s) given more than once: {', '.join(twice)}")
     if args.plot:
         report.check_plot_support()
-    for note in multi.target_notes(devices, args.artifacts):
-        log(f"bench: {note}")
-    runs = multi.bench_devices(args.artifacts, config, devices, eval_data=args.eval, reference=args.reference,
-                               progress=not args.no_progress, log=log, trust_model_source=args.trust_model_source)
-    failed = [r for r in runs if not r.ok]
-    if len(failed) == len(runs):
-        if len(runs) == 1:
-            raise EdgekitError(failed[0].error or "the device failed")
-        for r in failed:
-            log(f"bench: device {r.device.name}: error: {r.error}")
-        raise EdgekitError(f"all {len(runs)} devices failed; nothing was measured")
-    for r in failed:
-        log(f"bench: device {r.device.name}: error: {r.error}")
-    records = multi.all_records(runs, args.artifacts)
+    records, runs = multi.measure(args.artifacts, config, devices, eval_data=args.eval, reference=args.reference,
+                            progress=not args.no_progress, log=log, trust_model_source=args.trust_model_source)
     print(report.table(records, baseline=args.baseline))
     if args.profile:
         for line in report.profile_lines(records):
