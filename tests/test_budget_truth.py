@@ -76,6 +76,24 @@ def test_met_budget_promise_and_final_check_are_one_measurement(cli, small, tmp_
     assert "budget     MET" in r.out and "95% CI" in r.out
 
 
+def test_budget_search_measures_the_int8_format_the_user_asked_for(cli, small, tmp_path):
+    """--backend-option values reach the budgeted search: it measures int8 symmetric activations when the
+    artifact will have them, so its promise is still the final check's figure."""
+    import onnx
+
+    out = tmp_path / "s8"
+    r = _export(cli, small, out, "--min-sqnr", "25", "--backend-option", "activation_type=int8",
+                "--backend-option", "activation_symmetric=true")
+    assert r.rc == 0, r.err
+    m = json.loads((out / "manifest.json").read_text())
+    v, fb = m["verification"], m["fallback"]
+    assert v["agreement"] == fb["result"]["agreement"] and abs(v["sqnr_db"] - fb["result"]["sqnr_db"]) < 0.01
+    graph = onnx.load(str(out / m["model_file"])).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer if i.name.endswith("_zero_point")}
+    activation_zps = [dt for name, dt in zero_points.items() if "input" in name or "output" in name]
+    assert activation_zps and set(activation_zps) == {onnx.TensorProto.INT8}
+
+
 def test_wilson_interval():
     from edgekit.common.metrics import wilson
 

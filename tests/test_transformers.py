@@ -142,6 +142,26 @@ def test_named_npz_on_an_onnx_transformer(tiny_bert, tmp_path, cli):
     assert m["verification"]["cosine"]["mean"] > 0.9 and "cosine" in r.out
 
 
+def test_transformer_backend_option_reaches_the_quantizer(tiny_bert, tmp_path, cli):
+    """`--backend-option transformer={...}` is declared for the ONNX Runtime backends and handed to the
+    transformer quantizer: embeddings kept float when asked; an unknown name is one line, exit 2."""
+    import onnx
+
+    def export(out, option):
+        return cli("export", f"hf:{tiny_bert}", "-t", "x86-server-cpu", "-p", "dynamic-int8", "--input-spec", _spec(),
+                   "--dynamic", "sequence", "--backend-option", option, "--out", tmp_path / out)
+
+    r = export("float-emb", 'transformer={"quantize_embeddings": false}')
+    assert r.rc == 0, r.err
+    inits = {i.name: i.data_type for i in onnx.load(str(tmp_path / "float-emb" / "model.onnx")).graph.initializer}
+    word = [n for n in inits if n.endswith("word_embeddings.weight")]
+    assert word and inits[word[0]] == onnx.TensorProto.FLOAT
+    assert not any(n.endswith("word_embeddings.weight_int8") for n in inits)
+    r = export("bad", 'transformer={"no_such_option": 1}')
+    assert r.rc == 2 and "unknown transformer quantization option 'no_such_option'" in r.err, r.err
+    assert r.err.strip().count("\n") == 0 and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "lacks input(s) attention_mask of the model"),
     ("float-ids", "takes int64 but the data is float32"),

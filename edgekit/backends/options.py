@@ -35,6 +35,8 @@ _ORT = (
     OptionSpec("graph_optimization_level", "choice", "ONNX Runtime graph optimisations at load", "all",
                ("disable", "basic", "extended", "all")),
     OptionSpec("intra_op_threads", "int", "threads a session uses when the caller asks for none", lo=1, hi=1024),
+    OptionSpec("transformer", "mapping", "models with token inputs: the transformer quantizer's options, e.g. "
+               "{\"static\": true, \"keep_float\": [\"/l.0/fc\"]} (unknown names are refused when it runs)"),
 )
 _REQUIRE_ENGINE = _b("require_engine", "fail unless the device engine itself is built here", False)
 

@@ -126,7 +126,7 @@ def number_list(where: str, field: str, value: Any, lo: float | None = None, lo_
     return tuple(float(v) for v in value)
 
 
-KINDS = ("bool", "int", "float", "str", "choice", "names", "ints", "numbers", "table")
+KINDS = ("bool", "int", "float", "str", "choice", "names", "ints", "numbers", "table", "mapping")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ class OptionSpec:
             "names": "a list of names (or one comma-separated string)",
             "ints": f"a list of {self.length or ''} integers".replace("  ", " "),
             "numbers": "a non-empty list of finite numbers", "table": "a table of KEY = value",
+            "mapping": "a table (JSON object) of options, checked by the code that takes them",
         }[self.kind]
 
     def check(self, value: Any, where: str) -> Any:
@@ -185,6 +186,8 @@ class OptionSpec:
         if self.kind == "numbers":
             return list(number_list(where, field, value, lo, lo_open=lo is not None and lo == 0))
         entries = table(where, field, value)
+        if self.kind == "mapping":  # values keep their JSON types; their consumer checks names and values
+            return {str(k): v for k, v in entries.items()}
         for k, v in entries.items():
             if isinstance(v, bool) or not isinstance(v, str | int | float):
                 raise bad(where, f"{field}.{k}", v, "a string or number")

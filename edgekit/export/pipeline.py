@@ -34,6 +34,8 @@ _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow
               "torchao", "tensorrt")
 
 
+#: the precisions the transformer quantizer writes (its options are checked before an export of them starts)
+TRANSFORMER_PRECISIONS = ("int8", "dynamic-int8", "int4-weight")
 #: at most this many samples of a model with token inputs go through range calibration (see ExportPipeline.ranges)
 TOKEN_RANGE_SAMPLES = 32
 
@@ -189,6 +191,10 @@ class ExportPipeline:
         out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
+        if (exporter_options or {}).get("transformer") and precision in TRANSFORMER_PRECISIONS:
+            from edgekit.quant.transformer import resolve_options
+
+            resolve_options(exporter_options["transformer"], precision)  # a bad name fails here, before any work
         needs_data = precision in exporter.needs_calibration
         # models with token inputs calibrate inside ONNX Runtime's transformer quantizer, from the named feeds
         needs_ranges = precision in exporter.uses_ranges and (self.src.single_float
@@ -339,7 +345,10 @@ class ExportPipeline:
             budget.check_resolution(held.count, what)
         self.log(f"checking int8 on {held.count} samples {what}, never used for ranges")
         ranges = self.ranges(cal, method, method_opts)
-        setup = fallback.QuantSetup(tgt.backend, self.prepared(), ranges, dict(tgt.backend_options), held.x,
+        # the user's --backend-option values override the target's here as in the exporter: the search must
+        # measure the int8 format the artifact will have
+        options = {**tgt.backend_options, **exporter_options}
+        setup = fallback.QuantSetup(tgt.backend, self.prepared(), ranges, options, held.x,
                                     self.reference(held)[0], held.y, self.workdir / "fallback")
         setup.workdir.mkdir(exist_ok=True)
         manifest: dict[str, Any] = {}

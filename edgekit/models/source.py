@@ -152,7 +152,7 @@ def torch_vocab(module: Any, specs: list[InputSpec]) -> list[InputSpec]:
 
 def _from_hf(spec: str, input_spec: list[InputSpec] | None, task: str | None) -> SourceModel:
     from edgekit.common.io import SEQUENCE
-    from edgekit.models.source import hf
+    from edgekit.models import hf
 
     folder = Path(spec.split(":", 1)[1]).expanduser()
     length = None

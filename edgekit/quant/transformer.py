@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
 _CALIB_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
-def _options(options: Mapping[str, Any] | None, precision: str) -> dict[str, Any]:
+def resolve_options(options: Mapping[str, Any] | None, precision: str) -> dict[str, Any]:
     """Validate once, before any work: an unknown key or a wrong type is a one-line error."""
     opts = dict(DEFAULTS)
     for key, value in (options or {}).items():
@@ -313,7 +313,7 @@ def quantize_transformer(src: Path, dest: Path, precision: str,
                            f"{', '.join(PRECISIONS)}")
     if not src.is_file():
         raise EdgekitError(f"{src}: no such ONNX file; pass the path of the exported FP32 model")
-    opts = _options(options, precision)
+    opts = resolve_options(options, precision)
     feeds = list(calib_feeds) if calib_feeds is not None else None
     if precision == "dynamic-int8" and opts["static"]:
         raise EdgekitError("precision 'dynamic-int8' quantizes activations per call; option static=true asks for "
