@@ -124,7 +124,7 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
     arts_dir = stage_dir / "artifacts"
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    references: list[tuple[bool, str, Path]] = []  # FP32 ONNX Runtime artifacts; a server CPU one is preferred
+    references: list[tuple[bool, str, Path]] = []  # FP32 artifacts that run here natively; a server CPU's first
     jobs = []
     for target in targets:
         missing = registry.missing_requirement(target.backend)
@@ -142,10 +142,11 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
             art = pipeline.export(target, precision, calib="zoo:digits", eval_data="zoo:digits:test",
                                   out=arts_dir / name)
             rows.append(_row(art, name, "distilled student"))
-            if target.backend == "onnxruntime" and precision == "fp32":
+            if precision == "fp32" and not registry.get_spec(target.backend).device_runtime:  # runs here natively
                 references.append((target.device_class != "cpu", target.name, art.path))
     # the QAT student goes to an ONNX Runtime CPU target, the runtime its uint8-activation Q/DQ was made for
-    candidates = [t for t, _ in jobs if t.backend == "onnxruntime" and "int8" in t.precisions]
+    candidates = [t for t, _ in jobs if registry.get_spec(t.backend).qdq_style == "onnxruntime"
+                  and "int8" in t.precisions]
     qat_target = min(candidates, key=lambda t: (t.device_class != "cpu", t.name), default=None)
     if qat_target is not None:
         name = f"{qat_target.name}-int8-qat"
@@ -206,6 +207,7 @@ def _relative(value: Any, prefix: str) -> Any:
 
 def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Callable[[str], None]
                ) -> list[dict[str, Any]]:
+    from edgekit.backends import registry
     from edgekit.recommend import recommend
     from edgekit.targets import load_target
 
@@ -217,7 +219,8 @@ def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Cal
         except EdgekitError:
             continue
         measured = [r for r in records if r.get("target") == name and r.get("status") == "ok"]
-        eager = [r for r in records if r.get("backend") == "torch-eager" and r.get("status") == "ok"]
+        eager = [r for r in records if getattr(registry.find_spec(r.get("backend")), "runs_source", False)
+                 and r.get("status") == "ok"]
         # everything here is measured on this host; for a GPU/NPU/phone target that is a proxy, and says so
         rec = recommend(target, priority=priority, results=measured + eager if measured else None,
                         source="quickstart bench", allow_proxy=True)

@@ -103,13 +103,13 @@ def test_internal_error_names_the_innermost_stage(cli, monkeypatch):
 
 def test_internal_error_names_the_last_progress_step(cli, monkeypatch, tmp_path):
     """Without a named stage, the step the user last saw is where it happened."""
-    from edgekit import export
+    from edgekit.export import pipeline
 
     def broken(*args, **kwargs):
         raise IndexError("list index out of range")
 
     monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
-    monkeypatch.setattr(export, "compute_ranges", broken)
+    monkeypatch.setattr(pipeline, "compute_ranges", broken)
     r = cli("export", "zoo:digits-student", "-t", "x86-server-cpu", "-p", "int8", "--out", tmp_path / "a")
     assert r.rc == 1
     assert r.err.splitlines()[-1] == (

@@ -9,6 +9,7 @@ together, it only hides the tie from Python's import machinery.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,34 @@ def test_the_checks_see_function_level_and_type_checking_imports() -> None:
     assert "edgekit.models.source" in seen
     nested = [t for t, _, _ in imports_of("edgekit.cli")]
     assert "edgekit.commands" in nested
+
+
+def backend_name_branches() -> list[str]:
+    """`x.backend == "tensorrt"`-style comparisons outside backends/ and targets: the code that should ask the
+    backend's declared capabilities (BackendSpec) instead of knowing backends by name."""
+    from edgekit.backends.registry import backend_names
+
+    names = set(backend_names())
+    found = []
+    for name, path in MODULES.items():
+        if name.startswith("edgekit.backends") or name == "edgekit.targets":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            consts = {s.value for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str)}
+            for s in sides:
+                if isinstance(s, ast.Tuple | ast.List | ast.Set):
+                    consts |= {e.value for e in s.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            # the other side is a backend's name itself (x.backend, m["backend"], m.get("backend")), not a
+            # capability whose values happen to look alike (spec.qdq_style == "onnxruntime")
+            named = any(re.search(r"backend\W*$", ast.unparse(s)) for s in sides if not isinstance(s, ast.Constant))
+            if consts & names and named:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_branches_on_backend_names_outside_the_backends() -> None:
+    assert backend_name_branches() == []

@@ -44,6 +44,17 @@ class BackendSpec:
     #: "module:function" -> the command that finishes or measures an artifact on its device, from its manifest
     #: (None from the function: nothing to do); None: artifacts of this backend are complete where exported
     next_step: str | None = None
+    #: artifacts for a device runtime edgekit can only stand in for on a CPU host: that runtime's name as a
+    #: reader knows it, what the runner reports in `executes` when it ran that runtime itself, and the class
+    #: of device it then ran on (empty: the runtime that runs the artifact is the one in `requires`)
+    device_runtime: str = ""
+    native_execution: str = ""
+    native_device_class: str = ""
+    #: runs the source model itself, no conversion: the best FP32 reference among a run's artifacts
+    runs_source: bool = False
+    #: its runtime can keep every intermediate tensor of a run (LiteRT's preserve_all_tensors): the side
+    #: `edgekit diagnose --against` lines up layer by layer with an ONNX Q/DQ artifact
+    intermediate_tensors: bool = False
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -100,6 +111,7 @@ register_backend(
         ),
         runtime_module="ai_edge_litert",
         next_step="edgekit.backends.tflite:next_step",
+        intermediate_tensors=True,
         no_fallback_reason=(
             "TFLite full-integer int8 has no per-layer float fallback in TensorFlow's converter (every op must "
             "be int8; only the experimental QuantizationDebugger's denylisted_nodes keeps chosen nodes float, "
@@ -122,6 +134,9 @@ register_backend(
         qdq_style="tensorrt",
         native_check="edgekit.backends.tensorrt_engine:engine_support",
         next_step="edgekit.backends.tensorrt_engine:next_step",
+        device_runtime="TensorRT",
+        native_execution="tensorrt-engine",
+        native_device_class="gpu",
     )
 )
 
@@ -137,6 +152,9 @@ register_backend(
         runtime_module="onnxruntime",
         native_check="edgekit.backends.ascend:compile_support",
         next_step="edgekit.backends.ascend:next_step",
+        device_runtime="Ascend (CANN .om)",
+        native_execution="ascend-acl",
+        native_device_class="npu",
     )
 )
 
@@ -150,6 +168,7 @@ register_backend(
         runner="edgekit.backends.torch_eager:TorchEagerRunner",
         requires=(Requirement("torch", "torch", "torch"),),
         runtime_module="torch",
+        runs_source=True,
     )
 )
 
@@ -215,10 +234,20 @@ def run_here(name: str) -> tuple[bool, str]:
 def next_step(manifest: dict[str, Any]) -> str | None:
     """The exact command that finishes or measures the artifact on its device, asked of its backend; None when
     none is needed (an artifact for this kind of machine, already complete) or the backend is unknown here."""
-    spec = _BACKENDS.get(str(manifest.get("backend")))
+    spec = find_spec(manifest.get("backend"))
     if spec is None or spec.next_step is None:
         return None
     return _load(spec.next_step)(manifest)
+
+
+def find_spec(name: str | None) -> BackendSpec | None:
+    """The spec of `name`, or None for a name this edgekit does not know (e.g. a record from a newer one)."""
+    return _BACKENDS.get(str(name))
+
+
+def native_spec(executes: str | None) -> BackendSpec | None:
+    """The backend whose device runtime itself reports `executes` (a TensorRT engine, an Ascend .om)."""
+    return next((s for s in _BACKENDS.values() if executes and s.native_execution == executes), None)
 
 
 def _load(dotted: str) -> Any:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: backends whose artifacts are meant for a device runtime edgekit can only stand in for on a CPU host,
-#: and that runtime's name as a reader knows it
-DEVICE_RUNTIMES = {"tensorrt": "TensorRT", "ascend": "Ascend (CANN .om)"}
-#: what a runner reports in `executes` when it ran the device runtime itself
-NATIVE_EXECUTION = {"tensorrt": "tensorrt-engine", "ascend": "ascend-acl"}
+from edgekit.backends import registry
+
 _RUNTIME_LABELS = {"onnxruntime": "ORT", "ai_edge_litert": "LiteRT", "tensorflow": "TFLite (TensorFlow)",
                    "torch": "torch eager", "tensorrt": "TensorRT"}
 _ARM = ("aarch64", "arm")  # aarch64, arm64, arm64-v8a (an Android ABI), armv7l, ...
@@ -33,14 +30,17 @@ def arch_label(arch: str | None) -> str:
 
 
 def is_stand_in(backend: str | None, executes: str | None) -> bool:
-    """True when an artifact for a device runtime ran in something else (ONNX Runtime on this CPU)."""
-    return backend in DEVICE_RUNTIMES and executes != NATIVE_EXECUTION.get(backend)
+    """True when an artifact for a device runtime ran in something else (ONNX Runtime on this CPU); the
+    backend declares its device runtime (BackendSpec.device_runtime)."""
+    spec = registry.find_spec(backend)
+    return spec is not None and bool(spec.device_runtime) and executes != spec.native_execution
 
 
 def executed_on(runtime_module: str | None, executes: str | None, arch: str | None, gpu: str | None = None) -> str:
     """One phrase for what ran the artifact: runtime, execution provider and processor."""
-    if executes == "tensorrt-engine":
-        return f"TensorRT engine on {gpu or 'GPU'}"
+    native = registry.native_spec(executes)
+    if native is not None:
+        return f"{native.device_runtime} on {gpu or native.native_device_class.upper()}"
     label = _RUNTIME_LABELS.get(runtime_module or "", runtime_module or "unknown runtime")
     return f"{label} CPU {arch_label(arch)}"
 
@@ -48,10 +48,9 @@ def executed_on(runtime_module: str | None, executes: str | None, arch: str | No
 def device_class(arch: str | None, executes: str | None) -> str:
     """The class (as target profiles name them) of the device that measured: gpu when a GPU engine ran,
     edge-cpu for an Arm CPU, cpu otherwise."""
-    if executes == "tensorrt-engine":
-        return "gpu"
-    if executes == NATIVE_EXECUTION["ascend"]:
-        return "npu"
+    native = registry.native_spec(executes)
+    if native is not None:
+        return native.native_device_class
     return "edge-cpu" if (arch or "").lower().startswith(_ARM) else "cpu"
 
 
@@ -59,7 +58,8 @@ def where(backend: str | None, runtime_module: str | None, executes: str | None,
           device_name: str | None) -> dict[str, Any]:
     """The `executed_on`, `stand_in_for` and `measured_on` fields of a record."""
     arch = env.get("arch")
-    stand_in = DEVICE_RUNTIMES[backend] if backend is not None and is_stand_in(backend, executes) else None
+    spec = registry.find_spec(backend)
+    stand_in = spec.device_runtime if spec is not None and is_stand_in(backend, executes) else None
     return {
         "executed_on": executed_on(runtime_module, executes, arch, env.get("gpu")),
         "stand_in_for": stand_in,

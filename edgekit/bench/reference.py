@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends import registry
 from edgekit.bench.jobs import EvalSet, Job, input_specs, source_is_data
 from edgekit.errors import EdgekitError
 
@@ -128,7 +129,8 @@ class References:
                 and o.manifest.get("precision") == "fp32"
                 and o.manifest["model"].get("source") == source and o.evalset is not None
                 and o.evalset.key == job.evalset.key]
-        fp32.sort(key=lambda o: (o.manifest.get("backend") != "torch-eager", o.index))
+        fp32.sort(key=lambda o: (not getattr(registry.find_spec(o.manifest.get("backend")), "runs_source", False),
+                                 o.index))
         if fp32:
             return fp32[0].outputs, f"fp32 artifact {fp32[0].path} ({reason})"
         return None, f"unavailable: {reason}, and no fp32 artifact of it in this run"

@@ -35,6 +35,7 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from edgekit.backends.registry import find_spec
     from edgekit.data.calibration import load_data
     from edgekit.quant.diagnose import compare_backends, format_comparison, require_onnx_qdq
 
@@ -42,10 +43,14 @@ def _compare(args: argparse.Namespace) -> int:
         raise EdgekitError(f"--against {args.against} is not an artifact folder (no manifest.json); export one with "
                            "`edgekit export ... --backend tflite --precision int8`")
     a, b = _manifest(args.source), _manifest(args.against)
-    if a.get("backend") == "tflite" and b.get("backend") != "tflite":
+
+    def tapped(manifest: dict) -> bool:  # the backend keeps every intermediate tensor (LiteRT)
+        return bool(getattr(find_spec(manifest.get("backend")), "intermediate_tensors", False))
+
+    if tapped(a) and not tapped(b):
         args.source, args.against, a, b = args.against, args.source, b, a
     require_onnx_qdq(a, Path(args.source))
-    if b.get("backend") != "tflite":
+    if not tapped(b):
         raise EdgekitError(f"--against {args.against} is a {b.get('backend')} artifact; the cross-backend "
                            "comparison lines up an ONNX Q/DQ artifact with a tflite one")
     if not args.calib:

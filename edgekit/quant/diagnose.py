@@ -335,7 +335,9 @@ def format_comparison(cmp: dict[str, Any]) -> str:
 
 
 def require_onnx_qdq(manifest: dict[str, Any], path: Path) -> None:
-    if manifest.get("backend") not in ("onnxruntime", "tensorrt", "ort-mobile") or not str(
-            manifest.get("model_file", "")).endswith(".onnx"):
+    from edgekit.backends.registry import find_spec
+
+    spec = find_spec(manifest.get("backend"))
+    if spec is None or spec.qdq_style is None or not str(manifest.get("model_file", "")).endswith(".onnx"):
         raise EdgekitError(f"{path} is a {manifest.get('backend')} artifact; the comparison's first artifact must be "
                            "an ONNX Q/DQ one (onnxruntime or tensorrt), the second a tflite one")

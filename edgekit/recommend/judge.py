@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.baseline import EAGER_NAMES, runtime_name
 from edgekit.bench.baseline import pick as pick_baseline
-from edgekit.bench.baseline import runtime_name
 from edgekit.bench.provenance import same_class
 from edgekit.errors import EdgekitError
 from edgekit.targets import PRECISIONS, Target
@@ -39,7 +39,6 @@ RULE_NO_BASELINE = "no-baseline"
 SPEEDUP_PER_POINT = 2.0
 SIZE_RECALL_POINTS = 5.0
 
-_EAGER_NAMES = ("torch", "pytorch", "torch-eager", "torch_eager", "eager")
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ def parse_record(rec: Mapping[str, Any], index: int, source: str) -> Record:
         raise EdgekitError(f"{where}: missing field 'precision'")
     runtime = runtime_name(rec.get("runtime"))
     backend = runtime_name(rec.get("backend"))
-    eager = any(n in _EAGER_NAMES for n in (runtime, backend, (target or "").lower()))
+    eager = any(n in EAGER_NAMES for n in (runtime, backend, (target or "").lower()))
     batch = rec.get("batch")
     size = rec.get("model_bytes")
     return Record(
