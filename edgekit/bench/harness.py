@@ -150,7 +150,8 @@ class Harness:
             single = len(specs) == 1 and specs[0].is_float
             what = "random normal" if single else "random valid inputs"
             job.evalset = EvalSet(feeds[specs[0].name], None, f"{what}, {RANDOM_EVAL_SAMPLES} samples (seed "
-                                  f"{self.config.seed}; pass --eval DATA for real data)", None if single else feeds)
+                                  f"{self.config.seed}; pass eval= / --eval DATA for real data)",
+                                  None if single else feeds)
 
     def start_workers(self, jobs: list[Job], bar) -> None:
         for job in [j for j in jobs if j.ok]:

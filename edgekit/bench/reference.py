@@ -21,8 +21,9 @@ from edgekit.backends import registry
 from edgekit.bench.jobs import EvalSet, Job, input_specs, source_is_data
 from edgekit.errors import EdgekitError
 
-REFERENCE_HINT = ("for them pass --reference MODEL_OR_ARTIFACT, bench the fp32 artifact of the same model in this "
-                  "run, or pass --trust-model-source to import the model the manifest names")
+REFERENCE_HINT = ("for them pass reference= (--reference MODEL_OR_ARTIFACT), bench the fp32 artifact of the same "
+                  "model in this run, or pass trust_model_source=True (--trust-model-source) to import the model "
+                  "the manifest names")
 
 
 class References:

@@ -238,7 +238,8 @@ def check_calibration(cset: CalibrationSet, warn: Callable[[str], None] | None =
     x = cset.x
     if cset.count < MIN_SAMPLES:
         raise EdgekitError(f"{where} has {cset.count} sample(s); calibration needs at least {MIN_SAMPLES} (a few "
-                           "hundred is better): pass --calib with more samples or raise --calib-samples")
+                           "hundred is better): pass calib= (--calib) with more samples or raise calib_samples= "
+                           "(--calib-samples)")
     if not x.any():
         raise EdgekitError(f"{where} is all zeros ({cset.count} samples): it gives every activation an empty "
                            "range; pass real inputs, preprocessed as for the model")

@@ -301,8 +301,9 @@ class ExportPipeline:
                     f"{ci_text(verification['agreement'], n)}, SQNR {verification.get('sqnr_db') or 0:.1f} dB on "
                     f"{verification['data']}")
             if not keep_best_effort:
-                raise EdgekitError(f"{what}; nothing written: relax the budget, try --equalize / --range-choice / "
-                                   "--bias-correction or QAT, or pass --keep-best-effort to write it anyway")
+                raise EdgekitError(f"{what}; nothing written: relax the budget, try techniques= equalize / "
+                                   "range-choice / bias-correction (--equalize, ...) or QAT, or pass "
+                                   "keep_best_effort=True (--keep-best-effort) to write it anyway")
             self.log(f"{what}; writing the best effort (--keep-best-effort), manifest budget: missed")
         return record
 
@@ -319,8 +320,9 @@ class ExportPipeline:
         from edgekit.quant import fallback, ptq_improve
 
         if not self.src.single_float:
-            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques work on models with "
-                               f"one float input; {self.src.spec} takes {', '.join(s.name for s in self.src.inputs)}")
+            raise EdgekitError(f"min_agreement= / max_accuracy_drop= / techniques= (--min-agreement, ...) work "
+                               f"on models with one float input; {self.src.spec} takes "
+                               f"{', '.join(s.name for s in self.src.inputs)}")
         budget = None
         if min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None:
             budget = fallback.Budget(min_agreement, max_accuracy_drop, min_sqnr_db)

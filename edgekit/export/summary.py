@@ -30,9 +30,9 @@ def warnings(manifest: dict[str, Any]) -> list[str]:
     data = str(v.get("data", ""))
     if v.get("calibration_data"):
         out.append(f"checked on the calibration data only ({data}): the ranges were fitted to it, so agreement "
-                   "there is optimistic; pass --eval DATA with held-out samples")
+                   "there is optimistic; pass eval= (--eval DATA) with held-out samples")
     elif data.startswith("random normal"):
-        out.append("checked on random inputs only: pass --eval DATA with real samples")
+        out.append("checked on random inputs only: pass eval= (--eval DATA) with real samples")
     agreement = v.get("agreement")
     if isinstance(agreement, float) and agreement < MIN_AGREEMENT:
         out.append(f"agreement {agreement:.4f} with FP32 is below {MIN_AGREEMENT}: try --min-agreement "

@@ -42,13 +42,14 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.min_agreement is None and self.max_accuracy_drop is None and self.min_sqnr_db is None:
-            raise EdgekitError("a fallback budget needs --min-agreement FRACTION, --max-accuracy-drop PCT and/or "
-                               "--min-sqnr DB")
+            raise EdgekitError("a fallback budget needs min_agreement=, max_accuracy_drop= and/or min_sqnr_db= "
+                               "(--min-agreement FRACTION, --max-accuracy-drop PCT, --min-sqnr DB)")
         if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
-            raise EdgekitError(f"--min-agreement must be a fraction in (0, 1], e.g. 0.98 (got {self.min_agreement})")
+            raise EdgekitError(f"min_agreement (--min-agreement) must be a fraction in (0, 1], e.g. 0.98 (got "
+                               f"{self.min_agreement})")
         if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 1.0:
-            raise EdgekitError(f"--max-accuracy-drop must be in [0, 100] percentage points (got "
-                               f"{100 * self.max_accuracy_drop:g})")
+            raise EdgekitError(f"max_accuracy_drop must be a fraction in [0, 1], e.g. 0.01 for one point (got "
+                               f"{self.max_accuracy_drop:g}; --max-accuracy-drop takes points, 0 to 100)")
 
     def holds(self, result: dict[str, Any]) -> bool:
         if self.min_agreement is not None and result["agreement"] < self.min_agreement - 1e-12:
@@ -82,8 +83,8 @@ class Budget:
             err = self.allowed_error() or 0.0
             raise EdgekitError(
                 f"the budget allows {100 * err:g} points of error but is checked on {n} samples ({what}), where one "
-                f"flipped sample is {100 / max(n, 1):.2g} points: pass --eval DATA with at least {need} samples "
-                "(or more --calib-samples), or relax the budget")
+                f"flipped sample is {100 / max(n, 1):.2g} points: pass eval= (--eval DATA) with at least {need} "
+                "samples (or more calib_samples=, --calib-samples), or relax the budget")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -107,8 +108,9 @@ def with_intervals(result: dict[str, Any], n: int) -> dict[str, Any]:
 
 def check_labels(budget: Budget | None, labels: bool) -> None:
     if budget is not None and budget.max_accuracy_drop is not None and not labels:
-        raise EdgekitError("--max-accuracy-drop needs labels in the check data (an .npz with array y, or "
-                           "zoo:digits); without labels use --min-agreement, which compares with FP32 only")
+        raise EdgekitError("max_accuracy_drop (--max-accuracy-drop) needs labels in the check data (an .npz with "
+                           "array y, or zoo:digits); without labels use min_agreement (--min-agreement), which "
+                           "compares with FP32 only")
 
 
 def split_calibration(cset, seed: int = 0, held_out: int | None = None):

@@ -76,7 +76,8 @@ def recommend(target: str | Path | Target, results: Any = None, priority: str = 
     check_drop(max_accuracy_drop)
     check_cosine(min_cosine)
     if min_cosine is not None and results is None:
-        raise EdgekitError("--min-cosine judges measured artifacts: pass --results bench.json too")
+        raise EdgekitError("min_cosine (--min-cosine) judges measured artifacts: pass results= (--results "
+                           "bench.json) too")
     if results is None:
         return Recommendation(target.name, priority, tree, tree.precision, tree.techniques, tree.path)
     j = judge(results, target, max_accuracy_drop, source, allow_proxy=allow_proxy, min_cosine=min_cosine)

@@ -289,7 +289,7 @@ def _proxy_reason(rec: Mapping[str, Any], target: Target) -> str | None:
 
 def check_cosine(min_cosine: float | None) -> None:
     if min_cosine is not None and not (math.isfinite(min_cosine) and -1.0 <= min_cosine <= 1.0):
-        raise EdgekitError(f"--min-cosine must be within [-1, 1], e.g. 0.99 (got {min_cosine:g})")
+        raise EdgekitError(f"min_cosine (--min-cosine) must be within [-1, 1], e.g. 0.99 (got {min_cosine:g})")
 
 
 def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_drop: float | None = None,
@@ -328,12 +328,12 @@ def judge(records: Sequence[Mapping[str, Any]], target: Target, max_accuracy_dro
         raw[i] = r
         parsed.append(parsed_one)
     if proxies and not allow_proxy:
-        ignored += [(a, f"{why}; --allow-proxy to rank it anyway") for a, why in proxies]
+        ignored += [(a, f"{why}; allow_proxy=True (--allow-proxy) to rank it anyway") for a, why in proxies]
         if not any(p.target == target.name and not p.eager for p in parsed):
             raise EdgekitError(f"{source}: none of the {len(proxies)} record(s) for target '{target.name}' was "
                                f"measured on a {target.device_class} device ({proxies[0][0]}: {proxies[0][1]}); "
-                               "measure on the device (edgekit bench --device ...) or pass --allow-proxy to rank "
-                               "these numbers anyway")
+                               "measure on the device (edgekit bench --device ...) or pass allow_proxy=True "
+                               "(--allow-proxy) to rank these numbers anyway")
     # a device's other backends (target.alternatives) may offer precisions its default backend lacks
     offered = {p for t in (target, *target.alternatives.values()) for p in t.precisions}
     mine: list[Record] = []
