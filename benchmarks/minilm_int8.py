@@ -10,8 +10,8 @@ last_hidden_state and the mean-pooled sentence embedding), then builds:
   (float attention, embedding quantization, ORT's BERT fusions, static QDQ with and without smoothing);
 - int4 weights (MatMulNBits).
 
-Calibration uses benchmarks/data/minilm_calib.txt; every number is measured on the separate held-out
-sentences (benchmarks/data/minilm_heldout.txt), padded to 128 tokens, batch 1, one thread: cosine (mean,
+Calibration uses the kit's own `zoo:sentences` set; every number is measured on the separate held-out set
+(`zoo:sentences:test`, sentences the calibration never saw), padded to 128 tokens, batch 1, one thread: cosine (mean,
 worst) of the pooled embeddings against FP32, nearest-neighbour retrieval agreement with FP32 among the
 held-out sentences, speed ratio vs FP32 (median latency, all variants timed in one interleaved round robin,
 so machine load touches all alike) and file size as a fraction of FP32. Writes
@@ -35,7 +35,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DATA = HERE / "data"
 
 
 def export_minilm(path: Path, seq: int) -> None:
@@ -150,8 +149,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.getLogger().setLevel(logging.ERROR)
-    calib = feeds(DATA / "minilm_calib.txt", args.seq)
-    held = feeds(DATA / "minilm_heldout.txt", args.seq)
+    from edgekit.data.text import sentences_path
+
+    calib = feeds(sentences_path("train"), args.seq)
+    held = feeds(sentences_path("test"), args.seq)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="minilm-int8-") as tmp:
         tmp_path = Path(tmp)
