@@ -206,7 +206,9 @@ def test_real_minilm_dynamic_int8_keeps_embeddings(tmp_path):
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.enable_truncation(64)
     tok.enable_padding(length=64)
-    lines = (Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "minilm_heldout.txt").read_text()
+    from edgekit.data.text import sentences_path
+
+    lines = sentences_path("test").read_text()
     feeds = []
     for line in lines.splitlines()[:40]:
         e = tok.encode(line)
