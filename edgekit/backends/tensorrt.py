@@ -126,19 +126,33 @@ def read_calibration_cache(path: Path) -> tuple[str, dict[str, float]]:
 
 # ---------------------------------------------------------------------------------------------------------
 # shapes, commands
-def profile_shapes(inputs: list[TensorSpec], batch: tuple[int, int, int]) -> tuple[dict[str, list], list[str]]:
-    """min/opt/max shapes for inputs with a dynamic batch, and the inputs whose other dims are dynamic."""
+def profile_shapes(inputs: list[TensorSpec], batch: tuple[int, int, int],
+                   axes: dict[str, int] | None = None) -> tuple[dict[str, list], list[str]]:
+    """min/opt/max shapes for inputs with a dynamic batch, and the inputs whose other dims are dynamic and
+    not in `axes` (a named dynamic axis -> its exported maximum, e.g. a transformer's `sequence`: the
+    profile then runs from 1 to that maximum, optimized for the maximum, which is what padded inputs use)."""
+    axes = axes or {}
     shapes: dict[str, list] = {}
     unresolved: list[str] = []
     for spec in inputs:
         dims = list(spec.shape)
         if all(isinstance(d, int) for d in dims):
             continue
-        if any(not isinstance(d, int) for d in dims[1:]):
+        if any(not isinstance(d, int) and str(d) not in axes for d in dims[1:]):
             unresolved.append(spec.name)
             continue
-        shapes[spec.name] = [[b, *dims[1:]] for b in batch]
+        shapes[spec.name] = [[b, *(d if isinstance(d, int) else (1 if k == 0 else axes[str(d)]) for d in dims[1:])]
+                             for k, b in enumerate(batch)]
     return shapes, unresolved
+
+
+def named_axes(request: ExportRequest) -> dict[str, int]:
+    """The exported maximum of each named dynamic axis of the source model's inputs (e.g. sequence: 128)."""
+    out: dict[str, int] = {}
+    for spec in request.source.inputs if request.source is not None else ():
+        for name, size in spec.max.items():
+            out[name] = max(out.get(name, 0), int(size))
+    return out
 
 
 def _shape_flags(shapes: dict[str, list]) -> list[str]:
@@ -281,7 +295,7 @@ class TensorRTExporter(Exporter):
         details["opset"] = opset
         details["session_config"] = session_config({})  # the ONNX Runtime CPU check (see OrtRunner)
 
-        shapes, unresolved = profile_shapes(inputs, opts["batch_profile"])
+        shapes, unresolved = profile_shapes(inputs, opts["batch_profile"], named_axes(request))
         details["trtexec"] = trtexec_command(MODEL_FILE, shapes, opts.get("workspace_mb"))
         if shapes:
             details["optimization_profile"] = shapes
@@ -393,7 +407,7 @@ class TensorRTExporter(Exporter):
         code = trt_version_code(version)
         (request.out_dir / CALIBRATION_CACHE_FILE).write_text(calibration_cache_text(request.ranges.tensors, code))
         shutil.copyfile(request.prepared, request.out_dir / LEGACY_ONNX_FILE)
-        shapes, _ = profile_shapes(describe(request.prepared)[0], opts["batch_profile"])
+        shapes, _ = profile_shapes(describe(request.prepared)[0], opts["batch_profile"], named_axes(request))
         cmd = shlex.join(["trtexec", f"--onnx={LEGACY_ONNX_FILE}", "--int8", "--fp16",
                           f"--calib={CALIBRATION_CACHE_FILE}", "--saveEngine=model_legacy_int8.engine",
                           *_shape_flags(shapes)])
