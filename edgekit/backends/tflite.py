@@ -194,11 +194,12 @@ class TfliteExporter(Exporter):
         if len(conv.output_keys) != len(request.onnx.outputs):
             raise EdgekitError(f"the .tflite model has {len(conv.output_keys)} output(s) but the ONNX model has "
                                f"{len(request.onnx.outputs)}: onnx2tf changed the graph's outputs")
-        out_types = self._output_types(conv.tflite, conv.output_keys)
+        out_types, tensor_names = self._signature_io(conv.tflite, conv.output_keys)
         io_in = []
         for name, dims in shapes.items():
             dtype = conv.input_dtypes[name]
-            entry = {"name": name, "tflite_name": name, "dtype": dtype, "shape": list(dims), "layout": None,
+            entry = {"name": name, "tflite_name": name, "tensor_name": tensor_names.get(name), "dtype": dtype,
+                     "shape": list(dims), "layout": None,
                      "source_dtype": source_dtypes[name], "source_shape": list(_by_name(onnx_inputs, name).shape)}
             if dtype != source_dtypes[name]:
                 entry["cast"] = f"{source_dtypes[name]} -> {dtype} (the runner casts; values must fit {dtype})"
@@ -253,15 +254,20 @@ class TfliteExporter(Exporter):
         return ExportResult(MODEL_FILE, inputs, outputs, details)
 
     @staticmethod
-    def _output_types(data: bytes, keys: list[str]) -> dict[str, tuple[str, list[int], float | None, int | None]]:
-        """Per signature output key: dtype, shape and per-tensor quantization of the .tflite output."""
+    def _signature_io(data: bytes, keys: list[str]) -> tuple[dict[str, tuple[str, list[int], float | None,
+                                                                              int | None]], dict[str, str]]:
+        """Per signature output key: dtype, shape and per-tensor quantization of the .tflite output; and per
+        signature input: its tensor's name (what tools such as benchmark_model call the input)."""
         from ai_edge_litert.interpreter import Interpreter
 
         from edgekit.backends.tflite_convert import quiet
 
         with quiet():
-            runner = Interpreter(model_content=data).get_signature_runner()
+            interpreter = Interpreter(model_content=data)
+            runner = interpreter.get_signature_runner()
             details = runner.get_output_details()
+            by_index = {d["index"]: d["name"] for d in interpreter.get_input_details()}
+            tensor_names = {k: by_index.get(d["index"], k) for k, d in runner.get_input_details().items()}
         out = {}
         for key in keys:
             d = details[key]
@@ -269,7 +275,7 @@ class TfliteExporter(Exporter):
             quantized = np.issubdtype(np.dtype(d["dtype"]), np.integer) and scale
             out[key] = (np.dtype(d["dtype"]).name, [int(v) for v in d["shape"]],
                         float(scale) if quantized else None, int(zero) if quantized else None)
-        return out
+        return out, tensor_names
 
     @staticmethod
     def _check_full_integer(summary, float_ops: list[dict[str, str]], allow_fallback: bool) -> None:
