@@ -14,6 +14,10 @@ The runner takes what the torch model takes (NCHW float), transposes to the mode
 with the input tensor's own scale and zero point, then dequantizes (and transposes back) the outputs, so
 accuracy checks compare like with like. `raw_io=True` feeds and returns the model's own tensors (int8 NHWC
 for a full-integer model), as an app on the device would.
+
+Models with token inputs (transformers: int64 input_ids / attention_mask) take another route, in
+tflite_tokens: converted at batch 1 and the exported maximum sequence length (recorded in the manifest),
+fed by name through the serving signature, shorter sequences padded and longer ones refused.
 """
 
 from __future__ import annotations
