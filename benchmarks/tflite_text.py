@@ -50,8 +50,8 @@ def main() -> None:
     from edgekit.backends.tflite import LiteRTRunner
     from edgekit.errors import EdgekitError
     from edgekit.export import ExportPipeline
-    from edgekit.hf import tokenize
-    from edgekit.quant.calibrate import load_data
+    from edgekit.models.hf import tokenize
+    from edgekit.data.calibration import load_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)

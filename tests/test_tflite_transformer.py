@@ -99,7 +99,7 @@ def test_litert_runner_pads_short_sequences_and_refuses_long_ones(artifacts, tin
     from edgekit.artifact import load_artifact
     from edgekit.backends.tflite import LiteRTRunner
     from edgekit.errors import EdgekitError
-    from edgekit.hf import load
+    from edgekit.models.hf import load
 
     src = load(tiny_bert, None, SEQ)
     enc = src["tokenizer"](["the quick brown fox jumps", "a short one"], padding=True, return_tensors="np")

@@ -155,7 +155,7 @@ class TfliteExporter(Exporter):
     def _export_tokens(self, request: ExportRequest, per_channel: bool, allow_fallback: bool,
                        xnnpack: bool) -> ExportResult:
         """Token inputs (a transformer): converted at batch 1 and the exported maximum sequence length."""
-        from edgekit import io
+        from edgekit.common import io
         from edgekit.backends import tflite_convert, tflite_tokens
         from edgekit.backends.tflite_inspect import read_tflite
 
