@@ -104,6 +104,15 @@ def _validated(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def named_axes(request: ExportRequest) -> dict[str, int]:
+    """The exported maximum of each named dynamic axis of the source model's inputs (e.g. sequence: 128)."""
+    out: dict[str, int] = {}
+    for spec in request.source.inputs if request.source is not None else ():
+        for name, size in spec.max.items():
+            out[name] = max(out.get(name, 0), int(size))
+    return out
+
+
 class TensorRTExporter(Exporter):
     """fp32 / fp16 / int8 / mixed TensorRT-ready ONNX; the engine too where TensorRT and CUDA exist.
 
@@ -181,7 +190,7 @@ class TensorRTExporter(Exporter):
         details["opset"] = opset
         details["session_config"] = session_config({})  # the ONNX Runtime CPU check (see OrtRunner)
 
-        shapes, unresolved = profile_shapes(inputs, opts["batch_profile"])
+        shapes, unresolved = profile_shapes(inputs, opts["batch_profile"], named_axes(request))
         details["trtexec"] = trtexec_command(MODEL_FILE, shapes, opts.get("workspace_mb"))
         if shapes:
             details["optimization_profile"] = shapes
@@ -293,7 +302,7 @@ class TensorRTExporter(Exporter):
         code = trt_version_code(version)
         (request.out_dir / CALIBRATION_CACHE_FILE).write_text(calibration_cache_text(request.ranges.tensors, code))
         shutil.copyfile(request.prepared, request.out_dir / LEGACY_ONNX_FILE)
-        shapes, _ = profile_shapes(describe(request.prepared)[0], opts["batch_profile"])
+        shapes, _ = profile_shapes(describe(request.prepared)[0], opts["batch_profile"], named_axes(request))
         cmd = shlex.join(["trtexec", f"--onnx={LEGACY_ONNX_FILE}", "--int8", "--fp16",
                           f"--calib={CALIBRATION_CACHE_FILE}", "--saveEngine=model_legacy_int8.engine",
                           *shape_flags(shapes)])

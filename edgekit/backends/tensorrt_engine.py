@@ -100,18 +100,23 @@ def read_calibration_cache(path: Path) -> tuple[str, dict[str, float]]:
 
 # ---------------------------------------------------------------------------------------------------------
 # shapes, commands
-def profile_shapes(inputs: list[TensorSpec], batch: tuple[int, int, int]) -> tuple[dict[str, list], list[str]]:
-    """min/opt/max shapes for inputs with a dynamic batch, and the inputs whose other dims are dynamic."""
+def profile_shapes(inputs: list[TensorSpec], batch: tuple[int, int, int],
+                   axes: dict[str, int] | None = None) -> tuple[dict[str, list], list[str]]:
+    """min/opt/max shapes for inputs with a dynamic batch, and the inputs whose other dims are dynamic and
+    not in `axes` (a named dynamic axis -> its exported maximum, e.g. a transformer's `sequence`: the
+    profile then runs from 1 to that maximum, optimized for the maximum, which is what padded inputs use)."""
+    axes = axes or {}
     shapes: dict[str, list] = {}
     unresolved: list[str] = []
     for spec in inputs:
         dims = list(spec.shape)
         if all(isinstance(d, int) for d in dims):
             continue
-        if any(not isinstance(d, int) for d in dims[1:]):
+        if any(not isinstance(d, int) and str(d) not in axes for d in dims[1:]):
             unresolved.append(spec.name)
             continue
-        shapes[spec.name] = [[b, *dims[1:]] for b in batch]
+        shapes[spec.name] = [[b, *(d if isinstance(d, int) else (1 if k == 0 else axes[str(d)]) for d in dims[1:])]
+                             for k, b in enumerate(batch)]
     return shapes, unresolved
 
 

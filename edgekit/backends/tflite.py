@@ -14,6 +14,10 @@ The runner takes what the torch model takes (NCHW float), transposes to the mode
 with the input tensor's own scale and zero point, then dequantizes (and transposes back) the outputs, so
 accuracy checks compare like with like. `raw_io=True` feeds and returns the model's own tensors (int8 NHWC
 for a full-integer model), as an app on the device would.
+
+Models with token inputs (transformers: int64 input_ids / attention_mask) take another route, in
+tflite_tokens: converted at batch 1 and the exported maximum sequence length (recorded in the manifest),
+fed by name through the serving signature, shorter sequences padded and longer ones refused.
 """
 
 from __future__ import annotations
@@ -83,11 +87,10 @@ class TfliteExporter(Exporter):
         per_channel = bool(options.get("per_channel", True))
         xnnpack = bool(options.get("xnnpack", True))
         onnx_inputs = request.onnx.inputs
-        if len(onnx_inputs) != 1 or not onnx_inputs[0].dtype.startswith("float"):
-            names = ", ".join(f"{t.name} ({t.dtype})" for t in onnx_inputs)
-            raise EdgekitError(f"the tflite backend converts models with one float input; this one takes {names}: "
-                               "edgekit's onnx2tf path has no per-input layout handling nor integer/token inputs "
-                               "yet; export it for android-ort-mobile (ONNX Runtime on the phone) instead")
+        from edgekit.backends import tflite_tokens
+
+        if tflite_tokens.is_token_model(onnx_inputs):
+            return self._export_tokens(request, per_channel, allow_fallback, xnnpack)
         source_in = onnx_inputs[0]
         calibration = None
         if precision == "int8":
@@ -155,6 +158,135 @@ class TfliteExporter(Exporter):
                                                  "transpose_from_source": in_perm}
         return ExportResult(MODEL_FILE, inputs, outputs, details)
 
+    def _export_tokens(self, request: ExportRequest, per_channel: bool, allow_fallback: bool,
+                       xnnpack: bool) -> ExportResult:
+        """Token inputs (a transformer): converted at batch 1 and the exported maximum sequence length."""
+        from edgekit.backends import tflite_convert, tflite_tokens
+        from edgekit.backends.tflite_inspect import read_tflite
+        from edgekit.common import io
+
+        precision = request.precision
+        onnx_inputs = request.onnx.inputs
+        specs = list(request.source.inputs) if request.source is not None else []
+        shapes = tflite_tokens.fixed_shapes(onnx_inputs, specs)
+        source_dtypes = {t.name: t.dtype for t in onnx_inputs}
+        calibration = None
+        if precision == "int8":
+            cset = request.calibration
+            feeds = (cset.named or None) if cset is not None else None
+            if feeds is None or "x" in feeds:
+                raise EdgekitError("tflite int8 of a model with token inputs needs calibration data keyed by input "
+                                   f"name ({', '.join(shapes)}): give --calib sentences (.txt, zoo:sentences) or "
+                                   "an .npz with one array per input")
+            if cset.count < MIN_CALIBRATION_SAMPLES:
+                raise EdgekitError(f"calibration set '{cset.source}' has {cset.count} sample(s); tflite int8 "
+                                   f"needs at least {MIN_CALIBRATION_SAMPLES}: pass more calibration samples")
+            calibration, _ = tflite_tokens.pad_feeds(feeds, shapes, source_dtypes, can_pad=True)
+        if calibration is not None:
+            check = io.take(calibration, slice(0, 1))
+        else:
+            sized = [s for s in specs if s.name in shapes]
+            if len(sized) == len(shapes):
+                check = io.random_feeds(sized, 1, seed=0, **{io.SEQUENCE: max(d[-1] for d in shapes.values())})
+                check, _ = tflite_tokens.pad_feeds(check, shapes, source_dtypes, can_pad=True)
+            else:
+                check = {n: np.ones(d, dtype=source_dtypes[n]) for n, d in shapes.items()}
+
+        conv = tflite_tokens.convert(request.onnx.path, precision, shapes=shapes, check=check,
+                                     calibration=calibration, per_channel=per_channel,
+                                     allow_float_fallback=allow_fallback)
+        summary = read_tflite(conv.tflite)
+        float_ops = [{"op": f["op"], "tensor": _readable(f["output"])} for f in summary.float_ops()]
+        if precision == "int8" and float_ops and not allow_fallback:
+            self._check_full_integer(summary, float_ops, allow_fallback)
+        tflite_tokens.smoke_run(conv.tflite, precision, check, conv.input_dtypes)
+        (request.out_dir / MODEL_FILE).write_bytes(conv.tflite)
+        if len(conv.output_keys) != len(request.onnx.outputs):
+            raise EdgekitError(f"the .tflite model has {len(conv.output_keys)} output(s) but the ONNX model has "
+                               f"{len(request.onnx.outputs)}: onnx2tf changed the graph's outputs")
+        out_types, tensor_names = self._signature_io(conv.tflite, conv.output_keys)
+        io_in = []
+        for name, dims in shapes.items():
+            dtype = conv.input_dtypes[name]
+            entry = {"name": name, "tflite_name": name, "tensor_name": tensor_names.get(name), "dtype": dtype,
+                     "shape": list(dims), "layout": None,
+                     "source_dtype": source_dtypes[name], "source_shape": list(_by_name(onnx_inputs, name).shape)}
+            if dtype != source_dtypes[name]:
+                entry["cast"] = f"{source_dtypes[name]} -> {dtype} (the runner casts; values must fit {dtype})"
+            io_in.append(entry)
+        io_out = []
+        for spec, key in zip(request.onnx.outputs, conv.output_keys, strict=True):
+            dtype, shape, scale, zero = out_types[key]
+            io_out.append({"name": spec.name, "tflite_name": key, "dtype": dtype, "shape": shape, "layout": None,
+                           "source_shape": list(spec.shape), "scale": scale, "zero_point": zero,
+                           "sequence_axis": _sequence_axis(spec.shape)})
+        length = max(d[1] for d in shapes.values() if len(d) > 1) if any(len(d) > 1 for d in shapes.values()) \
+            else None
+        inputs = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], None) for d in io_in]
+        outputs = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], None) for d in io_out]
+        versions = tflite_convert.versions()
+        details: dict[str, Any] = {
+            "precision": precision,
+            "converter": f"onnx2tf {versions['onnx2tf']} + tf.lite.TFLiteConverter "
+                         f"(tensorflow {versions['tensorflow']})",
+            "converter_versions": versions,
+            "onnx2tf_options": dict(tflite_tokens.ONNX2TF_OPTIONS),
+            "onnx_simplified": conv.onnx_simplified,
+            "token_inputs": True,
+            "fixed_shapes": {k: list(v) for k, v in shapes.items()},
+            "sequence_length": length,
+            "padding": "shorter sequences are padded with zeros (pad id, attention-mask 0) to the fixed length "
+                       "and outputs with a sequence axis cut back; longer ones are refused",
+            "conversion_check": {"cosine_worst": round(conv.conversion_cosine, 6),
+                                 "against": "ONNX Runtime FP32 on one sample, before the TFLite converter"},
+            "input_layout": "as ONNX",
+            "inputs": io_in,
+            "outputs": io_out,
+            "output_quantization": [{"scale": d["scale"], "zero_point": d["zero_point"]} for d in io_out],
+            "ops": summary.op_counts(),
+            "float_ops": float_ops if precision == "int8" else [],
+            "allow_float_fallback": allow_fallback,
+            "quantization": self._quantization(precision, per_channel),
+            "runtime": {"interpreter": "ai_edge_litert.interpreter.Interpreter", "xnnpack": xnnpack,
+                        "feeds": "by name through the serving signature"},
+        }
+        if precision == "int8":
+            details["quantization"] = {**details["quantization"], "inference_input_type": "as converted (token ids)",
+                                       "inference_output_type": "as converted"}
+            details["calibration_method"] = (
+                "TFLite converter min/max over the representative dataset "
+                f"({'per-channel' if per_channel else 'per-tensor'} int8 weights, per-tensor int8 activations)")
+            details["representative_dataset"] = {"samples": int(io.count(calibration)), "batch": 1,
+                                                 "fixed_shapes": details["fixed_shapes"]}
+            if float_ops:
+                details["float_ops_note"] = (f"{len(float_ops)} op(s) stayed float (no int8 kernel in TFLite's "
+                                             f"converter): {', '.join(sorted({f['op'] for f in float_ops}))}")
+        return ExportResult(MODEL_FILE, inputs, outputs, details)
+
+    @staticmethod
+    def _signature_io(data: bytes, keys: list[str]) -> tuple[dict[str, tuple[str, list[int], float | None,
+                                                                              int | None]], dict[str, str]]:
+        """Per signature output key: dtype, shape and per-tensor quantization of the .tflite output; and per
+        signature input: its tensor's name (what tools such as benchmark_model call the input)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        from edgekit.backends.tflite_convert import quiet
+
+        with quiet():
+            interpreter = Interpreter(model_content=data)
+            runner = interpreter.get_signature_runner()
+            details = runner.get_output_details()
+            by_index = {d["index"]: d["name"] for d in interpreter.get_input_details()}
+            tensor_names = {k: by_index.get(d["index"], k) for k, d in runner.get_input_details().items()}
+        out = {}
+        for key in keys:
+            d = details[key]
+            scale, zero = d.get("quantization", (0.0, 0))
+            quantized = np.issubdtype(np.dtype(d["dtype"]), np.integer) and scale
+            out[key] = (np.dtype(d["dtype"]).name, [int(v) for v in d["shape"]],
+                        float(scale) if quantized else None, int(zero) if quantized else None)
+        return out, tensor_names
+
     @staticmethod
     def _check_full_integer(summary, float_ops: list[dict[str, str]], allow_fallback: bool) -> None:
         if float_ops and not allow_fallback:
@@ -194,6 +326,15 @@ class TfliteExporter(Exporter):
         }[precision]
 
 
+def _by_name(specs: list[TensorSpec], name: str) -> TensorSpec:
+    return next(t for t in specs if t.name == name)
+
+
+def _sequence_axis(shape: tuple[int | str, ...]) -> int | None:
+    """The axis of an output that follows the input's sequence (named `sequence` by the ONNX export)."""
+    return next((k for k, d in enumerate(shape) if d == "sequence"), None)
+
+
 class LiteRTRunner(Runner):
     """ai_edge_litert's Interpreter, XNNPACK on by default; `threads` = the interpreter's num_threads.
 
@@ -212,6 +353,9 @@ class LiteRTRunner(Runner):
         self._io_in: list[dict[str, Any]] = details.get("inputs", [])
         self._io_out: list[dict[str, Any]] = details.get("outputs", [])
         self.interpreter: Any = None
+        #: a model with token inputs (see tflite_tokens): fed by name, padded to its fixed sequence length
+        self._tokens = bool(details.get("token_inputs"))
+        self._signature: Any = None
 
     def load(self) -> None:
         from edgekit.backends.tflite_convert import quiet
@@ -229,6 +373,9 @@ class LiteRTRunner(Runner):
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else cap.error_line(type(exc).__name__)
                 raise EdgekitError(f"LiteRT cannot load {path}: {reason}") from None
         self._refresh()
+        if self._tokens:
+            self._signature = self.interpreter.get_signature_runner()
+            return
         if len(self._inputs) != 1:
             raise EdgekitError(f"{path} has {len(self._inputs)} inputs; the tflite runner runs one-input models")
         self._resizable = int(self._inputs[0]["shape_signature"][0]) == -1
@@ -271,6 +418,8 @@ class LiteRTRunner(Runner):
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.interpreter is None:
             raise EdgekitError("the tflite runner is not loaded: call load() or use it as a context manager")
+        if self._tokens:
+            return self._infer_tokens(inputs)
         if isinstance(inputs, dict):
             names = self.input_names()
             if len(inputs) != 1 or names[0] not in inputs:
@@ -285,6 +434,51 @@ class LiteRTRunner(Runner):
             return self._run(x)
         outs = self._run(self.quantize_input(x))
         return [self.dequantize_output(y, k) for k, y in enumerate(outs)]
+
+    def _infer_tokens(self, inputs: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Named token inputs of any length up to the fixed one: padded, cast, run one sample at a time (the
+        model's batch is 1), outputs dequantized and cut back to the length given."""
+        from edgekit.backends.tflite_tokens import pad_feeds
+
+        feeds = self.as_feed(inputs)
+        names = [d["name"] for d in self._io_in]
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise EdgekitError(f"this model takes inputs {', '.join(names)}; missing {', '.join(missing)} "
+                               f"(got {', '.join(feeds) or 'none'})")
+        shapes = {d["name"]: d["shape"] for d in self._io_in}
+        dtypes = {d["name"]: d["dtype"] for d in self._io_in}
+        if self.raw_io:
+            fixed, given = {n: np.asarray(feeds[n]) for n in names}, None
+            bad = [f"{n} is {fixed[n].dtype}" for n in names if fixed[n].dtype != np.dtype(dtypes[n])]
+            if bad:
+                raise EdgekitError(f"raw_io feeds the model's own input tensors ({', '.join(dtypes.values())}); "
+                                   f"{'; '.join(bad)}")
+        else:
+            kinds = {d.get("name"): d.get("kind") for d in self.manifest.get("model", {}).get("inputs", [])}
+            can_pad = any(kinds.get(n) == "attention_mask" or (n not in kinds and "mask" in n.lower())
+                          for n in names)
+            fixed, given = pad_feeds(feeds, shapes, dtypes, can_pad)
+        n = len(fixed[names[0]])
+        parts = []
+        for i in range(n):
+            out = self._signature(**{k: v[i : i + 1] for k, v in fixed.items()})
+            parts.append([out[d["tflite_name"]] for d in self._io_out])
+        if not parts:
+            return []
+        results = []
+        for k, d in enumerate(self._io_out):
+            y = np.concatenate([p[k] for p in parts])
+            if self.raw_io:
+                results.append(y)
+                continue
+            if d.get("scale") and np.issubdtype(y.dtype, np.integer):
+                y = (y.astype(np.float32) - np.float32(d.get("zero_point") or 0)) * np.float32(d["scale"])
+            axis = d.get("sequence_axis")
+            if given is not None and axis is not None and axis < y.ndim:
+                y = np.take(y, np.arange(given), axis=axis)
+            results.append(np.ascontiguousarray(y, dtype=np.float32))
+        return results
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         shape = tuple(int(d) for d in self._inputs[0]["shape"])
@@ -312,6 +506,7 @@ class LiteRTRunner(Runner):
 
     def close(self) -> None:
         self.interpreter = None
+        self._signature = None
 
     @property
     def runtime_version(self) -> str:

@@ -141,8 +141,9 @@ def write_sample_images(folder: Path, nhwc: np.ndarray | None) -> None:
     np.save(folder / SAMPLE_FILE, np.ascontiguousarray(sample, dtype=np.float32))
 
 
-def simplify(src: Path, dest: Path) -> bool:
-    """onnxsim once, in process; False (and the graph copied as is) if it fails.
+def simplify(src: Path, dest: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> bool:
+    """onnxsim once, in process; False (and the graph copied as is) if it fails. `input_shapes` fixes dynamic
+    input shapes first (static shapes let it fold a transformer's shape arithmetic).
 
     onnx2tf would run the `onnxsim` command three times (~4 s each, and silently skipped when the venv's bin
     folder is not on PATH); so onnx2tf is told not to, and no PATH setup is needed.
@@ -153,7 +154,8 @@ def simplify(src: Path, dest: Path) -> bool:
     try:
         import onnxsim
 
-        simplified, ok = onnxsim.simplify(model)
+        shapes = {k: list(v) for k, v in input_shapes.items()} if input_shapes else None
+        simplified, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
     except Exception:
         ok = False
     onnx.save(simplified if ok else model, str(dest))
@@ -222,7 +224,7 @@ def convert(onnx_path: Path, precision: str, *, input_shape: tuple, calibration:
             if calibration is not None and calibration.ndim == 4 and not keep_nchw_inputs:
                 sample = calibration.transpose(channel_last(4))
             write_sample_images(work, sample)
-            model = _onnx2tf(model_copy, work, keep_nchw_inputs, cap)
+            model = run_onnx2tf(model_copy, work, keep_nchw_inputs, cap)
             return_freed_memory()  # onnx2tf's temporaries, before the converter's own peak
             try:
                 converted = tuple(model.inputs[0].shape)
@@ -230,15 +232,16 @@ def convert(onnx_path: Path, precision: str, *, input_shape: tuple, calibration:
                 representative = None
                 if calibration is not None:
                     representative = calibration.transpose(perm) if perm else calibration
-                data = _convert_keras(model, precision, representative, per_channel, allow_float_fallback, cap)
+                data = convert_keras(model, precision, representative, per_channel, allow_float_fallback, cap)
             finally:
                 del model
-                _release()
+                release()
                 return_freed_memory()
         return Conversion(data, simplified, perm, cap.text()[-4000:])
 
 
-def _onnx2tf(model_copy: Path, work: Path, keep_nchw_inputs: list[str], cap: Captured):
+def run_onnx2tf(model_copy: Path, work: Path, keep_nchw_inputs: list[str], cap: Captured, **options: Any):
+    """onnx2tf on the copy in `work`, in memory (no SavedModel written); `options` go to onnx2tf.convert."""
     import onnx2tf
 
     try:
@@ -246,7 +249,7 @@ def _onnx2tf(model_copy: Path, work: Path, keep_nchw_inputs: list[str], cap: Cap
             model = onnx2tf.convert(
                 input_onnx_file_path=str(model_copy), output_folder_path=str(work / "tf"),
                 disable_model_save=True, not_use_onnxsim=True, non_verbose=True, verbosity="error",
-                keep_ncw_or_nchw_or_ncdhw_input_names=keep_nchw_inputs or None,
+                keep_ncw_or_nchw_or_ncdhw_input_names=keep_nchw_inputs or None, **options,
             )
     except SystemExit:
         raise EdgekitError(f"onnx2tf {_version('onnx2tf')} could not convert the ONNX graph to TensorFlow: "
@@ -259,8 +262,11 @@ def _onnx2tf(model_copy: Path, work: Path, keep_nchw_inputs: list[str], cap: Cap
     return model
 
 
-def _convert_keras(model, precision: str, representative: np.ndarray | None, per_channel: bool,
-                   allow_float_fallback: bool, cap: Captured) -> bytes:
+def convert_keras(model, precision: str, representative: np.ndarray | dict[str, np.ndarray] | None,
+                  per_channel: bool, allow_float_fallback: bool, cap: Captured, int8_io: bool = True) -> bytes:
+    """The tf-keras model onnx2tf built -> .tflite bytes. `representative` (int8): one array for a one-input
+    model, or arrays keyed by the model's input names; `int8_io` makes a full-integer model's input and
+    output tensors int8 (False keeps them as converted, e.g. integer token ids in, float out)."""
     import tensorflow as tf
 
     fn = tf.function(lambda *inputs: model(inputs),
@@ -283,11 +289,18 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
     elif precision == "int8":
         if representative is None:
             raise EdgekitError("int8 needs calibration data (calib=, --calib)")
-        samples = representative  # often a transposed view: made contiguous one sample at a time, not copied whole
+        if isinstance(representative, dict):
+            named = [representative[t.name.split(":")[0]] for t in model.inputs]
 
-        def dataset():
-            for i in range(len(samples)):
-                yield [np.ascontiguousarray(samples[i : i + 1], dtype=np.float32)]
+            def dataset():
+                for i in range(len(named[0])):
+                    yield [np.ascontiguousarray(a[i : i + 1]) for a in named]
+        else:
+            samples = representative  # often a transposed view: made contiguous one sample at a time, not copied
+
+            def dataset():
+                for i in range(len(samples)):
+                    yield [np.ascontiguousarray(samples[i : i + 1], dtype=np.float32)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
@@ -295,8 +308,9 @@ def _convert_keras(model, precision: str, representative: np.ndarray | None, per
         if allow_float_fallback:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
         converter.target_spec.supported_ops = ops
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
         converter._experimental_disable_per_channel = not per_channel
     try:
         return bytes(converter.convert())
@@ -342,7 +356,7 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _release() -> None:
+def release() -> None:
     """Free the tf-keras graph state one conversion leaves behind (exports may run many in one process)."""
     with contextlib.suppress(Exception):
         import tf_keras

@@ -122,10 +122,14 @@ def prepare_for_quantization(src: Path, dest: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger().setLevel(logging.ERROR)
-    try:
-        quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
-    except Exception:  # symbolic shape inference fails on some graphs; ONNX's own inference is enough
-        quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
+    src, dest = Path(src).resolve(), Path(dest).resolve()
+    # when symbolic shape inference is incomplete (transformers), ONNX Runtime saves its partial graph as
+    # sym_shape_infer_temp.onnx plus a <uuid>.data file in the working directory: keep those out of the user's
+    with tempfile.TemporaryDirectory(prefix="edgekit-preprocess-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some graphs; ONNX's own inference is enough
+            quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
     return dest
 
 
