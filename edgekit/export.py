@@ -56,10 +56,11 @@ def tool_versions() -> dict[str, str]:
     return {"edgekit": __version__, **installed_versions(_VERSIONED)}
 
 
-def transformer_quantizer() -> Callable[..., dict[str, Any]] | None:
+def transformer_quantizer(extra: dict[str, Any] | None = None) -> Callable[..., dict[str, Any]] | None:
     """edgekit.quant.transformer's quantizer, adapted to what an exporter passes (the target's backend options,
     of which it takes the ones it knows, and the user's own transformer options), or None where that module
-    is absent (the exporters then use ONNX Runtime's quantizers directly)."""
+    is absent (the exporters then use ONNX Runtime's quantizers directly). `extra`: options the pipeline adds
+    (a budget's `keep_float`)."""
     try:
         from edgekit.quant import transformer as tq
     except ImportError:
@@ -70,6 +71,8 @@ def transformer_quantizer() -> Callable[..., dict[str, Any]] | None:
             user_options: dict[str, Any]) -> dict[str, Any]:
         options = {k: v for k, v in target_options.items() if k in known}
         options.update(user_options)
+        for key, value in (extra or {}).items():
+            options[key] = sorted({*options.get(key, []), *value}) if key == "keep_float" else value
         return tq.quantize_transformer(src, dest, precision, feeds, options)
 
     return run
@@ -173,6 +176,7 @@ class ExportPipeline:
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
         techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
         min_sqnr_db: float | None = None, keep_best_effort: bool = False, int16_rung: bool = True,
+        min_cosine: float | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
 
@@ -186,7 +190,9 @@ class ExportPipeline:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
         () for layer fallback alone). `min_sqnr_db` adds an output-SQNR goal to the budget; `int16_rung` lets
         the search give chosen layers int16 weights before keeping any in float (backends that run 16-bit Q/DQ).
-        `opset`: the ONNX opset to export at, within the target's range.
+        `opset`: the ONNX opset to export at, within the target's range. `min_cosine`: a budget on the mean
+        cosine of the first output (an embedding) to FP32, for models with token inputs: their int8 forms
+        (dynamic int8, static QDQ) keep the most sensitive projections float until it holds.
 
         A budget is judged on the `eval_data` when given, else on a held-out split of the calibration set large
         enough to resolve it, and the final check of the written artifact runs on the same data: when that
@@ -220,7 +226,7 @@ class ExportPipeline:
             from edgekit.quant.budget import Budget
 
             # before any work: a check set that cannot resolve the budget is refused
-            Budget(min_agreement, max_accuracy_drop, min_sqnr_db).check_resolution(
+            Budget(min_agreement, max_accuracy_drop, min_sqnr_db, min_cosine).check_resolution(
                 evalset.count, f"the --eval set {evalset.source}")
         onnx_model = self.onnx(tgt, data_feeds(evalset) if evalset is not None else None, opset)
         if onnx_model.quantization is not None and needs_ranges:
@@ -230,12 +236,13 @@ class ExportPipeline:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
                                "complete Q/DQ quantization: give calibration data (calib=, --calib)")
         improve = None
-        budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None
+        budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None \
+            or min_cosine is not None
         if budgeted or techniques:
             check = evalset if eval_data is not None or evalset is not cset else None
             improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
                                          max_accuracy_drop, techniques, exporter_options or {}, budget_first_try,
-                                         min_sqnr_db, check, int16_rung)
+                                         min_sqnr_db, check, int16_rung, min_cosine)
             exporter = improve["exporter"]
             evalset = improve["check"]
         ranges = self.ranges(cset, method, method_opts) if needs_ranges and improve is None else (
@@ -248,7 +255,8 @@ class ExportPipeline:
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src,
-                                    None if self.src.single_float else transformer_quantizer())
+                                    None if self.src.single_float else transformer_quantizer(
+                                        improve.get("transformer_options") if improve is not None else None))
             result = exporter.export(request)
             manifest: dict[str, Any] = {
                 "manifest_version": 1,
@@ -296,16 +304,20 @@ class ExportPipeline:
     def _final_check(self, budget, verification: dict[str, Any], keep_best_effort: bool) -> dict[str, Any]:
         """The budget judged on the written artifact's own check (the data the search used): met, or missed
         and refused (EdgekitError: nothing is written) unless the best effort was asked for."""
-        from edgekit.quant.budget import ci_text
+        from edgekit.quant.budget import ci_text, describe
 
         n = verification["samples"]
         status = "met" if budget.holds(verification) else "missed"
-        record = {"status": status, **budget.to_json(), "checked_on": verification["data"], "samples": n,
-                  "agreement": verification["agreement"], "agreement_ci95": verification["agreement_ci95"]}
+        record = {"status": status, **budget.to_json(), "checked_on": verification["data"], "samples": n}
+        if verification.get("cosine") is not None:
+            record["cosine"] = verification["cosine"]
+            measured = describe(verification)
+        else:
+            record.update({"agreement": verification["agreement"], "agreement_ci95": verification["agreement_ci95"]})
+            measured = (f"agreement {ci_text(verification['agreement'], n)}, SQNR "
+                        f"{verification.get('sqnr_db') or 0:.1f} dB")
         if status == "missed":
-            what = (f"the budget {budget.to_json()} is missed on the final check: agreement "
-                    f"{ci_text(verification['agreement'], n)}, SQNR {verification.get('sqnr_db') or 0:.1f} dB on "
-                    f"{verification['data']}")
+            what = f"the budget {budget.to_json()} is missed on the final check: {measured} on {verification['data']}"
             if not keep_best_effort:
                 raise EdgekitError(f"{what}; nothing written: relax the budget, try --equalize / --range-choice / "
                                    "--bias-correction or QAT, or pass --keep-best-effort to write it anyway")
@@ -317,7 +329,7 @@ class ExportPipeline:
                       max_accuracy_drop: float | None, techniques: Sequence[str],
                       exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None,
                       min_sqnr_db: float | None = None, check: CalibrationSet | None = None,
-                      int16_rung: bool = True) -> dict[str, Any]:
+                      int16_rung: bool = True, min_cosine: float | None = None) -> dict[str, Any]:
         """Budgeted fallback and PTQ techniques (quant.search, quant.ptq_improve): checks, then the search.
 
         `check` is the data the budget is judged on (the --eval set); None: a held-out split of `cset`."""
@@ -325,8 +337,11 @@ class ExportPipeline:
         from edgekit.quant import fallback, ptq_improve
 
         if not self.src.single_float:
-            raise EdgekitError(f"--min-agreement, --max-accuracy-drop and the int8 techniques work on models with "
-                               f"one float input; {self.src.spec} takes {', '.join(s.name for s in self.src.inputs)}")
+            return self._improve_tokens(tgt, precision, cset, onnx_model, fallback.Budget(
+                min_agreement, max_accuracy_drop, min_sqnr_db, min_cosine), techniques, exporter_options, check)
+        if min_cosine is not None:
+            raise EdgekitError(f"--min-cosine budgets the embedding output of models with token inputs; "
+                               f"{self.src.spec} has one float input: use --min-agreement or --min-sqnr")
         budget = None
         if min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None:
             budget = fallback.Budget(min_agreement, max_accuracy_drop, min_sqnr_db)
@@ -376,6 +391,72 @@ class ExportPipeline:
         return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest,
                 "check": held, "budget": budget}
 
+    def _token_setup(self, tgt: Target, precision: str, cal: CalibrationSet, held: CalibrationSet,
+                     onnx_model: OnnxModel, user_options: dict[str, Any], workdir: Path):
+        """The transformer int8 graph of `precision` for `tgt`, measured on `held` (quant.tgraph)."""
+        from edgekit.io import batches
+        from edgekit.quant.tgraph import make_setup
+
+        if tgt.backend != "onnxruntime":
+            raise EdgekitError(f"budgets and diagnosis of models with token inputs build ONNX Runtime's transformer "
+                               f"int8 (dynamic or static QDQ); target {tgt.name} runs {tgt.backend}: pick an "
+                               "onnxruntime target such as x86-server-cpu")
+        names = [s.name for s in self.src.inputs]
+        feeds = list(batches(cal.feeds(names), 8))
+        outputs = [o.to_json() for o in self.src.outputs]
+        return make_setup(onnx_model.path, precision, dict(tgt.backend_options), user_options,
+                          held.feeds(names), self.reference(held), outputs, feeds, workdir, self.metric)
+
+    def _improve_tokens(self, tgt: Target, precision: str, cset: CalibrationSet | None, onnx_model: OnnxModel,
+                        budget, techniques: Sequence[str], exporter_options: dict[str, Any],
+                        check: CalibrationSet | None) -> dict[str, Any]:
+        """Budgeted fallback of a transformer's int8: the most sensitive projections (and embedding tables)
+        kept float, chosen by quant.search on the transformer's own graphs, until the budget holds."""
+        from edgekit.quant import fallback
+        from edgekit.quant.diagnose import rank_token_layers
+
+        if techniques:
+            raise EdgekitError(f"--equalize, --range-choice and --bias-correction work on models with one float "
+                               f"input; {self.src.spec} takes {', '.join(s.name for s in self.src.inputs)}")
+        by_agreement = (self.metric or (self.src.outputs[0].to_json().get("metric") if self.src.outputs
+                                        else "agreement")) == "agreement"
+        if (budget.min_agreement is not None or budget.max_accuracy_drop is not None) and not by_agreement:
+            raise EdgekitError(f"{self.src.spec}'s first output is compared by cosine, not top-1 agreement: "
+                                   "budget it with --min-cosine C (e.g. 0.99) or --min-sqnr DB")
+        if precision not in ("int8", "dynamic-int8"):
+            raise EdgekitError(f"a budget applies to the int8 forms (int8, dynamic-int8); got precision {precision}")
+        if onnx_model.quantization is not None:
+            raise EdgekitError(f"{self.src.spec} already carries its own Q/DQ quantization; a budget re-quantizes an "
+                               "FP32 model: export the FP32 model instead")
+        if cset is None:
+            raise EdgekitError("a budgeted int8 export needs calibration data (calib=, --calib; .txt sentences for "
+                               "hf: models)")
+        if check is None:
+            cal, held = fallback.split_calibration(cset, held_out=budget.samples_needed())
+            what = "held out from the calibration set"
+        else:
+            cal, held, what = cset, check, f"the --eval set {check.source}"
+        budget.check_resolution(held.count, what)
+        user = dict(exporter_options.get("transformer") or {})
+        setup = self._token_setup(tgt, precision, cal, held, onnx_model, user, self.workdir / "tfallback")
+        self.log(f"checking {precision} on {held.count} samples {what}, never used for calibration")
+        start = setup.build_and_evaluate([], "full-int8")
+        from edgekit.quant.budget import describe
+
+        self.log(f"full {precision}: {describe(start)}")
+        ranking = None if budget.holds(start) else rank_token_layers(setup, log=self.log)
+        plan = fallback.search(setup, budget, ranking=ranking, log=self.log, start=start)
+        plan.checked_on = f"{held.count} samples {what}"
+        record = plan.to_json()
+        record["method"] = ("layers ranked by what each alone in int8 costs the first output (its metric), kept "
+                            "float in that order until the budget held on the check data, then any layer not "
+                            "needed for the budget dropped again")
+        self.log(f"budget {'holds' if plan.holds else 'NOT met'} on the check data with {len(plan.kept)} layer(s) "
+                 f"kept float: {', '.join(plan.kept) or 'none'}")
+        exporter = registry.exporter_class(tgt.backend)(**exporter_options)
+        return {"exporter": exporter, "ranges": None, "prepared": None, "manifest": {"fallback": record},
+                "check": held, "budget": budget, "transformer_options": {"keep_float": list(plan.kept)}}
+
     def _model_json(self) -> dict[str, Any]:
         src = self.src
         out: dict[str, Any] = {"source": src.spec, "kind": src.kind, "input_shape": list(src.input_shape),
@@ -403,9 +484,14 @@ class ExportPipeline:
 
     def diagnose(self, target: str | Target, calib: Any = None, *, backend: str | None = None,
                  calib_method: str = "minmax", calib_samples: int | None = DEFAULT_MAX_SAMPLES, samples: int = 64,
-                 verify: int = 12) -> dict[str, Any]:
+                 verify: int = 12, precision: str | None = None,
+                 transformer_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Where int8 loses accuracy on `target`: per-layer errors and the layers ranked by what keeping each
-        in higher precision buys, measured on a held-out quarter of the calibration data."""
+        in higher precision buys, measured on a held-out quarter of the calibration data.
+
+        Models with token inputs (transformers) are diagnosed in the int8 form the target's exporter writes
+        (`precision`: dynamic-int8 or int8, `transformer_options` e.g. {"static": True}): every projection and
+        embedding table quantized alone, ranked by what it costs the first output in its own metric."""
         from edgekit.quant import fallback
         from edgekit.quant.diagnose import diagnose
 
@@ -416,14 +502,12 @@ class ExportPipeline:
             raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(registry.budget_backends())})"
                                f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
                                "artifacts instead (`edgekit diagnose ART --against ART`)")
-        if not self.src.single_float:
-            names = ", ".join(f"{s.name} ({s.dtype})" for s in self.src.inputs)
-            raise EdgekitError(f"diagnose ranks the int8 layers of models with one float input; {self.src.spec} "
-                               f"takes {names}: compare its exports with `edgekit bench` (cosine per output) instead")
         method, opts = resolve_method(calib_method)
         cset = self._calibration(calib, calib_samples)
         if cset is None:
-            raise EdgekitError("diagnose needs calibration data (calib=, --calib)")
+            raise EdgekitError("diagnose needs calibration data (calib=, --calib; .txt sentences for hf: models)")
+        if not self.src.single_float:
+            return self._diagnose_tokens(tgt, cset, precision, samples, transformer_options or {})
         self.onnx(tgt, None)
         cal, held = fallback.split_calibration(cset)
         setup = fallback.QuantSetup(tgt.backend, self.prepared(), self.ranges(cal, method, opts),
@@ -433,6 +517,26 @@ class ExportPipeline:
         report = diagnose(setup, verify=verify, log=self.log)
         report.update({"model": self.src.spec, "target": tgt.name, "calibration": cal.provenance(),
                        "calibration_method": method})
+        return report
+
+    def _diagnose_tokens(self, tgt: Target, cset: CalibrationSet, precision: str | None, samples: int,
+                         options: dict[str, Any]) -> dict[str, Any]:
+        from edgekit.quant import fallback
+        from edgekit.quant.diagnose import diagnose_tokens
+
+        precision = precision or ("dynamic-int8" if "dynamic-int8" in tgt.precisions else "int8")
+        tgt.check_precision(precision)
+        onnx_model = self.onnx(tgt, None)
+        cal, held = fallback.split_calibration(cset)
+        if held.count > samples:
+            idx = np.arange(samples)
+            held = dataclasses.replace(held, x=held.x[idx], named={k: v[idx] for k, v in (held.named or {}).items()},
+                                       selection=f"{held.selection}; first {samples}")
+        setup = self._token_setup(tgt, precision, cal, held, onnx_model, options, self.workdir / "diagnose")
+        self.log(f"diagnosing {precision} on {held.count} held-out samples: each candidate layer quantized alone")
+        report = diagnose_tokens(setup, log=self.log)
+        report.update({"model": self.src.spec, "target": tgt.name, "calibration": cal.provenance(),
+                       "options": setup.options})
         return report
 
     def _calibration(self, calib, samples) -> CalibrationSet | None:
@@ -509,7 +613,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
            budget_first_try: Sequence[str] | None = None, min_sqnr_db: float | None = None,
            keep_best_effort: bool = False, int16_rung: bool = True,
            input_spec: list[InputSpec] | str | None = None, dynamic: Sequence[str] = (), task: str | None = None,
-           metric: str | None = None, **options: Any) -> Artifact | list[Artifact]:
+           metric: str | None = None, min_cosine: float | None = None, **options: Any) -> Artifact | list[Artifact]:
     """Export `model` for `target` and return the Artifact; with a list of targets, a list of Artifacts that
     share one ONNX export, one calibration and one FP32 reference.
 
@@ -518,7 +622,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
     (x, y), tensor, dict of arrays, DataLoader, path, zoo:digits); an nn.Module given no `input_shape` takes
     its shape from them. `out`: the artifact folder (with several targets: the folder that holds one per
     target), default `MODEL-TARGET-PRECISION` here. `progress`: a function or logger that sees the stage
-    lines. `min_agreement` / `max_accuracy_drop` are fractions; `min_sqnr_db`, `keep_best_effort` and
+    lines. `min_agreement` / `max_accuracy_drop` / `min_cosine` are fractions; `min_sqnr_db`, `keep_best_effort` and
     `int16_rung` as in ExportPipeline.export. `input_spec` (InputSpecs or `input_ids:int64:1x128,...`) with
     `dynamic` axes describes named, typed inputs; `task` picks an hf: model's outputs; `metric` overrides each
     output's comparison. `**options` go to the backend's exporter
@@ -562,7 +666,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
                                 exporter_options=options or None, min_agreement=min_agreement,
                                 max_accuracy_drop=max_accuracy_drop, techniques=techniques,
                                 budget_first_try=budget_first_try, opset=opset, min_sqnr_db=min_sqnr_db,
-                                keep_best_effort=keep_best_effort, int16_rung=int16_rung)
+                                keep_best_effort=keep_best_effort, int16_rung=int16_rung, min_cosine=min_cosine)
                 for t, dest in plan]
     return arts if several else arts[0]
 
