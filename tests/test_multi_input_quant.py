@@ -151,3 +151,17 @@ def test_cosine_budget_bad_input(tiny_bert, tmp_path, cli):
     r = cli("qat", "--teacher", f"hf:{tiny_bert}", "--student", f"hf:{tiny_bert}", "--data", "zoo:digits",
             "--out", tmp_path / "d")
     assert r.rc == 2 and "sentence" in r.err and not (tmp_path / "d").exists()
+
+
+def test_edgekit_qat_api_takes_hf_models(tiny_bert):
+    """`edgekit.qat` with hf: models is the text QAT: a few steps, no export, weights snapped onto the grid."""
+    import edgekit
+    from edgekit.train.qat_text import TextQATConfig, grid_error
+
+    result = edgekit.qat(f"hf:{tiny_bert}", f"hf:{tiny_bert}", "zoo:sentences", "zoo:sentences:test",
+                         config=TextQATConfig(steps=2, max_length=16), target=None)
+    assert grid_error(result.model) < 1e-3 and result.folder is None
+    c = result.metrics["torch_cosine_vs_teacher"]
+    assert c["fp32_student"]["mean"] > 0.99999 and c["simulated_int8_before_qat"]["mean"] < 1.0
+    with pytest.raises(edgekit.EdgekitError, match="hf:DIR"):
+        edgekit.qat(f"hf:{tiny_bert}", "not-a-folder", "zoo:sentences", target=None)

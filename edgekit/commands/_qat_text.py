@@ -9,7 +9,7 @@ import argparse
 from edgekit.commands import log
 
 #: defaults of the text path where the CNN path's differ (its --lr and --batch-size defaults are for PT2E)
-TEXT_LR = 1e-4
+TEXT_LR = 2e-5
 TEXT_BATCH = 16
 
 

@@ -45,7 +45,9 @@ class TextQATConfig:
     `embeddings`: fake-quantize the embedding tables the exporter quantizes per row (word and position
     tables of at least MIN_TABLE_ELEMENTS elements). `activations`: also round the Linear layers' inputs as
     ONNX Runtime's dynamic quantization does at run time (uint8 per call), so training sees the deployed
-    error (the weights are still the only thing it can fit). `max_length`: tokens per training sentence.
+    error (the weights are still the only thing it can fit). `hidden_weight`: weight of a per-token term,
+    1 - cos between the last hidden states, used when teacher and student share a tokenizer (more targets
+    per sentence than the one pooled embedding). `max_length`: tokens per training sentence.
     """
 
     steps: int = 300
@@ -56,6 +58,7 @@ class TextQATConfig:
     seed: int = 0
     embeddings: bool = True
     activations: bool = True
+    hidden_weight: float = 1.0
     log_every: int = 50
 
     def __post_init__(self) -> None:
@@ -63,6 +66,9 @@ class TextQATConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise EdgekitError(f"text QAT {name} must be a positive integer (got {v!r})")
+        if not (isinstance(self.hidden_weight, int | float) and math.isfinite(self.hidden_weight)
+                and self.hidden_weight >= 0):
+            raise EdgekitError(f"text QAT hidden_weight must be a number >= 0 (got {self.hidden_weight!r})")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise EdgekitError(f"text QAT lr must be a positive number, e.g. 2e-5 (got {self.lr!r})")
 
@@ -253,16 +259,31 @@ def embed(model, tokenizer, sentences: Sequence[str], max_length: int, batch_siz
     """Mean-pooled last hidden states (the sentence embedding hf: exports as its first output)."""
     import torch
 
-    parts = []
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:
-        for i in range(0, len(sentences), batch_size):
-            enc = tokenizer(list(sentences[i : i + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            parts.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
+        parts = [forward(model, tokenizer, sentences[i : i + batch_size], max_length)[0]
+                 for i in range(0, len(sentences), batch_size)]
     return torch.cat(parts)
+
+
+def forward(model, tokenizer, sentences: Sequence[str], max_length: int):
+    """(sentence embeddings, last hidden states, attention mask) of one batch padded to its longest sentence."""
+    enc = tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), hidden, enc["attention_mask"]
+
+
+def token_states(model, tokenizer, sentences: Sequence[str], max_length: int, batch_size: int = 32) -> list[Any]:
+    """Each sentence's last hidden states over its real tokens (the per-token targets)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch_size):
+            _, hidden, mask = forward(model, tokenizer, sentences[i : i + batch_size], max_length)
+            out += [h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)]
+    return out
 
 
 def cosine_stats(a, b) -> dict[str, float]:
@@ -274,9 +295,11 @@ def cosine_stats(a, b) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------------
 def train(student, tokenizer, sentences: Sequence[str], targets, config: TextQATConfig,
-          log: Callable[[str], None] | None = None, evaluate: Callable[[], dict[str, float]] | None = None
-          ) -> list[dict[str, Any]]:
-    """AdamW with cosine decay over `config.steps` seeded batches; loss 1 - cos(student, teacher embedding)."""
+          log: Callable[[str], None] | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
+          token_targets: list[Any] | None = None) -> list[dict[str, Any]]:
+    """AdamW with cosine decay over `config.steps` seeded batches; loss 1 - cos(student, teacher embedding),
+    plus `config.hidden_weight` x the mean over real tokens of 1 - cos(student, teacher last hidden state)
+    when `token_targets` (the teacher's, same tokenizer) are given."""
     import torch
     import torch.nn.functional as F
 
@@ -296,9 +319,15 @@ def train(student, tokenizer, sentences: Sequence[str], targets, config: TextQAT
             rng.shuffle(more)
             order += more
         idx, order = order[: config.batch_size], order[config.batch_size :]
-        got = embed(student, tokenizer, [sentences[i] for i in idx], config.max_length,
-                    batch_size=len(idx), grad=True)
+        got, hidden, mask = forward(student, tokenizer, [sentences[i] for i in idx], config.max_length)
         loss = (1 - F.cosine_similarity(got, targets[idx], dim=-1)).mean()
+        if token_targets is not None and config.hidden_weight > 0:
+            want = torch.zeros_like(hidden)
+            for row, i in enumerate(idx):
+                want[row, : len(token_targets[i])] = token_targets[i]
+            per_token = 1 - F.cosine_similarity(hidden, want, dim=-1, eps=1e-8)
+            m = mask.to(per_token.dtype)
+            loss = loss + config.hidden_weight * (per_token * m).sum() / m.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -358,6 +387,10 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
             raise EdgekitError(f"text QAT fits ONNX Runtime's dynamic int8 weights; target {tgt.name} runs "
                                f"{tgt.backend}: pick an onnxruntime target (e.g. x86-server-cpu)")
         tgt.check_precision(precision)
+    from edgekit import hf
+
+    for spec, what in ((teacher, "teacher"), (student, "student")):  # before any work
+        hf.check_folder(hf_folder(spec, what), hf.DEFAULT_TASK)
     sentences = read_sentences(data, "training data")
     held = read_sentences(eval_data, "evaluation data") if eval_data is not None else sentences
     torch.manual_seed(config.seed)
@@ -384,7 +417,10 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
         return {"heldout_cosine": c["mean"], "heldout_cosine_worst": c["worst"]}
 
     started = time.perf_counter()
-    history = train(s_model, s_tok, sentences, t_train, config, log, heldout)
+    same_tokens = t_tok.get_vocab() == s_tok.get_vocab()
+    tokens = token_states(t_model, t_tok, sentences, config.max_length) \
+        if same_tokens and config.hidden_weight > 0 else None
+    history = train(s_model, s_tok, sentences, t_train, config, log, heldout, tokens)
     seconds = time.perf_counter() - started
     after = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
     snap(s_model)
@@ -396,6 +432,8 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
         "weights": "int8 symmetric per output channel (Linear) / per row (embedding tables >= "
                    f"{MIN_TABLE_ELEMENTS} elements), range [-{QMAX}, {QMAX}], the exporter's dynamic-int8 grid",
         "fake_quantized": names, "seconds": round(seconds, 1),
+        "loss": "1 - cos(sentence embedding)" + (f" + {config.hidden_weight:g} x mean over tokens of 1 - cos(last "
+                                                 "hidden state)" if tokens is not None else ""),
         "torch_cosine_vs_teacher": {"fp32_student": fp32, "simulated_int8_before_qat": ptq,
                                     "simulated_int8_after_qat": after, "qat_weights_float_activations": snapped},
         "simulated": "int8 weights" + (" and per-call uint8 Linear inputs" if config.activations else ""),
