@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.io import Feeds, count
-from edgekit.metrics import compare_outputs
+from edgekit.common.io import Feeds, count
+from edgekit.common.metrics import compare_outputs
 
 
 def candidate_nodes(model) -> list[Any]:
@@ -95,7 +95,7 @@ class TransformerSetup:
             logging.getLogger().setLevel(level)
 
     def run(self, path: Path, extra_outputs: Sequence[str] = (), samples: int | None = None) -> list[np.ndarray]:
-        from edgekit.io import run_batched, take
+        from edgekit.common.io import run_batched, take
         from edgekit.quant.qgraph import session
 
         if extra_outputs:

@@ -200,7 +200,7 @@ def grid_error(model, embeddings: bool = True) -> float:
 # data and models
 def read_sentences(spec: str | Path, what: str = "data") -> list[str]:
     """zoo:sentences, zoo:sentences:test, or a text file with one sentence per line."""
-    from edgekit.hf import read_text
+    from edgekit.models.hf import read_text
 
     text = str(spec)
     if text.startswith("zoo:sentences"):
@@ -228,7 +228,7 @@ def hf_folder(spec: Any, what: str) -> Path:
 def load(spec: Any, what: str) -> tuple[Any, Any]:
     """(model, tokenizer) of an hf:DIR folder, eager attention, eval mode (dropout off: QAT fits the model to
     its deployed, deterministic self)."""
-    from edgekit import hf
+    from edgekit.models import hf
 
     folder = hf_folder(spec, what)
     hf.check_folder(folder, hf.DEFAULT_TASK)
@@ -249,7 +249,7 @@ def hf_max_length(folder: Path) -> int:
     """The sequence length `hf:` exports at (its maximum): the default, capped by the model's positions."""
     import json
 
-    from edgekit.hf import DEFAULT_MAX_LENGTH
+    from edgekit.models.hf import DEFAULT_MAX_LENGTH
 
     config = json.loads((folder / "config.json").read_text())
     return min(DEFAULT_MAX_LENGTH, int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH))
@@ -387,7 +387,7 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
             raise EdgekitError(f"text QAT fits ONNX Runtime's dynamic int8 weights; target {tgt.name} runs "
                                f"{tgt.backend}: pick an onnxruntime target (e.g. x86-server-cpu)")
         tgt.check_precision(precision)
-    from edgekit import hf
+    from edgekit.models import hf
 
     for spec, what in ((teacher, "teacher"), (student, "student")):  # before any work
         hf.check_folder(hf_folder(spec, what), hf.DEFAULT_TASK)
