@@ -89,9 +89,16 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.quant.diagnose import format_report
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    with ExportPipeline(args.source, shape, log=log) as pipeline:
+    if args.static and args.precision not in (None, "int8"):
+        raise EdgekitError(f"--static diagnoses the static QDQ int8 of a transformer: use --precision int8 (got "
+                           f"{args.precision})")
+    if args.static:
+        args.precision = "int8"
+    with ExportPipeline(args.source, shape, log=log, task=args.task) as pipeline:
         report = pipeline.diagnose(args.target, args.calib, backend=args.backend, calib_method=args.calib_method,
-                                   calib_samples=args.calib_samples, samples=args.samples, verify=args.verify)
+                                   calib_samples=args.calib_samples, samples=args.samples, verify=args.verify,
+                                   precision=args.precision,
+                                   transformer_options={"static": True} if args.static else None)
     report["model"] = args.source
     if args.json:
         _write_json(args.json, report)
@@ -107,7 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "higher precision. With two artifacts (SOURCE and --against), line up their corresponding "
                     "tensors (ONNX Runtime int8 vs TFLite int8) and show where they diverge.",
         epilog=f"{DATA_HELP}. Examples: edgekit diagnose model.onnx --calib calib.npz; edgekit diagnose "
-               "art-ort-int8 --against art-tflite-int8 --calib calib.npz",
+               "hf:DIR --calib zoo:sentences (each projection / embedding table quantized alone, ranked by the "
+               "cosine it costs the embedding); edgekit diagnose art-ort-int8 --against art-tflite-int8 --calib "
+               "calib.npz",
     )
     p.add_argument("source", metavar="MODEL_OR_ARTIFACT")
     p.add_argument("--calib", metavar="DATA", help="calibration data (a quarter is held out for the measurements)")
@@ -123,5 +132,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", type=int, default=12, metavar="N",
                    help="measure the fallback gain of the N layers with the largest per-layer error (default 12)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows of the table (default 10)")
+    p.add_argument("--precision", "-p", choices=("int8", "dynamic-int8"),
+                   help="models with token inputs (hf:): the int8 form to diagnose (default: dynamic-int8 where the "
+                        "target lists it)")
+    p.add_argument("--static", action="store_true",
+                   help="models with token inputs: diagnose the static QDQ int8 (calibrated, smoothed) instead of "
+                        "dynamic int8")
+    p.add_argument("--task", help="hf: models: feature-extraction (default) or text-classification")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     p.set_defaults(func=run)

@@ -77,9 +77,15 @@ def print_improvements(m: dict) -> None:
         kept = ", ".join(fb["kept_layers"]) or "none"
         if fb.get("int16_layers"):
             print(f"int16      weights of {len(fb['int16_layers'])} layer(s): {', '.join(fb['int16_layers'])}")
-        print(f"fallback   kept in {fb['kept_precision']}: {kept}; agreement {fb['full_int8']['agreement']:.4f} -> "
-              f"{fb['result']['agreement']:.4f}, SQNR {fb['full_int8']['sqnr_db']:.1f} -> "
-              f"{fb['result']['sqnr_db']:.1f} dB on {fb.get('checked_on', 'held-out samples')}")
+        if fb["full_int8"].get("cosine") is not None:
+            from edgekit.quant.budget import describe
+
+            print(f"fallback   kept in {fb['kept_precision']}: {kept}; {describe(fb['full_int8'])} -> "
+                  f"{describe(fb['result'])} on {fb.get('checked_on', 'held-out samples')}")
+        else:
+            print(f"fallback   kept in {fb['kept_precision']}: {kept}; agreement {fb['full_int8']['agreement']:.4f} -> "
+                  f"{fb['result']['agreement']:.4f}, SQNR {fb['full_int8']['sqnr_db']:.1f} -> "
+                  f"{fb['result']['sqnr_db']:.1f} dB on {fb.get('checked_on', 'held-out samples')}")
         cost = fb.get("cost", {})
         lat = cost.get("latency_ms")
         extra = ""
@@ -154,11 +160,15 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
     if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
         raise EdgekitError(f"--max-accuracy-drop is in percentage points, 0 to 100 (got {args.max_accuracy_drop})")
+    if args.min_cosine is not None and not -1.0 <= args.min_cosine <= 1.0:
+        raise EdgekitError(f"--min-cosine is a cosine in [-1, 1], e.g. 0.99 (got {args.min_cosine})")
     budgeted = args.min_agreement is not None or args.max_accuracy_drop is not None or args.min_sqnr is not None \
-        or techniques
+        or techniques or args.min_cosine is not None
     for target in targets:
         precision = target.check_precision(args.precision)
-        if budgeted and precision != "int8":
+        # a transformer's dynamic int8 takes a cosine budget too
+        allowed = ("int8", "dynamic-int8") if args.min_cosine is not None and not techniques else ("int8",)
+        if budgeted and precision not in allowed:
             raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and "
                                f"--bias-correction apply to --precision int8 (got {precision})")
         if budgeted:
@@ -179,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0,
         techniques=techniques, budget_first_try=() if args.no_budget_equalize else None,
         min_sqnr_db=args.min_sqnr, keep_best_effort=args.keep_best_effort, int16_rung=not args.no_int16_rung,
-        input_spec=args.input_spec, dynamic=dynamic, task=args.task, metric=args.metric, **options,
+        input_spec=args.input_spec, dynamic=dynamic, task=args.task, metric=args.metric,
+        min_cosine=args.min_cosine, **options,
     )
     for i, art in enumerate(result if isinstance(result, list) else [result]):
         if i:
@@ -249,6 +260,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-budget-equalize", action="store_true",
                    help="with a budget: skip the all-int8 cross-layer equalisation it tries first, and go straight "
                         "to keeping layers in float")
+    p.add_argument("--min-cosine", type=float, metavar="C",
+                   help="int8 / dynamic-int8 budget for models with token inputs (hf:, transformers): keep the most "
+                        "sensitive projections and embedding tables float until the first output's mean cosine to "
+                        "FP32 is at least C (e.g. 0.99) on the --eval set, else on held-out calibration sentences")
     p.add_argument("--min-sqnr", type=float, metavar="DB",
                    help="int8 budget: also require the output SQNR vs FP32 to reach DB on the check data")
     p.add_argument("--keep-best-effort", action="store_true",

@@ -14,12 +14,15 @@ def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
+    from edgekit.commands import _qat_text
     from edgekit.errors import EdgekitError
     from edgekit.train import qat
     from edgekit.train.distill import inputs
     from edgekit.train.distill.stage import distill
     from edgekit.train.distill.trainer import TrainConfig, init_distributed, world_size
 
+    if _qat_text.is_text(args):
+        return _qat_text.run_text(args, {"lr": 1e-5, "batch_size": 64})
     qat_config = qat.QATConfig(quantizer=args.quantizer)  # an unknown name fails before any work
     if world_size() > 1:
         raise EdgekitError("edgekit qat runs in one process (torchao's PT2E graphs are not wrapped in DDP here); "
@@ -92,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Without --student-weights the student is first distilled in FP32 (--distill-epochs). Example: "
                "edgekit distill --out d && edgekit qat --student-weights d/student.pt --out q; for TensorRT: "
                "edgekit qat --student-weights d/student.pt --quantizer tensorrt --out qt && edgekit export "
-               "qt/student_qat.onnx --target jetson-orin-nano --precision int8",
+               "qt/student_qat.onnx --target jetson-orin-nano --precision int8. Transformers: edgekit qat "
+               "--teacher hf:FP32 --student hf:FP32 --data zoo:sentences --eval zoo:sentences:test --out q (int8 "
+               "weights fake-quantized on the exporter's dynamic-int8 grid; writes q/student_qat and q/artifact)",
     )
     add_model_args(p)
     add_data_args(p)
@@ -107,5 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature", action="append", default=[], metavar="S=T",
                    help="feature distillation pairs for the FP32 distillation step (repeatable)")
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of those feature terms")
+    from edgekit.commands._qat_text import add_text_args
+
+    add_text_args(p)
     add_output_args(p, "edgekit-qat")
     p.set_defaults(func=run)

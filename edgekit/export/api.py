@@ -49,7 +49,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
            budget_first_try: Sequence[str] | None = None, min_sqnr_db: float | None = None,
            keep_best_effort: bool = False, int16_rung: bool = True,
            input_spec: list[InputSpec] | str | None = None, dynamic: Sequence[str] = (), task: str | None = None,
-           metric: str | None = None, **options: Any) -> Artifact | list[Artifact]:
+           metric: str | None = None, min_cosine: float | None = None, **options: Any) -> Artifact | list[Artifact]:
     """Export `model` for `target` and return the Artifact; with a list of targets, a list of Artifacts that
     share one ONNX export, one calibration and one FP32 reference.
 
@@ -58,7 +58,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
     (x, y), tensor, dict of arrays, DataLoader, path, zoo:digits); an nn.Module given no `input_shape` takes
     its shape from them. `out`: the artifact folder (with several targets: the folder that holds one per
     target), default `MODEL-TARGET-PRECISION` here. `progress`: a function or logger that sees the stage
-    lines. `min_agreement` / `max_accuracy_drop` are fractions; `min_sqnr_db`, `keep_best_effort` and
+    lines. `min_agreement` / `max_accuracy_drop` / `min_cosine` are fractions; `min_sqnr_db`, `keep_best_effort` and
     `int16_rung` as in ExportPipeline.export. `input_spec` (InputSpecs or `input_ids:int64:1x128,...`) with
     `dynamic` axes describes named, typed inputs; `task` picks an hf: model's outputs; `metric` overrides each
     output's comparison. `**options` go to the backend's exporter
@@ -102,7 +102,7 @@ def export(model: Any, target: str | Path | Target | Sequence[str | Path | Targe
                                 exporter_options=options or None, min_agreement=min_agreement,
                                 max_accuracy_drop=max_accuracy_drop, techniques=techniques,
                                 budget_first_try=budget_first_try, opset=opset, min_sqnr_db=min_sqnr_db,
-                                keep_best_effort=keep_best_effort, int16_rung=int16_rung)
+                                keep_best_effort=keep_best_effort, int16_rung=int16_rung, min_cosine=min_cosine)
                 for t, dest in plan]
     return arts if several else arts[0]
 

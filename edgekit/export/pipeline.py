@@ -25,6 +25,7 @@ from edgekit.common.metrics import METRICS, compare_outputs
 from edgekit.data.calibration import DEFAULT_MAX_SAMPLES, CalibrationSet, Ranges, check_calibration, checked, load_data
 from edgekit.data.datasets import as_dataset
 from edgekit.errors import EdgekitError
+from edgekit.export.tokens import transformer_quantizer
 from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
 from edgekit.models.source import SourceModel, load_model
 from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization, resolve_method
@@ -44,25 +45,6 @@ def tool_versions() -> dict[str, str]:
     from edgekit.bench.environment import installed_versions
 
     return {"edgekit": __version__, **installed_versions(_VERSIONED)}
-
-
-def transformer_quantizer() -> Callable[..., dict[str, Any]] | None:
-    """edgekit.quant.transformer's quantizer, adapted to what an exporter passes (the target's backend options,
-    of which it takes the ones it knows, and the user's own transformer options), or None where that module
-    is absent (the exporters then use ONNX Runtime's quantizers directly)."""
-    try:
-        from edgekit.quant import transformer as tq
-    except ImportError:
-        return None
-    known = set(getattr(tq, "OPTION_NAMES", ()))
-
-    def run(src: Path, dest: Path, precision: str, feeds: Any, target_options: dict[str, Any],
-            user_options: dict[str, Any]) -> dict[str, Any]:
-        options = {k: v for k, v in target_options.items() if k in known}
-        options.update(user_options)
-        return tq.quantize_transformer(src, dest, precision, feeds, options)
-
-    return run
 
 
 def check_opset(target: Target, opset: int | None) -> tuple[int, int]:
@@ -163,6 +145,7 @@ class ExportPipeline:
         backend: str | None = None, min_agreement: float | None = None, max_accuracy_drop: float | None = None,
         techniques: Sequence[str] = (), budget_first_try: Sequence[str] | None = None, opset: int | None = None,
         min_sqnr_db: float | None = None, keep_best_effort: bool = False, int16_rung: bool = True,
+        min_cosine: float | None = None,
     ) -> Artifact:
         """Validate everything first (nothing is written on bad input), then build the artifact.
 
@@ -176,7 +159,9 @@ class ExportPipeline:
         the all-int8 techniques a budget tries before keeping layers in float (None: fallback.FIRST_TRY;
         () for layer fallback alone). `min_sqnr_db` adds an output-SQNR goal to the budget; `int16_rung` lets
         the search give chosen layers int16 weights before keeping any in float (backends that run 16-bit Q/DQ).
-        `opset`: the ONNX opset to export at, within the target's range.
+        `opset`: the ONNX opset to export at, within the target's range. `min_cosine`: a budget on the mean
+        cosine of the first output (an embedding) to FP32, for models with token inputs: their int8 forms
+        (dynamic int8, static QDQ) keep the most sensitive projections float until it holds.
 
         A budget is judged on the `eval_data` when given, else on a held-out split of the calibration set large
         enough to resolve it, and the final check of the written artifact runs on the same data: when that
@@ -214,7 +199,7 @@ class ExportPipeline:
             from edgekit.quant.budget import Budget
 
             # before any work: a check set that cannot resolve the budget is refused
-            Budget(min_agreement, max_accuracy_drop, min_sqnr_db).check_resolution(
+            Budget(min_agreement, max_accuracy_drop, min_sqnr_db, min_cosine).check_resolution(
                 evalset.count, f"the --eval set {evalset.source}")
         onnx_model = self.onnx(tgt, data_feeds(evalset) if evalset is not None else None, opset)
         if onnx_model.quantization is not None and needs_ranges:
@@ -224,12 +209,13 @@ class ExportPipeline:
             raise EdgekitError(f"precision '{precision}' needs calibration data and {self.src.spec} holds no "
                                "complete Q/DQ quantization: give calibration data (calib=, --calib)")
         improve = None
-        budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None
+        budgeted = min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None \
+            or min_cosine is not None
         if budgeted or techniques:
             check = evalset if eval_data is not None or evalset is not cset else None
             improve = self._improve_int8(tgt, precision, cset, onnx_model, method, method_opts, min_agreement,
                                          max_accuracy_drop, techniques, exporter_options or {}, budget_first_try,
-                                         min_sqnr_db, check, int16_rung)
+                                         min_sqnr_db, check, int16_rung, min_cosine)
             exporter = improve["exporter"]
             evalset = improve["check"]
         ranges = self.ranges(cset, method, method_opts) if needs_ranges and improve is None else (
@@ -242,7 +228,8 @@ class ExportPipeline:
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
             request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src,
-                                    None if self.src.single_float else transformer_quantizer())
+                                    None if self.src.single_float else transformer_quantizer(
+                                        improve.get("transformer_options") if improve is not None else None))
             result = exporter.export(request)
             manifest: dict[str, Any] = {
                 "manifest_version": 1,
@@ -290,16 +277,20 @@ class ExportPipeline:
     def _final_check(self, budget, verification: dict[str, Any], keep_best_effort: bool) -> dict[str, Any]:
         """The budget judged on the written artifact's own check (the data the search used): met, or missed
         and refused (EdgekitError: nothing is written) unless the best effort was asked for."""
-        from edgekit.quant.budget import ci_text
+        from edgekit.quant.budget import ci_text, describe
 
         n = verification["samples"]
         status = "met" if budget.holds(verification) else "missed"
-        record = {"status": status, **budget.to_json(), "checked_on": verification["data"], "samples": n,
-                  "agreement": verification["agreement"], "agreement_ci95": verification["agreement_ci95"]}
+        record = {"status": status, **budget.to_json(), "checked_on": verification["data"], "samples": n}
+        if verification.get("cosine") is not None:
+            record["cosine"] = verification["cosine"]
+            measured = describe(verification)
+        else:
+            record.update({"agreement": verification["agreement"], "agreement_ci95": verification["agreement_ci95"]})
+            measured = (f"agreement {ci_text(verification['agreement'], n)}, SQNR "
+                        f"{verification.get('sqnr_db') or 0:.1f} dB")
         if status == "missed":
-            what = (f"the budget {budget.to_json()} is missed on the final check: agreement "
-                    f"{ci_text(verification['agreement'], n)}, SQNR {verification.get('sqnr_db') or 0:.1f} dB on "
-                    f"{verification['data']}")
+            what = f"the budget {budget.to_json()} is missed on the final check: {measured} on {verification['data']}"
             if not keep_best_effort:
                 raise EdgekitError(f"{what}; nothing written: relax the budget, try techniques= equalize / "
                                    "range-choice / bias-correction (--equalize, ...) or QAT, or pass "
@@ -312,7 +303,7 @@ class ExportPipeline:
                       max_accuracy_drop: float | None, techniques: Sequence[str],
                       exporter_options: dict[str, Any], budget_first_try: Sequence[str] | None = None,
                       min_sqnr_db: float | None = None, check: CalibrationSet | None = None,
-                      int16_rung: bool = True) -> dict[str, Any]:
+                      int16_rung: bool = True, min_cosine: float | None = None) -> dict[str, Any]:
         """Budgeted fallback and PTQ techniques (quant.search, quant.ptq_improve): checks, then the search.
 
         `check` is the data the budget is judged on (the --eval set); None: a held-out split of `cset`."""
@@ -320,9 +311,14 @@ class ExportPipeline:
         from edgekit.quant import fallback, ptq_improve
 
         if not self.src.single_float:
-            raise EdgekitError(f"min_agreement= / max_accuracy_drop= / techniques= (--min-agreement, ...) work "
-                               f"on models with one float input; {self.src.spec} takes "
-                               f"{', '.join(s.name for s in self.src.inputs)}")
+            from edgekit.export.tokens import budgeted_token_int8
+
+            return budgeted_token_int8(self, tgt, precision, cset, onnx_model, fallback.Budget(
+                min_agreement, max_accuracy_drop, min_sqnr_db, min_cosine), techniques, exporter_options, check)
+        if min_cosine is not None:
+            raise EdgekitError(f"min_cosine (--min-cosine) budgets the embedding output of models with token inputs; "
+                               f"{self.src.spec} has one float input: use min_agreement or min_sqnr_db "
+                               "(--min-agreement, --min-sqnr)")
         budget = None
         if min_agreement is not None or max_accuracy_drop is not None or min_sqnr_db is not None:
             budget = fallback.Budget(min_agreement, max_accuracy_drop, min_sqnr_db)
@@ -402,9 +398,14 @@ class ExportPipeline:
 
     def diagnose(self, target: str | Target, calib: Any = None, *, backend: str | None = None,
                  calib_method: str = "minmax", calib_samples: int | None = DEFAULT_MAX_SAMPLES, samples: int = 64,
-                 verify: int = 12) -> dict[str, Any]:
+                 verify: int = 12, precision: str | None = None,
+                 transformer_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Where int8 loses accuracy on `target`: per-layer errors and the layers ranked by what keeping each
-        in higher precision buys, measured on a held-out quarter of the calibration data."""
+        in higher precision buys, measured on a held-out quarter of the calibration data.
+
+        Models with token inputs (transformers) are diagnosed in the int8 form the target's exporter writes
+        (`precision`: dynamic-int8 or int8, `transformer_options` e.g. {"static": True}): every projection and
+        embedding table quantized alone, ranked by what it costs the first output in its own metric."""
         from edgekit.quant import fallback
         from edgekit.quant.diagnose import diagnose
 
@@ -415,14 +416,14 @@ class ExportPipeline:
             raise EdgekitError(f"diagnose quantizes for ONNX Q/DQ backends ({', '.join(registry.budget_backends())})"
                                f"; target {tgt.name} runs {tgt.backend}: for tflite, export it and compare the "
                                "artifacts instead (`edgekit diagnose ART --against ART`)")
-        if not self.src.single_float:
-            names = ", ".join(f"{s.name} ({s.dtype})" for s in self.src.inputs)
-            raise EdgekitError(f"diagnose ranks the int8 layers of models with one float input; {self.src.spec} "
-                               f"takes {names}: compare its exports with `edgekit bench` (cosine per output) instead")
         method, opts = resolve_method(calib_method)
         cset = self._calibration(calib, calib_samples)
         if cset is None:
-            raise EdgekitError("diagnose needs calibration data (calib=, --calib)")
+            raise EdgekitError("diagnose needs calibration data (calib=, --calib; .txt sentences for hf: models)")
+        if not self.src.single_float:
+            from edgekit.export.tokens import diagnose_token_model
+
+            return diagnose_token_model(self, tgt, cset, precision, samples, transformer_options or {})
         self.onnx(tgt, None)
         cal, held = fallback.split_calibration(cset)
         setup = fallback.QuantSetup(tgt.backend, self.prepared(), self.ranges(cal, method, opts),

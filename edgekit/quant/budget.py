@@ -1,6 +1,7 @@
 """What a budgeted int8 export promises, and whether the data it is checked on can tell.
 
-A budget (top-1 agreement with FP32 >= a, accuracy drop <= d points, output SQNR >= s dB) is judged on data
+A budget (top-1 agreement with FP32 >= a, accuracy drop <= d points, output SQNR >= s dB, or for an embedding
+output its mean cosine to FP32 >= c, a fraction in the metric's own unit) is judged on data
 the ranges were not computed from: the `--eval` set when given, else a seeded held-out split of the
 calibration set. The same data serve the final check of the written artifact, so the figure the budget
 promises and the figure printed at the end are one measurement. Every agreement or accuracy figure carries
@@ -34,16 +35,22 @@ def ci_text(p: float, n: int) -> str:
 @dataclass(frozen=True)
 class Budget:
     """What must hold on the check data: agreement >= min_agreement, accuracy drop <= max_accuracy_drop
-    (fractions: 1 point is 0.01) and output SQNR >= min_sqnr_db, each only when given."""
+    (fractions: 1 point is 0.01), output SQNR >= min_sqnr_db and the mean cosine of the (first) output to FP32
+    >= min_cosine (embeddings and hidden states), each only when given."""
 
     min_agreement: float | None = None
     max_accuracy_drop: float | None = None
     min_sqnr_db: float | None = None
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
-        if self.min_agreement is None and self.max_accuracy_drop is None and self.min_sqnr_db is None:
-            raise EdgekitError("a fallback budget needs min_agreement=, max_accuracy_drop= and/or min_sqnr_db= "
-                               "(--min-agreement FRACTION, --max-accuracy-drop PCT, --min-sqnr DB)")
+        if self.min_agreement is None and self.max_accuracy_drop is None and self.min_sqnr_db is None \
+                and self.min_cosine is None:
+            raise EdgekitError("a fallback budget needs min_agreement=, max_accuracy_drop=, min_cosine= and/or "
+                               "min_sqnr_db= (--min-agreement FRACTION, --max-accuracy-drop PCT, --min-cosine C, "
+                               "--min-sqnr DB)")
+        if self.min_cosine is not None and not (math.isfinite(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):
+            raise EdgekitError(f"min_cosine (--min-cosine) must be within [-1, 1], e.g. 0.99 (got {self.min_cosine})")
         if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
             raise EdgekitError(f"min_agreement (--min-agreement) must be a fraction in (0, 1], e.g. 0.98 (got "
                                f"{self.min_agreement})")
@@ -52,8 +59,13 @@ class Budget:
                                f"{self.max_accuracy_drop:g}; --max-accuracy-drop takes points, 0 to 100)")
 
     def holds(self, result: dict[str, Any]) -> bool:
-        if self.min_agreement is not None and result["agreement"] < self.min_agreement - 1e-12:
+        if self.min_agreement is not None and (result.get("agreement") is None
+                                               or result["agreement"] < self.min_agreement - 1e-12):
             return False
+        if self.min_cosine is not None:
+            mean = cosine_mean(result)
+            if mean is None or mean < self.min_cosine - 1e-12:
+                return False
         if self.min_sqnr_db is not None and (result.get("sqnr_db") or 200.0) < self.min_sqnr_db:
             return False
         drop = result.get("accuracy_drop", math.inf)
@@ -94,7 +106,28 @@ class Budget:
             out["max_accuracy_drop"] = self.max_accuracy_drop
         if self.min_sqnr_db is not None:
             out["min_sqnr_db"] = self.min_sqnr_db
+        if self.min_cosine is not None:
+            out["min_cosine"] = self.min_cosine
         return out
+
+
+def cosine_mean(result: dict[str, Any]) -> float | None:
+    """The mean cosine of a measurement (`cosine` as {mean, worst}, or a bare number), None when absent."""
+    c = result.get("cosine")
+    if isinstance(c, dict):
+        return c.get("mean")
+    return None if c is None else float(c)
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A measurement in its own metric: cosine (mean, worst) for embeddings, else top-1 agreement; plus SQNR."""
+    sq = result.get("sqnr_db")
+    sqnr = "exact" if sq is None else f"{sq:.1f} dB"
+    c = result.get("cosine")
+    if c is not None:
+        worst = f", worst {c['worst']:.4f}" if isinstance(c, dict) and "worst" in c else ""
+        return f"cosine {cosine_mean(result):.4f} mean{worst}, SQNR {sqnr}"
+    return f"agreement {result.get('agreement') or 0.0:.4f}, SQNR {sqnr}"
 
 
 def with_intervals(result: dict[str, Any], n: int) -> dict[str, Any]:
@@ -114,15 +147,18 @@ def check_labels(budget: Budget | None, labels: bool) -> None:
 
 
 def split_calibration(cset, seed: int = 0, held_out: int | None = None):
-    """(calibration part, held-out part) of a CalibrationSet, each with its own provenance."""
+    """(calibration part, held-out part) of a CalibrationSet, each with its own provenance (and its named
+    arrays, for models with several inputs)."""
     from edgekit.data.calibration import CalibrationSet
 
     cal, held = split_held_out(cset.x, cset.y, seed, held_out=held_out)
     parts = []
     for idx, what in ((cal, "calibration part"), (held, "held-out part")):
+        named = None if not cset.named else {k: np.ascontiguousarray(v[idx]) for k, v in cset.named.items()}
         parts.append(CalibrationSet(np.ascontiguousarray(cset.x[idx]), None if cset.y is None else cset.y[idx],
                                     cset.source, cset.preprocessing, cset.available,
-                                    f"{cset.selection}; {what}: {len(idx)} samples (seeded split, seed {seed})"))
+                                    f"{cset.selection}; {what}: {len(idx)} samples (seeded split, seed {seed})",
+                                    named))
     return parts[0], parts[1]
 
 

@@ -158,7 +158,99 @@ def diagnose(setup: QuantSetup, verify: int = DEFAULT_VERIFY, log: Callable[[str
                                if quantized is None else "per-layer SQNR (the artifact's graph was diagnosed as is)")}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# models with token inputs (transformers): the int8 forms of edgekit.quant.transformer
+#: per-layer tensors of a transformer are (samples, tokens, hidden): compared on this many samples
+TOKEN_LAYER_SAMPLES = 8
+
+
+def _first_metric(setup) -> str:
+    return setup.metric or str((setup.outputs[0] if setup.outputs else {}).get("metric") or "agreement")
+
+
+def token_layer_errors(setup, quantized: Path, samples: int = TOKEN_LAYER_SAMPLES) -> list[dict[str, Any]]:
+    """SQNR and cosine of each candidate's output tensor, full int8 graph vs FP32 (where both graphs still
+    have the tensor), on the first `samples` check samples."""
+    import onnx
+
+    quant = onnx.load(str(quantized), load_external_data=False)
+    q_tensors = {o for n in quant.graph.node for o in n.output}
+    cands = [c for c in setup.candidates() if c["tensor"] in q_tensors]
+    names = [c["tensor"] for c in cands]
+    n_out = len(setup.reference)
+    fp = setup.run(setup.source, names, samples)[n_out:]
+    q = setup.run(quantized, names, samples)[n_out:]
+    return [{"layer": c["layer"], "op": c["op"], "tensor": c["tensor"], "sqnr_db": db(sqnr_db(a, b)),
+             "cosine": round(cosine(a, b), 6)} for c, a, b in zip(cands, fp, q, strict=True)]
+
+
+def _alone(result: dict[str, Any]) -> dict[str, Any]:
+    from edgekit.quant.budget import cosine_mean
+
+    c = result.get("cosine")
+    return {"cosine_alone": cosine_mean(result), "cosine_worst_alone": c.get("worst") if isinstance(c, dict) else None,
+            "sqnr_db_alone": None if result.get("sqnr_db") is None else db(result["sqnr_db"]),
+            "agreement_alone": result.get("agreement")}
+
+
+def rank_token_layers(setup, log: Callable[[str], None] | None = None,
+                      errors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every candidate (projection MatMul/Gemm, embedding Gather) quantized alone, the rest float: ranked by
+    what it alone costs the first output, in its metric (cosine for embeddings: lowest mean cosine first;
+    else lowest SQNR first). The first-ranked layer is the single int8 layer that hurts the output most."""
+    from tqdm import tqdm
+
+    log = log or (lambda _m: None)
+    cands = setup.candidates()
+    names = [c["layer"] for c in cands]
+    by_layer = {e["layer"]: e for e in errors or []}
+    rows = []
+    for c in tqdm(cands, desc="rank layers", unit="layer", leave=False):
+        others = [n for n in names if n != c["layer"]]
+        r = setup.build_and_evaluate(others, f"alone-{len(rows)}")
+        rows.append({"layer": c["layer"], "op": c["op"], **_alone(r),
+                     "layer_sqnr_db": by_layer.get(c["layer"], {}).get("sqnr_db"),
+                     "layer_cosine": by_layer.get(c["layer"], {}).get("cosine")})
+    exact = 200.0
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        sq = r["sqnr_db_alone"] if r["sqnr_db_alone"] is not None else exact
+        if _first_metric(setup) == "cosine" and r["cosine_alone"] is not None:
+            return (r["cosine_alone"], sq)
+        return (sq, 0.0)
+
+    rows.sort(key=key)
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+        if r["cosine_alone"] is not None:
+            r["cosine_drop_alone"] = round(1.0 - r["cosine_alone"], 8)
+    if rows:
+        top = rows[0]
+        cost = (f"cosine {top['cosine_alone']:.5f}" if top["cosine_alone"] is not None
+                else f"SQNR {top['sqnr_db_alone']} dB")
+        log(f"most sensitive layer: {top['layer']} (quantized alone: {cost})")
+    return rows
+
+
+def diagnose_tokens(setup, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The report for a transformer's int8 form: full-int8 output metrics, per-layer errors, the ranking."""
+    full = setup.workdir / "diag-full.onnx"
+    build_report = setup.build([], full)
+    base = setup.evaluate(full)
+    errors = token_layer_errors(setup, full)
+    ranking = rank_token_layers(setup, log=log, errors=errors)
+    metric = _first_metric(setup)
+    return {"samples": len(setup.held_x), "backend": setup.backend, "precision": setup.precision,
+            "format": build_report.get("format"), "metric": metric, "int8": base, "layers": errors,
+            "ranking": ranking, "kept_float_by_design": build_report.get("kept_float", []),
+            "ranking_metric": (f"the first output's {'mean cosine' if metric == 'cosine' else 'SQNR'} to FP32 with "
+                               "the layer alone quantized (every other candidate float), lowest first: what each "
+                               "layer alone costs, measured")}
+
+
 def format_report(report: dict[str, Any], top: int = 10) -> str:
+    if report.get("metric") is not None:
+        return _format_token_report(report, top)
     b = report["int8"]
     lines = [f"int8 vs FP32 on {report['samples']} samples ({report['backend']}): agreement {b['agreement']:.4f}, "
              f"output SQNR {b['sqnr_db']:.1f} dB", f"ranked by {report['ranking_metric']}:", "",
@@ -341,3 +433,20 @@ def require_onnx_qdq(manifest: dict[str, Any], path: Path) -> None:
     if spec is None or spec.qdq_style is None or not str(manifest.get("model_file", "")).endswith(".onnx"):
         raise EdgekitError(f"{path} is a {manifest.get('backend')} artifact; the comparison's first artifact must be "
                            "an ONNX Q/DQ one (onnxruntime or tensorrt), the second a tflite one")
+
+
+def _format_token_report(report: dict[str, Any], top: int) -> str:
+    from edgekit.quant.budget import describe
+
+    lines = [f"{report['precision']} vs FP32 on {report['samples']} samples ({report['backend']}, {report['format']}): "
+             f"{describe(report['int8'])}", f"ranked by {report['ranking_metric']}:", "",
+             f"{'rank':>4}  {'layer':<44} {'op':<7} {'cos alone':>10} {'drop':>9} {'SQNR alone':>10} "
+             f"{'layer SQNR':>10} {'cosine':>8}"]
+    for r in report["ranking"][:top]:
+        cos = "-" if r.get("cosine_alone") is None else f"{r['cosine_alone']:.6f}"
+        drop = "-" if r.get("cosine_drop_alone") is None else f"{r['cosine_drop_alone']:.2e}"
+        sqa = "-" if r.get("sqnr_db_alone") is None else f"{r['sqnr_db_alone']:.1f}"
+        sq, lc = r.get("layer_sqnr_db"), r.get("layer_cosine")
+        lines.append(f"{r['rank']:>4}  {r['layer'][-44:]:<44} {r['op']:<7} {cos:>10} {drop:>9} {sqa:>10} "
+                     f"{'-' if sq is None else f'{sq:.1f}':>10} {'-' if lc is None else f'{lc:.4f}':>8}")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ every runtime that runs ONNX runs the result.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,10 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def quantize_embeddings_int8(model, min_elements: int = MIN_TABLE_ELEMENTS) -> list[dict[str, Any]]:
-    """Rewrite each embedding Gather over a large float table into an int8 per-row lookup, in place.
+def quantize_embeddings_int8(model, min_elements: int = MIN_TABLE_ELEMENTS,
+                             exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Rewrite each embedding Gather over a large float table into an int8 per-row lookup, in place; Gather
+    nodes named in `exclude` keep their float table (a budgeted fallback keeping them float).
 
     Gather(table, ids) becomes Mul(Cast(Gather(table_int8, ids)), Unsqueeze(Gather(scale, ids), -1)).
     Returns one record per table: name, shape, and the largest absolute rounding error.
@@ -56,7 +59,7 @@ def quantize_embeddings_int8(model, min_elements: int = MIN_TABLE_ELEMENTS) -> l
     new_nodes = []
     axes_name = "edgekit_emb_unsqueeze_axes"
     need_axes = False
-    targets = {n.output[0] for n in embedding_gathers(model)}
+    targets = {n.output[0] for n in embedding_gathers(model) if n.name not in set(exclude)}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     for node in model.graph.node:
         table_name = node.input[0] if node.output[0] in targets else None

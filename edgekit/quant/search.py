@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgekit.quant.budget import Budget
+from edgekit.quant.budget import Budget, describe
 from edgekit.quant.qgraph import QuantSetup, build_and_evaluate
 
 #: techniques that keep every layer int8 (so cost no latency), tried in this order before any layer is
@@ -110,36 +110,45 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     return setup, plan
 
 
+def measure(setup: Any, kept: Sequence[str], tag: str, int16: Sequence[str] = ()) -> dict[str, Any]:
+    """The setup's graph with `kept` layers float, measured on its check data. A setup that builds its graphs
+    its own way (a transformer's, edgekit.quant.tgraph) brings its own `build_and_evaluate`."""
+    own = getattr(setup, "build_and_evaluate", None)
+    if own is not None:
+        return own(kept, tag, int16)
+    return build_and_evaluate(setup, kept, tag, int16=int16)
+
+
 def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | None = None,
            log: Callable[[str], None] | None = None, max_kept: int | None = None,
            start: dict[str, Any] | None = None, int16: Sequence[str] = ()) -> FallbackPlan:
     """Greedy budgeted float fallback on top of the `int16` layers. `ranking` (from diagnose.rank_layers) is
-    computed when not given; `start` is the result of `setup` with `int16` when already measured."""
+    computed when not given; `start` is the result of `setup` with `int16` when already measured. `setup` is
+    a QuantSetup or any setup with `build_and_evaluate` (a transformer's TransformerSetup)."""
     log = log or (lambda _m: None)
     int16 = list(int16)
     if start is None:
-        start = build_and_evaluate(setup, [], "full-int8", int16=int16)
-        log(f"int8 on {len(setup.held_x)} check samples: agreement {start['agreement']:.4f}, "
-            f"SQNR {start['sqnr_db']:.1f} dB")
+        start = measure(setup, [], "full-int8", int16=int16)
+        log(f"int8 on {len(setup.held_x)} check samples: {describe(start)}")
     steps: list[dict[str, Any]] = []
     kept: list[str] = []
     final = start
     holds = budget.holds(start)
     if not holds:
         if ranking is None:
-            from edgekit.quant.diagnose import rank_layers
+            from edgekit.quant.diagnose import rank_layers, rank_token_layers
 
-            ranking = rank_layers(setup, log=log)
+            ranking = rank_layers(setup, log=log) if isinstance(setup, QuantSetup) else rank_token_layers(
+                setup, log=log)
         order = [r["layer"] for r in ranking]
         limit = len(order) if max_kept is None else min(max_kept, len(order))
         from tqdm import tqdm
 
         for layer in tqdm(order[:limit], desc="fallback", unit="layer", leave=False):
             kept.append(layer)
-            final = build_and_evaluate(setup, kept, f"kept-{len(kept)}", int16=int16)
+            final = measure(setup, kept, f"kept-{len(kept)}", int16=int16)
             steps.append({"added": layer, "kept": list(kept), **final})
-            log(f"keeping {len(kept)} layer(s) ({layer} added): agreement {final['agreement']:.4f}, "
-                f"SQNR {final['sqnr_db']:.1f} dB")
+            log(f"keeping {len(kept)} layer(s) ({layer} added): {describe(final)}")
             if budget.holds(final):
                 holds = True
                 break
@@ -147,13 +156,13 @@ def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | No
             # drop layers the budget does not need (an early pick may be redundant once later ones are kept)
             for layer in list(kept[:-1]):
                 trial = [k for k in kept if k != layer]
-                result = build_and_evaluate(setup, trial, f"drop-{layer}", int16=int16)
+                result = measure(setup, trial, f"drop-{layer}", int16=int16)
                 if budget.holds(result):
                     kept, final = trial, result
                     steps.append({"dropped": layer, "kept": list(kept), **result})
                     log(f"{layer} is not needed for the budget: dropped")
         else:
             log(f"the budget {budget.to_json()} does not hold even with {len(kept)} layer(s) kept in "
-                f"{setup.kept_precision} (agreement {final['agreement']:.4f}, SQNR {final['sqnr_db']:.1f} dB)")
+                f"{setup.kept_precision} ({describe(final)})")
     return FallbackPlan(budget, kept, setup.kept_precision, start, final, steps, ranking or [], len(setup.held_x),
                         int16=int16, holds=holds)

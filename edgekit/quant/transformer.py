@@ -187,7 +187,7 @@ def _int8(src: Path, dest: Path, opts: dict[str, Any], feeds: list[dict[str, np.
     if opts["quantize_embeddings"] and opts["embedding_bits"] == 8:
         from edgekit.quant.embedding import quantize_embeddings_int8
 
-        report["embeddings"] = quantize_embeddings_int8(model)
+        report["embeddings"] = quantize_embeddings_int8(model, exclude=opts["keep_float"])
     staged = work / "staged.onnx"
     onnx.save(model, str(staged))
     op_types = ["MatMul", "Gemm"] + (["Attention"] if opts["fusion"] else [])

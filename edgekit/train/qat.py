@@ -314,15 +314,26 @@ def convert(prepared):
     return converted
 
 
-def qat(teacher, student, train, eval_data=None, *, config: QATConfig | None = None, train_config=None,
-        loss=None, log: Callable[[str], None] | None = None) -> QATResult:
+def qat(teacher, student, train, eval_data=None, *, config: Any = None, train_config=None,
+        loss=None, log: Callable[[str], None] | None = None, **text: Any) -> Any:
     """QAT of a (trained, FP32) `student` with distillation from the FP32 `teacher`; returns the converted model.
+
+    With `hf:DIR` models (transformers, token inputs) it is edgekit.train.qat_text.qat_text instead: `train` /
+    `eval_data` are sentences (a .txt path or zoo:sentences), `config` a TextQATConfig, and `text` takes its
+    keywords (target, precision, out, force); it returns a TextQATResult.
 
     `train_config` (a TrainConfig) defaults to 3 epochs at lr 1e-5: QAT fine-tunes a trained model, and on
     the digits student larger rates cost accuracy (int8 through ONNX Runtime, seed 0: 99.33% at 1e-5,
     98.67% at 5e-5, 98.22% at 2e-4, from an FP32 student at 98.44%). `loss` (a DistillConfig) defaults to
     the distillation defaults.
     """
+    if any(isinstance(m, str | Path) and str(m).startswith("hf:") for m in (teacher, student)):
+        from edgekit.train.qat_text import qat_text
+
+        return qat_text(teacher, student, train, eval_data, config=config, log=log, **text)
+    if text:
+        raise EdgekitError(f"unknown qat option(s) {', '.join(sorted(text))} for a CNN student (they apply to hf: "
+                           "models)")
     import torch
 
     from edgekit.train.distill.losses import DistillConfig

@@ -1,0 +1,464 @@
+"""Quantization-aware training of multi-input (transformer) models for ONNX Runtime's dynamic int8.
+
+What the exported int8 transformer does (edgekit.quant.transformer): activations are quantized at run time,
+per call, so the only fixed rounding is the weights': each projection and feed-forward MatMul has int8
+symmetric per-output-channel weights (scale = max|w| / 127 per channel, values in [-127, 127]) and each large
+embedding table int8 symmetric per row (the same rule along the row). Those grids are therefore the one
+thing training can fit the model to. This module fake-quantizes exactly those weights on exactly those
+grids (a parametrization with a straight-through estimator: the forward pass sees the rounded weight, the
+gradient reaches the float weight as if rounding were the identity) and trains against the FP32 model's
+sentence embeddings (1 - cosine of the mean-pooled last hidden state) on real sentences.
+
+After training the weights are snapped onto their grids, so the exporter's own quantization finds the same
+per-channel maxima, hence the same scales, and rounds every weight back to itself: the int8 artifact holds
+exactly the weights the QAT model was trained and evaluated with (checked by `grid_error`).
+
+Why not torchao's PT2E QAT here: it quantizes activations statically (calibrated per-tensor ranges), the
+form ONNX Runtime runs slower and less accurately on x86 transformers than dynamic int8, and torch.export of
+a Hugging Face BERT is needed first; the static QDQ form is what PT2E would serve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+#: the exporter's weight grid: symmetric int8 without -128 (ONNX Runtime's symmetric int8 range)
+QMAX = 127
+#: embedding tables at least this large are quantized per row by the exporter (edgekit.quant.embedding)
+MIN_TABLE_ELEMENTS = 4096
+#: precisions whose weights this QAT fits (activations quantized per call, at run time)
+PRECISIONS = ("dynamic-int8", "int8")
+
+
+@dataclass(frozen=True)
+class TextQATConfig:
+    """How long and how fast to train, and which weights get the int8 grid.
+
+    `embeddings`: fake-quantize the embedding tables the exporter quantizes per row (word and position
+    tables of at least MIN_TABLE_ELEMENTS elements). `activations`: also round the Linear layers' inputs as
+    ONNX Runtime's dynamic quantization does at run time (uint8 per call), so training sees the deployed
+    error (the weights are still the only thing it can fit). `hidden_weight`: weight of a per-token term,
+    1 - cos between the last hidden states, used when teacher and student share a tokenizer (more targets
+    per sentence than the one pooled embedding). `max_length`: tokens per training sentence.
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    max_length: int = 128
+    seed: int = 0
+    embeddings: bool = True
+    activations: bool = True
+    hidden_weight: float = 1.0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise EdgekitError(f"text QAT {name} must be a positive integer (got {v!r})")
+        if not (isinstance(self.hidden_weight, int | float) and math.isfinite(self.hidden_weight)
+                and self.hidden_weight >= 0):
+            raise EdgekitError(f"text QAT hidden_weight must be a number >= 0 (got {self.hidden_weight!r})")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise EdgekitError(f"text QAT lr must be a positive number, e.g. 2e-5 (got {self.lr!r})")
+
+
+@dataclass
+class TextQATResult:
+    model: Any  # the QAT'd Hugging Face model, weights on the int8 grid
+    tokenizer: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    folder: Path | None = None  # the save_pretrained folder (hf:FOLDER), when written
+    artifact: Any = None  # the exported Artifact, when a target was given
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the grid
+def fake_quant(w, axis: int = 0):
+    """`w` rounded onto the symmetric int8 grid with one scale per slice along `axis` (max|w| / 127), with a
+    straight-through gradient."""
+    import torch
+
+    dims = [d for d in range(w.dim()) if d != axis]
+    amax = w.detach().abs().amax(dim=dims, keepdim=True)
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
+    return w + (q - w).detach()
+
+
+def fake_quant_dynamic(x):
+    """ONNX Runtime's DynamicQuantizeLinear as the forward pass sees it, per sample (a deployed call is one
+    sentence): uint8 asymmetric over [min(0, x), max(0, x)], straight-through gradient."""
+    import torch
+
+    dims = list(range(1, x.dim()))
+    lo = x.detach().amin(dim=dims, keepdim=True).clamp(max=0)
+    hi = x.detach().amax(dim=dims, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / 255
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    return x + (q - x).detach()
+
+
+def _quantize_input(_module, args):
+    return (fake_quant_dynamic(args[0]), *args[1:])
+
+
+def _grid_module():
+    from torch import nn
+
+    class Int8Grid(nn.Module):
+        """Parametrization: the weight as the exporter will store it (per output channel / per row)."""
+
+        def __init__(self, axis: int = 0) -> None:
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, w):
+            return fake_quant(w, self.axis)
+
+    return Int8Grid
+
+
+def quantized_weights(model, embeddings: bool = True) -> list[tuple[str, Any]]:
+    """(name, module) of the weights the exporter quantizes: every Linear (its weight is (out, in): one scale
+    per output row, the ONNX MatMul's per-column scale) and, with `embeddings`, the large Embedding tables."""
+    from torch import nn
+
+    found = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) or (embeddings and isinstance(mod, nn.Embedding)
+                                          and mod.weight.numel() >= MIN_TABLE_ELEMENTS):
+            found.append((name, mod))
+    return found
+
+
+_HOOKS: dict[int, Any] = {}
+
+
+def attach(model, embeddings: bool = True, activations: bool = True) -> list[str]:
+    """Fake-quantize the exporter's int8 weights in place (torch parametrizations) and, with `activations`,
+    the inputs of the Linear layers as ONNX Runtime quantizes them per call; returns the weights' names."""
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    grid = _grid_module()
+    names = []
+    for name, mod in quantized_weights(model, embeddings):
+        if not parametrize.is_parametrized(mod, "weight"):
+            parametrize.register_parametrization(mod, "weight", grid(0))
+            if activations and isinstance(mod, nn.Linear):
+                _HOOKS[id(mod)] = mod.register_forward_pre_hook(_quantize_input)
+        names.append(name)
+    return names
+
+
+def snap(model) -> None:
+    """Replace each fake-quantized weight by its grid value and remove the parametrization: plain modules
+    whose weights the exporter's quantization reproduces exactly."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for _name, mod in list(model.named_modules()):
+            if parametrize.is_parametrized(mod, "weight"):
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+            hook = _HOOKS.pop(id(mod), None)
+            if hook is not None:
+                hook.remove()
+
+
+def grid_error(model, embeddings: bool = True) -> float:
+    """Largest |w - grid(w)| over the exporter's int8 weights, in units of each channel's grid step: 0 means
+    the exporter's quantization gives back exactly these weights."""
+    import torch
+
+    worst = 0.0
+    with torch.no_grad():
+        for _name, mod in quantized_weights(model, embeddings):
+            w = mod.weight.detach().float()
+            amax = w.abs().amax(dim=1, keepdim=True)
+            scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+            steps = (w / scale - torch.round(w / scale)).abs().max()
+            worst = max(worst, float(steps))
+    return worst
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data and models
+def read_sentences(spec: str | Path, what: str = "data") -> list[str]:
+    """zoo:sentences, zoo:sentences:test, or a text file with one sentence per line."""
+    from edgekit.models.hf import read_text
+
+    text = str(spec)
+    if text.startswith("zoo:sentences"):
+        from edgekit.data.text import SETS, sentences_path
+
+        split = text.split(":")[2] if text.count(":") == 2 else "train"
+        if split not in SETS or text.count(":") > 2:
+            raise EdgekitError(f"unknown {what} '{text}'; available: zoo:sentences, zoo:sentences:test, or a .txt "
+                               "file with one sentence per line")
+        return read_text(sentences_path(split), what, at_least=2)
+    if text.startswith("zoo:") or not text.endswith(".txt"):
+        raise EdgekitError(f"{what} '{text}' is not text: QAT of a text model reads sentences (a .txt file, one "
+                           "sentence per line, or zoo:sentences)")
+    return read_text(Path(text), what, at_least=2)
+
+
+def hf_folder(spec: Any, what: str) -> Path:
+    text = str(spec)
+    if not text.startswith("hf:"):
+        raise EdgekitError(f"{what} '{text}' is not a Hugging Face folder: text QAT takes hf:DIR (a "
+                           "save_pretrained folder with its tokenizer)")
+    return Path(text[3:])
+
+
+def load(spec: Any, what: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of an hf:DIR folder, eager attention, eval mode (dropout off: QAT fits the model to
+    its deployed, deterministic self)."""
+    from edgekit.models import hf
+
+    folder = hf_folder(spec, what)
+    hf.check_folder(folder, hf.DEFAULT_TASK)
+    try:
+        from transformers import AutoModel
+    except ImportError:
+        raise EdgekitError("hf: models need the 'transformers' package: pip install 'edgekit[text]'") from None
+    try:
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                                       attn_implementation="eager")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"cannot load {what} {folder} with transformers: {first}") from None
+    return model.eval(), hf.load_tokenizer(folder)
+
+
+def hf_max_length(folder: Path) -> int:
+    """The sequence length `hf:` exports at (its maximum): the default, capped by the model's positions."""
+    import json
+
+    from edgekit.models.hf import DEFAULT_MAX_LENGTH
+
+    config = json.loads((folder / "config.json").read_text())
+    return min(DEFAULT_MAX_LENGTH, int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH))
+
+
+def embed(model, tokenizer, sentences: Sequence[str], max_length: int, batch_size: int = 32, grad: bool = False):
+    """Mean-pooled last hidden states (the sentence embedding hf: exports as its first output)."""
+    import torch
+
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx:
+        parts = [forward(model, tokenizer, sentences[i : i + batch_size], max_length)[0]
+                 for i in range(0, len(sentences), batch_size)]
+    return torch.cat(parts)
+
+
+def forward(model, tokenizer, sentences: Sequence[str], max_length: int):
+    """(sentence embeddings, last hidden states, attention mask) of one batch padded to its longest sentence."""
+    enc = tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), hidden, enc["attention_mask"]
+
+
+def token_states(model, tokenizer, sentences: Sequence[str], max_length: int, batch_size: int = 32) -> list[Any]:
+    """Each sentence's last hidden states over its real tokens (the per-token targets)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch_size):
+            _, hidden, mask = forward(model, tokenizer, sentences[i : i + batch_size], max_length)
+            out += [h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)]
+    return out
+
+
+def cosine_stats(a, b) -> dict[str, float]:
+    import torch.nn.functional as F
+
+    cos = F.cosine_similarity(a.double(), b.double(), dim=-1)
+    return {"mean": float(cos.mean()), "worst": float(cos.min())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+def train(student, tokenizer, sentences: Sequence[str], targets, config: TextQATConfig,
+          log: Callable[[str], None] | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
+          token_targets: list[Any] | None = None) -> list[dict[str, Any]]:
+    """AdamW with cosine decay over `config.steps` seeded batches; loss 1 - cos(student, teacher embedding),
+    plus `config.hidden_weight` x the mean over real tokens of 1 - cos(student, teacher last hidden state)
+    when `token_targets` (the teacher's, same tokenizer) are given."""
+    import torch
+    import torch.nn.functional as F
+
+    log = log or (lambda _m: None)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    history: list[dict[str, Any]] = []
+    running = 0.0
+    started = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        if len(order) < config.batch_size:
+            more = list(range(len(sentences)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        got, hidden, mask = forward(student, tokenizer, [sentences[i] for i in idx], config.max_length)
+        loss = (1 - F.cosine_similarity(got, targets[idx], dim=-1)).mean()
+        if token_targets is not None and config.hidden_weight > 0:
+            want = torch.zeros_like(hidden)
+            for row, i in enumerate(idx):
+                want[row, : len(token_targets[i])] = token_targets[i]
+            per_token = 1 - F.cosine_similarity(hidden, want, dim=-1, eps=1e-8)
+            m = mask.to(per_token.dtype)
+            loss = loss + config.hidden_weight * (per_token * m).sum() / m.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += float(loss.detach())
+        if step % config.log_every == 0 or step == config.steps:
+            row: dict[str, Any] = {"step": step, "loss": running / (step % config.log_every or config.log_every),
+                                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 1)}
+            if evaluate is not None:
+                row.update(evaluate())
+            history.append(row)
+            log(f"qat step {step}/{config.steps}: loss {row['loss']:.5f}"
+                + (f", held-out cosine {row['heldout_cosine']:.5f}" if "heldout_cosine" in row else ""))
+            running = 0.0
+    return history
+
+
+def _runner_embeddings(artifact, tokenizer, sentences: Sequence[str], max_length: int):
+    """The artifact's first output (the sentence embedding) on `sentences`, run by its own runner."""
+    import torch
+
+    from edgekit.backends import registry
+    from edgekit.backends.base import run_batched
+
+    enc = tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    feeds = {i["name"]: enc[i["name"]].astype("int64") for i in artifact.manifest["inputs"]}
+    runner = registry.runner_class(artifact.manifest["backend"])(artifact.path, artifact.manifest)
+    with runner:
+        out = run_batched(runner, feeds)
+    return torch.from_numpy(out[0]).float()
+
+
+def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, config: TextQATConfig | None = None,
+             target: str | None = "x86-server-cpu", precision: str = "dynamic-int8", out: Path | str | None = None,
+             force: bool = False, log: Callable[[str], None] | None = None) -> TextQATResult:
+    """QAT of an hf: `student` for the dynamic-int8 transformer form, distilled from the FP32 `teacher`
+    (usually the student's own FP32 self): fake-quantized int8 weights, embedding cosine loss, weights snapped
+    onto the grid. With `out`, writes OUT/student_qat (hf: folder) and, with a `target`, exports it through the
+    normal export path to OUT/artifact and measures the artifact against the FP32 teacher on `eval_data`
+    (default `data`)."""
+    import torch
+
+    log = log or (lambda _m: None)
+    config = config or TextQATConfig()
+    if precision not in PRECISIONS:
+        raise EdgekitError(f"text QAT fits the weights of ONNX Runtime's transformer int8 ({', '.join(PRECISIONS)}, "
+                           f"activations quantized per call); got precision '{precision}'")
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists() and any(out_path.iterdir()) and not force:
+        raise EdgekitError(f"{out_path} exists and is not empty; pass --force (force=True) or another --out")
+    tgt = None
+    if target is not None:
+        from edgekit.backends.registry import get_spec
+        from edgekit.targets import load_target
+
+        tgt = load_target(target)
+        if get_spec(tgt.backend).qdq_style != "onnxruntime":  # the dynamic int8 grid is ONNX Runtime's
+            raise EdgekitError(f"text QAT fits ONNX Runtime's dynamic int8 weights; target {tgt.name} runs "
+                               f"{tgt.backend}: pick an onnxruntime target (e.g. x86-server-cpu)")
+        tgt.check_precision(precision)
+    from edgekit.models import hf
+
+    for spec, what in ((teacher, "teacher"), (student, "student")):  # before any work
+        hf.check_folder(hf_folder(spec, what), hf.DEFAULT_TASK)
+    sentences = read_sentences(data, "training data")
+    held = read_sentences(eval_data, "evaluation data") if eval_data is not None else sentences
+    torch.manual_seed(config.seed)
+    t_model, t_tok = load(teacher, "teacher")
+    s_model, s_tok = load(student, "student")
+    for p in t_model.parameters():
+        p.requires_grad_(False)
+    log(f"teacher embeddings for {len(sentences)} training and {len(held)} held-out sentences")
+    t_train = embed(t_model, t_tok, sentences, config.max_length)
+    t_held = embed(t_model, t_tok, held, config.max_length)
+    width = int(embed(s_model, s_tok, sentences[:1], config.max_length).shape[-1])
+    if width != t_train.shape[-1]:
+        raise EdgekitError(f"the student's embedding has {width} dimensions and the teacher's {t_train.shape[-1]}: "
+                           "text QAT distils the embedding directly, so pass the student's own FP32 model as "
+                           "--teacher")
+    fp32 = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    names = attach(s_model, config.embeddings, config.activations)
+    ptq = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    log(f"fake-quantized {len(names)} weight tensors on the exporter's int8 grid; before QAT: held-out cosine "
+        f"{ptq['mean']:.5f} mean, {ptq['worst']:.5f} worst (FP32 student {fp32['mean']:.5f})")
+
+    def heldout() -> dict[str, float]:
+        c = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+        return {"heldout_cosine": c["mean"], "heldout_cosine_worst": c["worst"]}
+
+    started = time.perf_counter()
+    same_tokens = t_tok.get_vocab() == s_tok.get_vocab()
+    tokens = token_states(t_model, t_tok, sentences, config.max_length) \
+        if same_tokens and config.hidden_weight > 0 else None
+    history = train(s_model, s_tok, sentences, t_train, config, log, heldout, tokens)
+    seconds = time.perf_counter() - started
+    after = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    snap(s_model)
+    snapped = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    metrics: dict[str, Any] = {
+        "stage": "qat-text", "teacher": str(teacher), "student": str(student), "train_data": str(data),
+        "eval_data": str(eval_data if eval_data is not None else data), "train_sentences": len(sentences),
+        "eval_sentences": len(held), "config": asdict(config), "precision": precision,
+        "weights": "int8 symmetric per output channel (Linear) / per row (embedding tables >= "
+                   f"{MIN_TABLE_ELEMENTS} elements), range [-{QMAX}, {QMAX}], the exporter's dynamic-int8 grid",
+        "fake_quantized": names, "seconds": round(seconds, 1),
+        "loss": "1 - cos(sentence embedding)" + (f" + {config.hidden_weight:g} x mean over tokens of 1 - cos(last "
+                                                 "hidden state)" if tokens is not None else ""),
+        "torch_cosine_vs_teacher": {"fp32_student": fp32, "simulated_int8_before_qat": ptq,
+                                    "simulated_int8_after_qat": after, "qat_weights_float_activations": snapped},
+        "simulated": "int8 weights" + (" and per-call uint8 Linear inputs" if config.activations else ""),
+        "grid_error_steps": grid_error(s_model, config.embeddings)}
+    result = TextQATResult(s_model, s_tok, metrics, history)
+    if out_path is None:
+        return result
+    out_path.mkdir(parents=True, exist_ok=True)
+    folder = out_path / "student_qat"
+    s_model.save_pretrained(folder)
+    s_tok.save_pretrained(folder)
+    result.folder = folder
+    if tgt is not None:
+        from edgekit.export import export
+
+        art = export(f"hf:{folder}", tgt, precision, calib=data, eval=eval_data if eval_data is not None else data,
+                     out=out_path / "artifact", force=True, progress=log)
+        length = min(config.max_length, hf_max_length(folder))
+        got = _runner_embeddings(art, s_tok, held, length)
+        ref = embed(t_model, t_tok, held, length)
+        qat_ref = embed(s_model, s_tok, held, length)
+        metrics["artifact"] = {"path": str(art.path), "target": tgt.name, "precision": precision,
+                               "cosine_vs_teacher": cosine_stats(got, ref),
+                               "cosine_vs_qat_model": cosine_stats(got, qat_ref),
+                               "verification": art.manifest["verification"]}
+        result.artifact = art
+    return result
