@@ -11,6 +11,8 @@ and each reports what it changed on the held-out data, so a user sees what every
 - Range choice: min-max, percentile and entropy each win on some tensors (outliers favour clipping, narrow
   unimodal tensors favour min-max), so each activation tensor gets the range whose own quantization error
   (MSE of fake-quantizing its calibration values in the target's int8 format) is smallest.
+- Learned rounding (AdaRound): each layer's int8 weights rounded up or down to match the float layer's
+  output on calibration images; see edgekit.quant.adaround.
 - Bias correction (empirical, as NNCF's fast bias correction and AIMET's): quantization shifts each output
   channel's mean; the shift measured on the calibration data is added back to the float bias, layer by
   layer in graph order, re-quantizing after each so a layer corrects what remains after its predecessors.
@@ -28,9 +30,10 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.quant.qdq import attr
 
-TECHNIQUES = ("equalize", "range-choice", "bias-correction")
+TECHNIQUES = ("equalize", "range-choice", "adaround", "bias-correction")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
-#: bias correction measures the error left with the final ranges
+#: learned rounding fits each layer to the quantized graph with the final ranges, bias correction measures
+#: the error left after all of them
 ORDER = TECHNIQUES
 RANGE_CANDIDATES = ("minmax", "percentile", "entropy")
 SAMPLES = 64
@@ -244,6 +247,13 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
             cands = {m: compute_ranges(setup.prepared, cal, m) for m in RANGE_CANDIDATES}
             merged, details = choose_ranges(setup.prepared, cal, cands, setup.options, setup.workdir)
             setup = replace(setup, ranges=merged)
+        elif tech == "adaround":
+            from edgekit.quant.adaround import learn_rounding
+
+            # the ranges stay: every layer was fitted to the quantized graph built with them
+            path, details = learn_rounding(setup, cal, setup.workdir / "adaround.onnx", log=log)
+            details = {k: v for k, v in details.items() if k != "layers"} | {"per_layer": details["layers"]}
+            setup = replace(setup, prepared=path)
         else:
             path, details = bias_correction(setup, cal, setup.workdir / "bias-corrected.onnx", log)
             ranges = setup.ranges
