@@ -4,12 +4,18 @@ Rows, all against the ORT FP32 graph on the same held-out crops (disjoint window
 - ONNX Runtime's own two-line path (`quantize_static`, U8S8, per-channel) with min-max and percentile
   calibration, on the calibration crops;
 - edgekit plain int8 (the x86-server-cpu format: U8S8 per-channel, min-max ranges);
-- each PTQ technique alone on top of plain int8 (equalize, range-choice, bias-correction);
+- each PTQ technique alone on top of plain int8 (equalize, range-choice, range-mse, bias-correction, adaround);
+- the combined techniques (`--combined`, default range-mse then adaround);
 - the int16 rung: int16 weights on the layers that buy the most output SQNR per MAC, chosen on a separate
   selection split (never on the crops reported here) until SQNR >= 22 dB and agreement >= 0.95 there.
 
 Columns: top-1 agreement with FP32 (Wilson 95 % interval), output SQNR dB, speed vs FP32 (one thread, batch 1,
 median of interleaved rounds, measured on a shared machine), model size.
+
+Memory: ONNX Runtime's calibrators keep every intermediate tensor of what one collect call reads (about
+80 MB per 240x240 crop here), so edgekit feeds them one batch of 8 per call, the hand min-max path is given
+ORT's own `CalibMaxIntermediateOutputs`, and the hand percentile path (whose histogram calibrator has no such
+option) is calibrated on the first `--hand-percentile-calib` crops only.
 
 Usage: python benchmarks/cnn_int8.py [--held 300] [--calib 128] [--select 100] [--techniques equalize,...]
 Writes benchmarks/results/cnn_int8.json.
@@ -55,7 +61,8 @@ def hand_path(prepared: Path, dest: Path, cal: np.ndarray, method: str) -> None:
     quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "percentile": CalibrationMethod.Percentile}[method])
+                                      "percentile": CalibrationMethod.Percentile}[method],
+                    extra_options={"CalibMaxIntermediateOutputs": 8} if method == "minmax" else {})
 
 
 def main() -> int:
@@ -68,8 +75,12 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--select", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--techniques", default="equalize",
-                    help="comma-separated PTQ techniques to measure (equalize,range-choice,bias-correction); '' none")
+    ap.add_argument("--techniques", default="equalize,range-choice,range-mse,bias-correction,adaround",
+                    help="comma-separated PTQ techniques to measure one at a time; '' none")
+    ap.add_argument("--combined", default="range-mse,adaround", help="techniques measured together; '' none")
+    ap.add_argument("--adaround-samples", type=int, default=128, help="calibration crops learned rounding fits on")
+    ap.add_argument("--hand-percentile-calib", type=int, default=32)
+    ap.add_argument("--no-int16-rung", action="store_true")
     ap.add_argument("--measure", type=int, default=16, help="layers whose int16 gain is measured")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
@@ -79,8 +90,8 @@ def main() -> int:
     from edgekit.graph.onnx_export import export_to_onnx
     from edgekit.metrics import sqnr_db, top1_agreement, wilson
     from edgekit.models import load_model
+    from edgekit.quant import adaround, ptq_improve
     from edgekit.quant import int16_search as rung
-    from edgekit.quant import ptq_improve
     from edgekit.quant.calibrate import CalibrationSet, compute_ranges, prepare_for_quantization
     from edgekit.quant.cost import compare_latency
     from edgekit.quant.int16 import weight_sqnr
@@ -115,9 +126,10 @@ def main() -> int:
               f"{rows[name]['sqnr_db']} dB", flush=True)
 
     def hand(method: str) -> None:
-        hand_path(prepared, work / f"hand-{method}.onnx", cal, method)
+        n = len(cal) if method == "minmax" else min(len(cal), args.hand_percentile_calib)
+        hand_path(prepared, work / f"hand-{method}.onnx", cal[:n], method)
         measure(f"hand_quantize_static_{method}", work / f"hand-{method}.onnx",
-                "onnxruntime.quantization.quantize_static, QDQ, U8S8, per_channel=True")
+                f"onnxruntime.quantization.quantize_static, QDQ, U8S8, per_channel=True, {n} calibration crops")
 
     hand("minmax")
 
@@ -128,35 +140,56 @@ def main() -> int:
     build(setup, [], work / "plain.onnx")
     measure("edgekit_int8_plain", work / "plain.onnx", "x86-server-cpu format, min-max ranges")
 
-    start = {"agreement": top1_agreement(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])}
-    start["sqnr_db"] = sqnr_db(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])
+    adaround.SAMPLES = args.adaround_samples
     proxy = weight_sqnr(prepared)
-    print("int8 weight SQNR, worst layers: " + ", ".join(f"{k} {v:.1f} dB" for k, v in
-                                                          sorted(proxy.items(), key=lambda kv: kv[1])[:6]), flush=True)
-    ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)
-    print(f"[{time.time() - t0:.0f}s] int16 ranking: " + ", ".join(
-        f"{r['layer']} +{r['sqnr_gain_db']} dB" for r in ranking[:6]), flush=True)
+    layers, final_sel, steps, ranking = [], {}, [], []
+    if not args.no_int16_rung:
+        plain_sel = run_session(session(work / "plain.onnx", X86), sel)[0]
+        start = {"agreement": top1_agreement(ref_sel, plain_sel), "sqnr_db": sqnr_db(ref_sel, plain_sel)}
+        ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)
+        print(f"[{time.time() - t0:.0f}s] int16 ranking: " + ", ".join(
+            f"{r['layer']} +{r['sqnr_gain_db']} dB" for r in ranking[:6]), flush=True)
 
-    def goal(r):
-        return r["sqnr_db"] >= 22.0 and r["agreement"] >= 0.95
+        def goal(r):
+            return r["sqnr_db"] >= 22.0 and r["agreement"] >= 0.95
 
-    layers, final_sel, steps = rung.search(setup, goal, start, ranking, max_layers=12,
-                                           log=lambda m: print(m, flush=True))
-    build(setup, [], work / "int16.onnx", layers)
-    measure("edgekit_int8_int16_rung", work / "int16.onnx",
-            f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
-            f"agreement >= 0.95 there): {', '.join(layers)}")
+        layers, final_sel, steps = rung.search(setup, goal, start, ranking, max_layers=12,
+                                               log=lambda m: print(m, flush=True))
+        build(setup, [], work / "int16.onnx", layers)
+        measure("edgekit_int8_int16_rung", work / "int16.onnx",
+                f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
+                f"agreement >= 0.95 there): {', '.join(layers)}")
+        del plain_sel
+
+    details: dict[str, dict] = {}
+    summary_keys = ("pairs", "tensors_per_method", "tensors_clipped", "median_tensor_sqnr_gain_db",
+                    "layers_corrected", "largest_shift", "layers_rounded", "mean_layer_sqnr_gain_db", "seconds",
+                    "samples", "iterations")
+
+    def technique_row(name: str, techs: list[str]) -> None:
+        try:
+            t1 = time.time()
+            s2, tsteps = ptq_improve.apply(setup, techs, cset, "minmax", {})
+            build(s2, [], work / f"{name}.onnx")
+            details[name] = {"seconds": round(time.time() - t1), "steps_on_selection_split": [
+                {k: v for k, v in st.items() if k in ("technique", "agreement", "sqnr_db", *summary_keys)}
+                for st in tsteps]}
+            if "adaround" in techs:
+                details[name]["exported_weights_off_int8_grid"] = adaround.check_on_grid(
+                    s2.prepared, work / f"{name}.onnx")
+                details[name]["adaround_per_layer"] = tsteps[[st["technique"] for st in tsteps].index("adaround")
+                                                             ].get("per_layer")
+            note = json.dumps({k: v for st in tsteps[1:] for k, v in st.items() if k in summary_keys})[:300]
+            measure(name, work / f"{name}.onnx", note)
+        except Exception as exc:  # a technique that fails on this graph is a result too
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            print(f"{name}: {exc}", flush=True)
 
     for tech in [t for t in args.techniques.split(",") if t]:
-        try:
-            s2, tsteps = ptq_improve.apply(setup, [tech], cset, "minmax", {})
-            build(s2, [], work / f"tech-{tech}.onnx")
-            detail = {k: v for k, v in tsteps[-1].items() if k in ("pairs", "tensors_per_method",
-                                                                  "layers_corrected", "largest_shift")}
-            measure(f"edgekit_int8_{tech}", work / f"tech-{tech}.onnx", json.dumps(detail)[:300])
-        except Exception as exc:  # a technique that fails on this graph is a result too
-            rows[f"edgekit_int8_{tech}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            print(f"{tech}: {exc}", flush=True)
+        technique_row(f"edgekit_int8_{tech}", [tech])
+    combined = [t for t in args.combined.split(",") if t]
+    if combined:
+        technique_row("edgekit_int8_" + "+".join(combined), combined)
 
     hand("percentile")
     lat = compare_latency(graphs, X86, held, rounds=args.rounds, iters=10)
@@ -175,6 +208,7 @@ def main() -> int:
         "cpu_has_vnni": bool(cpu_flags() and any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni"))),
         "targets": {"agreement": 0.95, "sqnr_db": 22.0, "speed_vs_fp32": 2.0},
         "int8_weight_sqnr_db": {k: round(v, 2) for k, v in proxy.items()},
+        "technique_details": details,
         "int16_rung": {"layers": layers, "selection_result": {k: round(float(v), 4) for k, v in final_sel.items()
                                                               if k in ("agreement", "sqnr_db")},
                        "steps": steps, "ranking_top10": ranking[:10]},

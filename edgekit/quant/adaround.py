@@ -285,7 +285,7 @@ def _targets(prepared: Path, plans: list[LayerPlan], widths: dict[str, int], x: 
     return pos, {k: np.concatenate(v) for k, v in got.items()}
 
 
-def learn_rounding(setup, cal, dest: Path, samples: int = SAMPLES, iterations: int = ITERATIONS,
+def learn_rounding(setup, cal, dest: Path, samples: int | None = None, iterations: int | None = None,
                    log: Callable[[str], None] | None = None, seed: int = 0) -> tuple[Path, dict[str, Any]]:
     """Learned rounding of every Conv/Gemm of `setup.prepared` (see the module docstring); writes the float
     graph whose weights lie on the chosen int8 grid points to `dest`. Returns it and the per-layer record."""
@@ -299,6 +299,7 @@ def learn_rounding(setup, cal, dest: Path, samples: int = SAMPLES, iterations: i
 
     t0 = time.time()
     log = log or (lambda _m: None)
+    samples, iterations = samples or SAMPLES, iterations or ITERATIONS  # read at call time: tunable
     x = cal.x[:samples]
     model = onnx.load(str(setup.prepared))
     finits = {t.name: t for t in model.graph.initializer}
