@@ -84,3 +84,20 @@ def test_learned_rounding_raises_sqnr_and_stays_on_the_int8_grid(small):
         np.testing.assert_allclose(dequantize(dq, inits), w, rtol=1e-6, atol=1e-7)
         checked += 1
     assert checked == 9
+
+
+def test_export_lists_range_mse_and_adaround_in_the_manifest(cli, small, tmp_path):
+    import json
+
+    setup, _ = small
+    x = _digits()
+    np.save(tmp_path / "calib.npy", x[:128])
+    out = tmp_path / "out"
+    r = cli("export", setup.prepared.parent / "m.onnx", "-t", "x86-server-cpu", "-p", "int8", "--calib",
+            tmp_path / "calib.npy", "--out", out, "--range-mse", "--adaround")
+    assert r.rc == 0, r.err
+    steps = json.loads((out / "manifest.json").read_text())["ptq_techniques"]
+    assert [s["technique"] for s in steps] == ["none (plain PTQ)", "range-mse", "adaround"]
+    assert steps[1]["tensors_clipped"] > 0 and steps[2]["layers_rounded"] == 10
+    assert all("sqnr_change_db" in s and "agreement_change" in s for s in steps[1:])
+    assert len(steps[2]["per_layer"]) == 10
