@@ -72,7 +72,7 @@ def _consts(model) -> dict[str, np.ndarray]:
 
 
 def _activation(node, consumers, consts) -> tuple[str, tuple[float, float] | None]:
-    """The tensor after the Relu/Clip that alone reads `node`'s output, and its bounds (or None)."""
+    """The tensor after the Relu/Clip that alone reads `node`'s output and the activation's bounds (or None)."""
     readers = consumers.get(node.output[0], [])
     if len(readers) == 1 and readers[0].op_type in ("Relu", "Clip"):
         act = readers[0]
@@ -170,13 +170,6 @@ def patches(plan: LayerPlan, x: np.ndarray, w_shape: tuple[int, ...], pos: np.nd
         rows.append(cols[:, sel[:, 1] * out_hw[1] + sel[:, 2]].T.numpy())
     p = np.concatenate(rows)
     return p.reshape(len(p), -1, kh * kw) if kind(plan, np.empty(w_shape)) == "depthwise" else p
-
-
-def at(target: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Output values at `pos`: (M, Cout)."""
-    if target.ndim == 2:
-        return target[pos[:, 0]]
-    return target[pos[:, 0], :, pos[:, 1], pos[:, 2]]
 
 
 def float_output(plan: LayerPlan, w: np.ndarray, b: np.ndarray | None, xp: np.ndarray) -> np.ndarray:
