@@ -41,7 +41,7 @@ SAMPLES = 64
 LR = 1e-2
 REG_WEIGHT = 0.01
 #: multiply-accumulates one optimisation step may cost, and the most sampled rows it takes
-STEP_MACS = 20e6
+STEP_MACS = 5e6
 STEP_ROWS = 2048
 #: sampled output positions per layer, and the most patch values kept for them (about 256 MB)
 MAX_POSITIONS = 8192
@@ -213,9 +213,10 @@ def fit_layer(plan: LayerPlan, w: np.ndarray, b: np.ndarray | None, scale: np.nd
     def sqnr(weight, bb) -> float:
         with torch.no_grad():
             num = den = 0.0
-            for i in range(0, len(xq), 4096):
-                t = tg[i : i + 4096]
-                e = run(xq[i : i + 4096], weight, bb) - t
+            chunk = max(64, int(8e6 // max(w.size, 1)))  # bounded temporaries for wide depthwise layers
+            for i in range(0, len(xq), chunk):
+                t = tg[i : i + chunk]
+                e = run(xq[i : i + chunk], weight, bb) - t
                 num += float((t.double() ** 2).sum())
                 den += float((e.double() ** 2).sum())
             return 10 * math.log10(num / den) if den > 0 else 200.0
