@@ -212,7 +212,8 @@ def main() -> int:
                 for st in tsteps]}
             if "adaround" in techs:
                 details[name]["exported_weights_off_int8_grid"] = adaround.check_on_grid(
-                    s2.prepared, work / f"{name}.onnx")
+                    s2.prepared, work / f"{name}.onnx",
+                    tsteps[[st["technique"] for st in tsteps].index("adaround")].get("per_layer"))
                 details[name]["adaround_per_layer"] = tsteps[[st["technique"] for st in tsteps].index("adaround")
                                                              ].get("per_layer")
             note = json.dumps({k: v for st in tsteps[1:] for k, v in st.items() if k in summary_keys})[:300]

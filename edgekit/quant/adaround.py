@@ -351,7 +351,7 @@ def _out_hw(plan: LayerPlan, in_hw, k_hw) -> tuple[int, int]:
                  for i in range(2))
 
 
-def check_on_grid(prepared: Path, exported) -> dict[str, Any]:
+def check_on_grid(prepared: Path, exported, layers=None) -> dict[str, Any]:
     """How many weights of each int8 layer in the exported Q/DQ graph differ from the float weight of the
     learned graph divided by the exporter's scale: 0 everywhere when the exporter kept the chosen integers."""
     import onnx
@@ -365,6 +365,8 @@ def check_on_grid(prepared: Path, exported) -> dict[str, Any]:
     off: dict[str, int] = {}
     for name, node in fnodes.items():
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in finits:
+            continue
+        if layers is not None and name not in layers:  # e.g. a layer learned rounding skipped
             continue
         _, dq, _ = _weight_dq(qmodel, name)
         if dq is None or dq.input[0] not in qinits:
