@@ -18,7 +18,8 @@ def small(tmp_path_factory):
     import torch
 
     from edgekit.data import testmodels
-    from edgekit.quant.calibrate import CalibrationSet, compute_ranges, prepare_for_quantization
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.qgraph import QuantSetup, run_session, session
 
     torch.set_num_threads(1)

@@ -86,7 +86,7 @@ def _activation(node, consumers, consts) -> tuple[str, tuple[float, float] | Non
 
 def plan_layers(model) -> list[LayerPlan]:
     """Conv and Gemm nodes with constant weights, in graph order."""
-    from edgekit.quant.qdq import attr
+    from edgekit.graph.qdq import attr
 
     consts = _consts(model)
     consumers: dict[str, list[Any]] = {}

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.quant.qdq import attr
+from edgekit.graph.qdq import attr
 
 TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correction")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
@@ -132,7 +132,7 @@ def _fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool, qtype: str
 def choose_ranges(prepared: Path, cal, candidates: dict[str, Any], options: dict[str, Any],
                   workdir: Path) -> tuple[Any, dict[str, Any]]:
     """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values."""
-    from edgekit.quant.calibrate import Ranges
+    from edgekit.data.calibration import Ranges
     from edgekit.quant.graphs import with_outputs
     from edgekit.quant.qgraph import run_session, session
 
@@ -178,7 +178,7 @@ def mse_ranges(prepared: Path, cal, ranges, options: dict[str, Any], workdir: Pa
     a tenth of its largest value, so min-max spends most of the 256 levels on a few outliers; the best clip
     lies between the percentile and min-max candidates, and a search over the histogram finds it. Counted
     from one histogram per tensor filled a few images at a time, so memory stays small."""
-    from edgekit.quant.calibrate import Ranges
+    from edgekit.data.calibration import Ranges
     from edgekit.quant.graphs import with_outputs
     from edgekit.quant.qgraph import session
 
