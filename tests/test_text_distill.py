@@ -116,3 +116,72 @@ def test_student_of_the_teachers_shape_starts_as_the_teacher(textdir):
         got = embed(student.model, ids, tok.pad_token_id, vocab_map=student.vocab_map)
         assert torch.allclose(got, expected, atol=1e-5), vocab
     assert len(student.tokens) < len(tok.get_vocab())  # trimmed to the sentences' tokens + single characters
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_text_resume_continues_the_schedule_with_identical_weights(textdir, tmp_path):
+    """Stopping a 3-epoch text run after epoch 2 and resuming from its checkpoint ends with the weights of the
+    uninterrupted run: scored sampling (its difficulties), dropout RNG, optimiser and LR schedule all saved."""
+    from edgekit.errors import EdgekitError
+    from edgekit.safe_load import load_torch_file
+    from edgekit.train.distill.student import parse_student_config
+    from edgekit.train.distill.text import TextDistillConfig, fit_text
+    from edgekit.train.distill.text_stage import load_hf_teacher, prepare
+    from edgekit.train.distill.trainer import TrainConfig, state_digest
+
+    teacher, tok = load_hf_teacher(f"hf:{textdir / 'teacher'}")
+    setup = prepare(teacher, tok, everyday_sentences()[:48], parse_student_config(STUDENT),
+                    TextDistillConfig(sampling="scored"), seed=3)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(stop: int | None = None, resume: bool = False, epochs: int = 3):
+        import copy
+
+        student = copy.deepcopy(setup.student)
+        train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=3, progress=False, grad_clip=1.0,
+                            checkpoint=ckpt if stop or resume else None, resume=resume)
+
+        def hook(epoch: int) -> None:
+            if stop is not None and epoch == stop:
+                raise _Stop
+
+        try:
+            result = fit_text(student, setup.data, setup.config, train, on_epoch=hook)
+        except _Stop:
+            result = None
+        return student, result
+
+    a, ra = run()
+    run(stop=2)
+    state = load_torch_file(ckpt, "checkpoint")  # weights_only
+    assert state["epoch"] == 2 and state["difficulty"] is not None
+    b, rb = run(resume=True)
+    assert rb.resumed_from_epoch == 2 and [h["epoch"] for h in rb.history] == [1, 2, 3]
+    assert state_digest(b.model) == state_digest(a.model)
+    assert rb.history[-1]["loss"] == pytest.approx(ra.history[-1]["loss"], rel=1e-6)
+    with pytest.raises(EdgekitError, match=r"epochs=3.*epochs=4"):
+        run(resume=True, epochs=4)
+
+
+def test_cli_text_resume_and_default_preset(cli, textdir):
+    """`edgekit distill --teacher hf:DIR --data ...` needs no student config (the `eighth` preset), refuses to
+    overwrite its checkpoint silently, and --resume continues it."""
+    out = textdir / "resume"
+    teacher = save_tiny_bert(textdir / "teacher4", everyday_sentences()[:60], hidden=128, layers=4, heads=4,
+                             intermediate=512)  # big enough for a 1/8 student of the teacher's kind
+    base = ["distill", "--teacher", f"hf:{teacher}", "--data", textdir / "train.txt",
+            "--epochs", "1", "--batch-size", "16", "--out", out]
+    r = cli(*base)
+    assert r.rc == 0, r.err[-2000:]
+    first = json.loads((out / "report.json").read_text())
+    assert first["student_params"] <= first["teacher_params"] / 8 and first["resumed_from_epoch"] == 0
+    assert (out / "checkpoint.pt").is_file()
+    again = cli(*base)
+    assert again.rc == 2 and "--resume" in again.err
+    r = cli(*base, "--resume")
+    assert r.rc == 0, r.err[-2000:]
+    second = json.loads((out / "report.json").read_text())
+    assert second["resumed_from_epoch"] == 1 and second["cosine_mean"] == pytest.approx(first["cosine_mean"])

@@ -285,6 +285,7 @@ class TextFitResult:
     world_size: int = 1
     steps: int = 0
     data: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
 
 
 @dataclass
@@ -299,8 +300,11 @@ class TextData:
 
 def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, train: TrainConfig,
              evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-             log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None) -> TextFitResult:
-    """Train `student.model` in place. `steps_per_epoch` defaults to one pass over the (kept) data."""
+             log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None,
+             on_epoch: Callable[[int], None] | None = None) -> TextFitResult:
+    """Train `student.model` in place. `steps_per_epoch` defaults to one pass over the (kept) data.
+    With `train.checkpoint` set, a checkpoint is written after every epoch (`train.resume` continues from
+    it); `on_epoch(epoch)` runs after that (tests use it to stop a run as an interruption would)."""
     log = log or (lambda _m: None)
     rank, world = init_distributed()
     main = is_main_process()
@@ -341,6 +345,7 @@ def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, tr
     start_epoch = 0
     if train.resume and ckpt is not None and ckpt.is_file():
         start_epoch = load_text_checkpoint(ckpt, fingerprint, step_module, opt, sched, sampler, result)
+        result.resumed_from_epoch = start_epoch
         log(f"resumed from {ckpt} after epoch {start_epoch}/{train.epochs}")
     lengths = torch.tensor([len(data.ids[i]) for i in positions.tolist()])
     t_start = time.perf_counter()
@@ -405,6 +410,8 @@ def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, tr
         if ckpt is not None and main:
             save_text_checkpoint(ckpt, fingerprint, epoch + 1, step_module, opt, sched, sampler, result)
         barrier()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     model.eval()
     result.seconds = time.perf_counter() - t_start
     return result

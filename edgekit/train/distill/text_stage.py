@@ -76,6 +76,9 @@ def student_tokenizer(student: TextStudent, like: Any = None) -> Any:
     return BertTokenizer(vocab={t: i for i, t in enumerate(student.tokens)}, do_lower_case=lower)
 
 
+LAYER_TARGET_BYTES = 2 * 2**30
+
+
 @dataclass
 class TextSetup:
     teacher: nn.Module
@@ -87,18 +90,28 @@ class TextSetup:
 
 def prepare(teacher: nn.Module, tokenizer: Any, sentences: Sequence[str], spec: StudentSpec,
             config: TextDistillConfig, seed: int = 0, score: bool = False,
-            log: Callable[[str], None] | None = None, layers: bool | None = None,
-            cache_dir: str | Path | None = None) -> TextSetup:
+            log: Callable[[str], None] | None = None, layers: bool | str | None = None,
+            cache_dir: str | Path | None = None, max_layer_bytes: int = LAYER_TARGET_BYTES) -> TextSetup:
     """Tokenise, build the student, run the teacher once over the data, and score it when asked.
 
     `layers` (default: unless the config is output-only) keeps the teacher's hidden states and attention
-    maps; without them only pooled embeddings are kept, which `cache_dir` caches across runs."""
+    maps; without them only pooled embeddings are kept, which `cache_dir` caches across runs. "auto" keeps
+    them when they take at most `max_layer_bytes`, and otherwise switches the config to output-only (the
+    setup's config says which was done)."""
     log = log or (lambda _m: None)
     ids = encode(tokenizer, sentences, config.max_length)
     student = build_student(teacher, tokenizer.get_vocab(), spec, ids, seed=seed)
     lmap = build_layer_map(config, spec.layers, teacher.config.num_hidden_layers)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    layers = (not config.output_only) if layers is None else layers
+    if layers == "auto":
+        need = layer_target_bytes(ids, teacher, lmap, spec.heads)
+        layers = not config.output_only and need <= max_layer_bytes
+        if not layers and not config.output_only:
+            log(f"the teacher's hidden states and attention maps for {len(ids)} sentences would take "
+                f"{need / 2**30:.1f} GiB (> {max_layer_bytes / 2**30:.1f} GiB): distilling the pooled embedding "
+                "alone (--terms full keeps them anyway)")
+            config = replace(config, output_only=True)
+    layers = (not config.output_only) if layers is None else bool(layers)
     log(f"teacher targets for {len(ids)} sentences ({'layer map ' + lmap.describe() if layers else 'embeddings only'})")
     cached = None
     if not layers:
@@ -108,6 +121,15 @@ def prepare(teacher: nn.Module, tokenizer: Any, sentences: Sequence[str], spec: 
     if score or config.sampling == "scored":
         data.scores = score_text(teacher, tokenizer, ids, targets.embedding, seed)
     return TextSetup(teacher, tokenizer, student, data, config)
+
+
+def layer_target_bytes(ids: Sequence[Sequence[int]], teacher: nn.Module, lmap: Any, student_heads: int) -> int:
+    """Bytes the teacher's per-token targets take in memory (float16): hidden states of every mapped pair
+    and attention maps (student heads x tokens x tokens) of every mapped block."""
+    width = teacher.config.hidden_size
+    tokens = sum(len(x) for x in ids)
+    cells = sum(len(x) ** 2 for x in ids)
+    return 2 * (tokens * width * len(lmap.pairs) + cells * student_heads * len(lmap.blocks))
 
 
 def cached_teacher_embeddings(teacher: nn.Module, ids: list[list[int]], pad_id: int, cache_dir: str | Path | None,
@@ -214,6 +236,7 @@ def run_stage(setup: TextSetup, train: TrainConfig, heldout: Sequence[str], *, c
     result = fit_text(student, setup.data, config, train, evaluate=quick, log=log, steps_per_epoch=steps_per_epoch)
     report = {"config": config.describe(), "history": result.history, "steps": result.steps,
               "seconds": result.seconds, "world_size": result.world_size,
+              "resumed_from_epoch": result.resumed_from_epoch,
               **evaluate(setup, student.model, heldout, teacher_embeddings=t_emb)}
     return student, report
 
