@@ -185,3 +185,46 @@ def test_cli_text_resume_and_default_preset(cli, textdir):
     assert r.rc == 0, r.err[-2000:]
     second = json.loads((out / "report.json").read_text())
     assert second["resumed_from_epoch"] == 1 and second["cosine_mean"] == pytest.approx(first["cosine_mean"])
+
+
+def test_bucketed_batches_see_every_sample_once_per_pass_with_less_padding():
+    from edgekit.train.distill.data_score import bucketed_batches, uniform_batches
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 64, (1000,), generator=gen)
+    steps = 1000 // 20
+    buckets = bucketed_batches(lengths, 20, seed=1, epoch=0, steps=steps, window=10)
+    assert sorted(torch.cat(buckets).tolist()) == list(range(1000))  # one pass: each sample exactly once
+    assert buckets[0].tolist() != bucketed_batches(lengths, 20, seed=1, epoch=1, steps=steps)[0].tolist()
+
+    def padded(batches):
+        return sum(int(lengths[b].max()) * len(b) for b in batches)
+
+    assert padded(buckets) < 0.75 * padded(uniform_batches(1000, 20, seed=1, epoch=0, steps=steps))
+
+
+def test_eighth_preset_fits_an_eighth_of_a_minilm_shaped_teacher():
+    """The preset for all-MiniLM-L6-v2's shape (random weights): at most 1/8 of its parameters, embeddings
+    counted, at the teacher's width so every kept weight starts as the teacher's."""
+    from transformers import BertConfig, BertModel
+
+    from edgekit.errors import EdgekitError
+    from edgekit.train.distill.student import build_student, parse_student_config, resolve_preset
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512)
+    teacher = BertModel(config, add_pooling_layer=False).eval()
+    text = resolve_preset("eighth", teacher)
+    spec = parse_student_config(text)
+    assert (spec.layers, spec.hidden, spec.heads, spec.vocab) == (2, 384, 12, "3000")
+    vocab = {f"[unused{i}]": i for i in range(30522)}
+    for i, t in enumerate(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")):
+        vocab.pop(f"[unused{i}]")
+        vocab[t] = i
+    ids = [[i % 30000 + 5 for i in range(k, k + 40)] for k in range(0, 6000, 40)]  # 6000 distinct tokens used
+    student = build_student(teacher, vocab, spec, ids)
+    total = sum(p.numel() for p in teacher.parameters())
+    assert student.params() <= total / 8 and student.params() > 0.9 * total / 8
+    assert resolve_preset("layers=1,hidden=16,heads=2", teacher) == "layers=1,hidden=16,heads=2"
+    with pytest.raises(EdgekitError, match=r"unknown student preset 'tenth'.*eighth"):
+        resolve_preset("tenth", teacher)
