@@ -228,3 +228,14 @@ def test_eighth_preset_fits_an_eighth_of_a_minilm_shaped_teacher():
     assert resolve_preset("layers=1,hidden=16,heads=2", teacher) == "layers=1,hidden=16,heads=2"
     with pytest.raises(EdgekitError, match=r"unknown student preset 'tenth'.*eighth"):
         resolve_preset("tenth", teacher)
+
+
+def test_corpus_cache_gives_the_same_corpus_and_unknown_sources_fail(tmp_path):
+    from edgekit.errors import EdgekitError
+
+    first = build_corpus(max_train=200, max_heldout=20, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("corpus-*.json"))) == 1
+    again = build_corpus(max_train=200, max_heldout=20, cache_dir=tmp_path)
+    assert (again.train, again.heldout, again.stats) == (first.train, first.heldout, first.stats)
+    with pytest.raises(EdgekitError, match="unknown corpus source"):
+        build_corpus(sources=("stdlib", "internet"), cache_dir=tmp_path)

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
 import re
+import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +64,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 SOURCES = ("stdlib", "site-packages")
+CORPUS_FORMAT = 1  # bump when the sentence splitting or filtering changes: old caches are then ignored
 _MAX_FILE_BYTES = 400_000  # generated op wrappers and schemas: big, repetitive, little prose
 _SKIP_PARTS = {"tests", "test", "testing", "_vendor", "vendored", "__pycache__"}
 
@@ -91,12 +96,54 @@ def _documents(sources: tuple[str, ...] = SOURCES) -> list[tuple[str, str]]:
         docs += [(f"module:{p.stem}", t) for p in sorted(stdlib.glob("*.py")) if (t := _docstrings(p))]
     if "site-packages" in sources:
         root = Path(sysconfig.get_paths()["purelib"])
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root)
-            if _SKIP_PARTS & set(rel.parts[:-1]) or rel.name.startswith("test_"):
-                continue
+        for path in _py_files(root):
             if text := _docstrings(path):
-                docs.append((f"pkg:{rel.as_posix()}", text))
+                docs.append((f"pkg:{path.relative_to(root).as_posix()}", text))
+    return docs
+
+
+def _py_files(root: Path) -> list[Path]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if not (_SKIP_PARTS & set(rel.parts[:-1]) or rel.name.startswith("test_")):
+            out.append(path)
+    return out
+
+
+def _cache_key(sources: tuple[str, ...]) -> str:
+    """What the corpus depends on: the sources, Python's version and every site-packages file's size and
+    modification time (a package installed or upgraded changes the key)."""
+    h = hashlib.sha256(f"{CORPUS_FORMAT}|{sorted(sources)}|{sys.version}".encode())
+    if "site-packages" in sources:
+        root = Path(sysconfig.get_paths()["purelib"])
+        for path in _py_files(root):
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def document_sentences(sources: tuple[str, ...] = ("stdlib",), cache_dir: str | Path | None = None
+                       ) -> list[tuple[str, list[str]]]:
+    """(document name, its prose sentences) for every document of `sources`. Reading every installed
+    package's docstrings takes a minute or more on a laptop, so the result is cached (JSON, in the system's
+    temporary folder unless `cache_dir` says otherwise) under a key that changes with what is installed."""
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "edgekit-text-cache"
+    path = folder / f"corpus-{_cache_key(tuple(sources))}.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return [(str(name), [str(x) for x in sents]) for name, sents in data]
+        except (ValueError, TypeError, OSError):
+            pass  # a damaged cache is rebuilt
+    docs = [(name, split_sentences(text)) for name, text in _documents(tuple(sources))]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only temporary folder only costs the next run the same minute
     return docs
 
 
@@ -105,7 +152,7 @@ def _heldout_doc(name: str, heldout_percent: int) -> bool:
 
 
 def build_corpus(max_train: int = 4000, max_heldout: int = 400, heldout_percent: int = 10,
-                 sources: tuple[str, ...] = ("stdlib",)) -> TextCorpus:
+                 sources: tuple[str, ...] = ("stdlib",), cache_dir: str | Path | None = None) -> TextCorpus:
     """Deduplicated prose sentences; held-out documents chosen by hash, never shared with training.
 
     `sources`: "stdlib" (Python's own prose, the same on every machine) and/or "site-packages"."""
@@ -113,10 +160,10 @@ def build_corpus(max_train: int = 4000, max_heldout: int = 400, heldout_percent:
     train: list[str] = []
     heldout: list[str] = []
     stats = {"documents": 0, "candidates": 0, "duplicates": 0}
-    for name, text in _documents(tuple(sources)):
+    for name, sentences in document_sentences(tuple(sources), cache_dir):
         stats["documents"] += 1
         target = heldout if _heldout_doc(name, heldout_percent) else train
-        for s in split_sentences(text):
+        for s in sentences:
             stats["candidates"] += 1
             key = " ".join(_WORD.findall(s.lower()))
             if key in seen:
