@@ -43,10 +43,10 @@ class TextQuickstartConfig:
 
     teacher: str | None = None  # hf:DIR; None: the real all-MiniLM-L6-v2 of the `real-models` extra
     student_config: str = "eighth"
-    train_sentences: int = 12000
+    train_sentences: int = 8000
     heldout_sentences: int = 200
     sources: tuple[str, ...] = ("stdlib", "site-packages")
-    distill_seconds: float = 300.0
+    distill_seconds: float = 240.0
     seed: int = 0
     targets: tuple[str, ...] | None = None  # None: every target whose runtime is installed
     bench_iters: int = 20

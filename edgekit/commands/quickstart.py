@@ -58,10 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for training (default 0)")
     text = p.add_argument_group("--task text")
     text.add_argument("--teacher", metavar="hf:DIR", help="another BERT-style teacher (default: all-MiniLM-L6-v2)")
-    text.add_argument("--distill-seconds", type=float, default=300.0, metavar="S",
-                      help="time budget of the student's training (default 300)")
-    text.add_argument("--train-sentences", type=int, default=12000, metavar="N",
-                      help="training sentences (default 12000)")
+    text.add_argument("--distill-seconds", type=float, default=240.0, metavar="S",
+                      help="time budget of the student's training (default 240)")
+    text.add_argument("--train-sentences", type=int, default=8000, metavar="N",
+                      help="training sentences (default 8000)")
     text.add_argument("--sources", default="stdlib,site-packages", metavar="S1,S2",
                       help="where the sentences come from: stdlib and/or site-packages docstrings (default both)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
