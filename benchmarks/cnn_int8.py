@@ -77,11 +77,12 @@ def main() -> int:
     from edgekit.backends.onnxruntime import quantize_static_qdq  # noqa: F401  (ORT import check)
     from edgekit.data import photos, realcnn
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.metrics import sqnr_db, top1_agreement, wilson
-    from edgekit.models import load_model
+    from edgekit.common.metrics import sqnr_db, top1_agreement, wilson
+    from edgekit.models.source import load_model
     from edgekit.quant import int16_search as rung
     from edgekit.quant import ptq_improve
-    from edgekit.quant.calibrate import CalibrationSet, compute_ranges, prepare_for_quantization
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.cost import compare_latency
     from edgekit.quant.int16 import weight_sqnr
     from edgekit.quant.qgraph import QuantSetup, build, run_session, session

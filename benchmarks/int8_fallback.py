@@ -49,8 +49,8 @@ def main() -> None:
     from edgekit.backends.onnxruntime import effective_session_config
     from edgekit.data import testmodels
     from edgekit.export import ExportPipeline, run_batched
-    from edgekit.metrics import compare
-    from edgekit.quant.calibrate import CalibrationSet
+    from edgekit.common.metrics import compare
+    from edgekit.data.calibration import CalibrationSet
 
     model = testmodels.sensitive_dwsep()
     params = sum(p.numel() for p in model.parameters())

@@ -46,7 +46,7 @@ def measure(name: str, model, size: int, blocks: int, iters: int, threads: int) 
     from edgekit.backends.onnxruntime import int8_saturates_here
     from edgekit.data import testmodels, zoo
     from edgekit.export import ExportPipeline
-    from edgekit.quant.calibrate import CalibrationSet
+    from edgekit.data.calibration import CalibrationSet
 
     data = testmodels.digits_rgb("train", size=size)
     calib = CalibrationSet(data.x[:128], data.y[:128], f"digits_rgb {size}px (train)", {}, len(data.x), "first 128")

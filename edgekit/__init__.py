@@ -27,7 +27,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "targets": ("edgekit.targets", None),
     "load_artifact": ("edgekit.artifact", "load_artifact"),
     "load_target": ("edgekit.targets", "load_target"),
-    "as_dataset": ("edgekit.datasets", "as_dataset"),
+    "as_dataset": ("edgekit.data.datasets", "as_dataset"),
     "diagnose": ("edgekit.export", "diagnose"),
     "distill": ("edgekit.train.distill.stage", "distill"),
     "qat": ("edgekit.train.qat", "qat"),

@@ -67,7 +67,7 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     """Yield a private folder beside `out`; on success it replaces `out`, on any error it is removed."""
     check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from edgekit.rundir import sweep
+    from edgekit.common.rundir import sweep
 
     # a run killed here (SIGKILL) left its staging folder; it is gone with its PID, so remove it now
     sweep(None, [out], log=lambda m: print(m, file=sys.stderr))

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     debug = debug_requested(args)
     note_progress("")
-    from edgekit.rundir import Terminated, run_scope
+    from edgekit.common.rundir import Terminated, run_scope
 
     out = getattr(args, "out", None)
     try:

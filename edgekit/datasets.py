@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.quant.calibrate import DEFAULT_MAX_SAMPLES, CalibrationSet, load_data
+from edgekit.data.calibration import DEFAULT_MAX_SAMPLES, CalibrationSet, load_data
 
 #: the label key of a dict of arrays (the same name a .npz uses)
 LABELS = "y"

@@ -22,24 +22,15 @@ from edgekit.artifact import Artifact, check_destination, now_iso, staging, writ
 from edgekit.backends import registry
 from edgekit.backends.base import Exporter, ExportRequest
 from edgekit.backends.base import run_batched as run_batched  # where callers have long found it
-from edgekit.datasets import as_dataset
+from edgekit.data.datasets import as_dataset
 from edgekit.errors import EdgekitError
-from edgekit.facade import make_callable, progress_log
+from edgekit.common.facade import make_callable, progress_log
 from edgekit.graph.onnx_export import OnnxModel, export_to_onnx, reference_outputs, source_is_quantized
-from edgekit.io import Feeds, InputSpec, random_feeds
-from edgekit.metrics import METRICS, compare_outputs
-from edgekit.models import SourceModel, load_model
-from edgekit.quant.calibrate import (
-    DEFAULT_MAX_SAMPLES,
-    CalibrationSet,
-    Ranges,
-    check_calibration,
-    checked,
-    compute_ranges,
-    load_data,
-    prepare_for_quantization,
-    resolve_method,
-)
+from edgekit.common.io import Feeds, InputSpec, random_feeds
+from edgekit.common.metrics import METRICS, compare_outputs
+from edgekit.models.source import SourceModel, load_model
+from edgekit.data.calibration import DEFAULT_MAX_SAMPLES, CalibrationSet, Ranges, check_calibration, checked, load_data
+from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization, resolve_method
 from edgekit.targets import Target, load_target
 
 _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow", "ai-edge-litert", "onnx2tf",
@@ -389,7 +380,7 @@ class ExportPipeline:
     def _load(self, spec: str | CalibrationSet, samples: int | None, what: str) -> CalibrationSet:
         tokenize = None
         if self.src.tokenizer is not None:
-            from edgekit.hf import tokenize as hf_tokenize
+            from edgekit.models.hf import tokenize as hf_tokenize
 
             def tokenize(sentences: list[str]) -> Feeds:
                 return hf_tokenize(self.src.tokenizer, sentences, self.src.inputs)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.io import BATCH, SEQUENCE, Feeds, InputSpec, OutputSpec
+from edgekit.common.io import BATCH, SEQUENCE, Feeds, InputSpec, OutputSpec
 
 TASKS = ("feature-extraction", "text-classification")
 DEFAULT_TASK = "feature-extraction"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, MissingTorchError, stage, user_code_error
-from edgekit.io import InputSpec, OutputSpec, image_input
+from edgekit.common.io import InputSpec, OutputSpec, image_input
 
 
 @dataclass
@@ -142,7 +142,7 @@ def torch_vocab(module: Any, specs: list[InputSpec]) -> list[InputSpec]:
     random ids stay inside it and out-of-vocabulary data is refused."""
     import torch
 
-    from edgekit.io import with_vocab
+    from edgekit.common.io import with_vocab
 
     if not any(s.kind == "token_ids" and s.vocab_size is None for s in specs):
         return specs
@@ -151,8 +151,8 @@ def torch_vocab(module: Any, specs: list[InputSpec]) -> list[InputSpec]:
 
 
 def _from_hf(spec: str, input_spec: list[InputSpec] | None, task: str | None) -> SourceModel:
-    from edgekit import hf
-    from edgekit.io import SEQUENCE
+    from edgekit.models import hf
+    from edgekit.common.io import SEQUENCE
 
     folder = Path(spec.split(":", 1)[1]).expanduser()
     length = None
@@ -200,7 +200,7 @@ def load_pt2(path: Path):
     # a QAT program holds quantized_decomposed Q/DQ ops, registered only by importing their module
     with contextlib.suppress(ImportError):
         import torch.ao.quantization.fx._decomposed  # noqa: F401
-    from edgekit.safe_load import load_exported_program
+    from edgekit.models.checkpoint import load_exported_program
 
     with _quiet_torch_logs():
         return load_exported_program(path)
@@ -212,7 +212,7 @@ def _from_pt2(path: Path, input_shape: tuple[int, ...] | None,
     ep = load_pt2(path)
     args = ep.example_inputs[0] if ep.example_inputs else ()
     if input_spec is None and len(args) > 1 and all(hasattr(a, "shape") for a in args):
-        from edgekit.io import InputSpec as Spec
+        from edgekit.common.io import InputSpec as Spec
 
         names = [getattr(s.arg, "name", f"input{i}") for i, s in enumerate(ep.graph_signature.input_specs)
                  if s.kind.name == "USER_INPUT"] or [f"input{i}" for i in range(len(args))]
@@ -275,7 +275,7 @@ def _vocab_sizes(model) -> dict[str, int]:
 def _onnx_specs(model, graph_inputs, given: list[InputSpec] | None, path: Path) -> list[InputSpec]:
     """InputSpecs read from a multi-input ONNX graph (dtypes, dims, the vocabulary behind token ids), or the
     user's --input-spec checked against it."""
-    from edgekit.io import BATCH, SEQUENCE, kind_for
+    from edgekit.common.io import BATCH, SEQUENCE, kind_for
 
     vocab = _vocab_sizes(model)
     names = [vi.name for vi in graph_inputs]
@@ -318,7 +318,7 @@ def load_model(spec: Any, input_shape: tuple[int, ...] | str | None = None, *,
 
     `input_spec` (InputSpecs, or the CLI's `input_ids:int64:1x128,...` with `dynamic` axes) describes models
     with several or non-float inputs; `input_shape` stays the way to give one float input's shape."""
-    from edgekit.io import parse_input_spec
+    from edgekit.common.io import parse_input_spec
 
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)

@@ -51,7 +51,7 @@ from edgekit.bench.baseline import pick as pick_baseline
 from edgekit.bench.baseline import runtime_name
 from edgekit.bench.provenance import same_class
 from edgekit.errors import EdgekitError
-from edgekit.facade import make_callable
+from edgekit.common.facade import make_callable
 from edgekit.targets import PRECISIONS, Target, load_target
 
 PRIORITIES = ("latency", "cost")
@@ -317,7 +317,7 @@ STATUSES = ("ok", "skipped", "error")
 def check_record(rec: Mapping[str, Any], index: int, source: str) -> None:
     """The typed fields of one record, whatever its status: a wrong type is refused here, in one line, rather
     than silently read as missing (a text `batch` or a list `target` is a broken file, not a null)."""
-    from edgekit import schema
+    from edgekit.common import schema
 
     where = f"{source}: record {index}"
     status = rec.get("status", "ok")

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import schema
+from edgekit.common import schema
 from edgekit.errors import EdgekitError
-from edgekit.facade import make_callable
-from edgekit.resources import builtin_dir, load_toml
+from edgekit.common.facade import make_callable
+from edgekit.common.resources import builtin_dir, load_toml
 
 DEVICE_CLASSES = ("gpu", "cpu", "npu", "edge-cpu", "mcu")
 LAYOUTS = ("NCHW", "NHWC")

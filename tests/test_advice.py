@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgekit.advice import MIN_AGREEMENT, next_step, warnings
+from edgekit.export.summary import MIN_AGREEMENT, next_step, warnings
 
 
 def _manifest(**kw) -> dict:

@@ -241,7 +241,7 @@ def test_factories_are_named_after_their_model(tmp_path, monkeypatch) -> None:
             f"class {cls}(nn.Module):\n    def forward(self, x):\n        return x\n"
             f"def make():\n    return {cls}()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
 
     assert load_model("facta:make", (1, 3)).name == "AlphaNet"
     assert load_model("factb:make", (1, 3)).name == "BetaNet"

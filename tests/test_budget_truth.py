@@ -77,7 +77,7 @@ def test_met_budget_promise_and_final_check_are_one_measurement(cli, small, tmp_
 
 
 def test_wilson_interval():
-    from edgekit.metrics import wilson
+    from edgekit.common.metrics import wilson
 
     lo, hi = wilson(49, 50)  # 0.98 on 50 samples: cannot tell 0.98 from 0.90
     assert lo < 0.90 and hi > 0.99

@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.quant.calibrate import (
-    Ranges,
-    compute_ranges,
-    load_data,
-    prepare_for_quantization,
-    resolve_method,
-)
+from edgekit.data.calibration import Ranges, load_data
+from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization, resolve_method
 
 
 def test_zoo_digits_default_is_300_seeded_samples_with_provenance():
@@ -35,8 +30,8 @@ def test_npz_and_npy_sets(tmp_path):
 
 
 def test_npz_without_x_must_name_the_models_input(tmp_path):
-    from edgekit.io import image_input
-    from edgekit.quant.calibrate import checked
+    from edgekit.common.io import image_input
+    from edgekit.data.calibration import checked
 
     np.savez(tmp_path / "z.npz", z=np.zeros((3, 2), dtype=np.float32))
     cset = load_data(str(tmp_path / "z.npz"))
@@ -71,7 +66,7 @@ def test_methods_and_recipes():
 @pytest.fixture(scope="module")
 def prepared_student(tmp_path_factory):
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
 
     root = tmp_path_factory.mktemp("calib")
     onnx_model = export_to_onnx(load_model("zoo:digits-student"), root / "m.onnx")

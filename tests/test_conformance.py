@@ -17,7 +17,7 @@ import pytest
 
 from edgekit.backends import registry
 from edgekit.errors import MissingRuntimeError
-from edgekit.metrics import compare
+from edgekit.common.metrics import compare
 from edgekit.targets import Target, list_targets
 
 INPUT_SHAPE = (1, 3, 16, 16)
@@ -57,7 +57,7 @@ def pipeline(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data():
     from edgekit.data import testmodels
-    from edgekit.datasets import as_dataset
+    from edgekit.data.datasets import as_dataset
 
     split = testmodels.digits_rgb("train", size=16)
     return as_dataset((split.x[:64], split.y[:64]), what="calib=")

@@ -15,7 +15,7 @@ from tests.test_fallback import sensitive  # noqa: F401  (module-scoped fixture:
 def setup_and_report(sensitive):  # noqa: F811
     from edgekit.export import ExportPipeline
     from edgekit.quant import fallback
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
     from edgekit.quant.diagnose import diagnose
     from edgekit.targets import load_target
 

@@ -90,7 +90,7 @@ def test_runner_reproduces_the_manifest_check(digits_artifacts):
     from edgekit.artifact import load_artifact
     from edgekit.data import zoo
     from edgekit.export import run_batched
-    from edgekit.metrics import accuracy
+    from edgekit.common.metrics import accuracy
 
     art = load_artifact(digits_artifacts[("x86-server-cpu", "int8")].path)
     test = zoo.digits_split("test")

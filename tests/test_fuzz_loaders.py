@@ -108,7 +108,7 @@ def deep_json() -> str:
 
 # --- targets -------------------------------------------------------------------------------------------------
 def _base_target() -> dict[str, Any]:
-    from edgekit.resources import builtin_dir
+    from edgekit.common.resources import builtin_dir
 
     return tomllib.loads((builtin_dir("targets") / "raspberry-pi-5.toml").read_text())
 
@@ -303,7 +303,7 @@ def _data_file(data: st.DataObject, tmp: Path) -> Path:
 
 
 def _load_and_check(path: Path) -> None:
-    from edgekit.quant.calibrate import check_matches, load_data
+    from edgekit.data.calibration import check_matches, load_data
 
     cset = load_data(str(path))
     check_matches(cset, (1, *cset.x.shape[1:]))

@@ -13,7 +13,8 @@ X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type":
 
 
 def _setup(root, onnx_path, cal_x, held_x, workdir):
-    from edgekit.quant.calibrate import CalibrationSet, compute_ranges, prepare_for_quantization
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.qgraph import QuantSetup, run_session, session
 
     prepared = prepare_for_quantization(onnx_path, root / "prepared.onnx")

@@ -81,7 +81,7 @@ def test_sigterm_mid_export_removes_everything_and_exits_143(tmp_path):
 
 def test_live_runs_are_left_alone(tmp_path):
     """Only leftovers whose PID is dead are removed: a running edgekit's root and staging stay."""
-    from edgekit.rundir import sweep
+    from edgekit.common.rundir import sweep
 
     live = tmp_path / f"edgekit-run-{os.getppid()}-abcd"
     dead_pid = 2**22 + 12345  # above the default pid_max: no such process

@@ -6,7 +6,7 @@ import torch
 
 from edgekit.errors import EdgekitError
 from edgekit.graph.onnx_export import export_to_onnx, verify_against_reference
-from edgekit.models import SourceModel, load_model, parse_input_shape
+from edgekit.models.source import SourceModel, load_model, parse_input_shape
 
 
 def _mlp(seed: int):

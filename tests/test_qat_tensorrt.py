@@ -19,7 +19,7 @@ from onnx import TensorProto, numpy_helper
 from edgekit.artifact import load_artifact
 from edgekit.data import zoo
 from edgekit.errors import EdgekitError
-from edgekit.quant.qdq import WEIGHTED_OPS, check_tensorrt_qdq, output_channel_axis
+from edgekit.graph.qdq import WEIGHTED_OPS, check_tensorrt_qdq, output_channel_axis
 from edgekit.train import qat
 from tests.conftest import no_partial_left
 

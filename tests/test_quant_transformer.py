@@ -151,7 +151,7 @@ def test_bad_requests_are_one_line_errors(tiny_bert, tmp_path, precision, option
 
 @pytest.mark.parametrize("mixed", [True, False])
 def test_tensorrt_qdq_int8_projections_fp16_attention(tiny_bert, tmp_path, mixed):
-    from edgekit.quant.qdq import check_tensorrt_qdq
+    from edgekit.graph.qdq import check_tensorrt_qdq
     from edgekit.quant.transformer import tensorrt_qdq
 
     dest = tmp_path / "trt.onnx"

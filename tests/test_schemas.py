@@ -84,7 +84,7 @@ def test_option_declaration_imports_no_runtime():
 
 
 def test_option_spec_validates_itself():
-    from edgekit.schema import OptionSpec
+    from edgekit.common.schema import OptionSpec
 
     with pytest.raises(ValueError, match="kind 'colour'"):
         OptionSpec("x", "colour", "help")

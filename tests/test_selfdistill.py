@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from edgekit.metrics import top1_agreement
+from edgekit.common.metrics import top1_agreement
 
 
 def test_self_distillation_qat_beats_ptq_without_labels(tmp_path):
     from edgekit.data import testmodels
     from edgekit.export import ExportPipeline, run_batched
-    from edgekit.quant.calibrate import CalibrationSet
+    from edgekit.data.calibration import CalibrationSet
     from edgekit.train import selfdistill
 
     model = testmodels.sensitive_dwsep()

@@ -20,7 +20,7 @@ from edgekit.backends.tensorrt import (
     trt_version_code,
 )
 from edgekit.errors import EdgekitError
-from edgekit.quant.qdq import WEIGHTED_OPS, output_channel_axis, weighted_nodes
+from edgekit.graph.qdq import WEIGHTED_OPS, output_channel_axis, weighted_nodes
 from tests.conftest import no_partial_left
 
 HAVE_ENGINE, NO_ENGINE_REASON = engine_support()
@@ -142,7 +142,7 @@ def test_runner_reproduces_the_manifest_check(arts):
     from edgekit.artifact import load_artifact
     from edgekit.data import zoo
     from edgekit.export import run_batched
-    from edgekit.metrics import accuracy
+    from edgekit.common.metrics import accuracy
 
     art = load_artifact(arts["int8"].path)
     test = zoo.digits_split("test")
@@ -306,7 +306,7 @@ def test_given_qdq_model_is_checked_and_its_bias_dequantize_folded(tmp_path):
     (np.int8, 0, "node 'conv' has a quantized bias ('b_dequant'); TensorRT wants float biases"),
 ])
 def test_qdq_checker_names_the_node(tmp_path, act_type, zero_point, message):
-    from edgekit.quant.qdq import check_tensorrt_qdq
+    from edgekit.graph.qdq import check_tensorrt_qdq
 
     _qdq_model(tmp_path / "m.onnx", zero_point, act_type)
     with pytest.raises(EdgekitError) as info:

@@ -126,7 +126,7 @@ def test_text_resume_continues_the_schedule_with_identical_weights(textdir, tmp_
     """Stopping a 3-epoch text run after epoch 2 and resuming from its checkpoint ends with the weights of the
     uninterrupted run: scored sampling (its difficulties), dropout RNG, optimiser and LR schedule all saved."""
     from edgekit.errors import EdgekitError
-    from edgekit.safe_load import load_torch_file
+    from edgekit.models.checkpoint import load_torch_file
     from edgekit.train.distill.student import parse_student_config
     from edgekit.train.distill.text import TextDistillConfig, fit_text
     from edgekit.train.distill.text_stage import load_hf_teacher, prepare

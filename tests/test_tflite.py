@@ -79,7 +79,7 @@ def user_large(user_models, tmp_path_factory):
     """The >= 1 M-parameter .pt2 on raspberry-pi-5 through its second backend (what `--backend tflite` picks),
     fp32 and int8 from one pipeline so the model is exported to ONNX once."""
     from edgekit.export import ExportPipeline
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
 
     root = tmp_path_factory.mktemp("tflite-large")
     # 150 held-out samples: the torch reference of a fixed-batch .pt2 runs one sample at a time

@@ -41,7 +41,7 @@ def _spec(seq: int = SEQ) -> str:
 
 
 def test_input_spec_parsing_and_valid_random_feeds():
-    from edgekit.io import check_feeds, parse_input_spec, random_feeds, with_vocab
+    from edgekit.common.io import check_feeds, parse_input_spec, random_feeds, with_vocab
 
     specs = with_vocab(parse_input_spec(_spec(), dynamic=("sequence",)), 50)
     assert [s.dims for s in specs] == [("batch", "sequence")] * 2
@@ -125,7 +125,7 @@ def test_named_npz_on_an_onnx_transformer(tiny_bert, tmp_path, cli):
     """A multi-input .onnx (what the issue's user had) exports with an .npz keyed by input name; the inputs'
     dtypes and the vocabulary are read from the graph, the sequence length from --input-spec."""
     from edgekit.export import export_model
-    from edgekit.io import parse_input_spec, random_feeds
+    from edgekit.common.io import parse_input_spec, random_feeds
 
     art = export_model(f"hf:{tiny_bert}", "x86-server-cpu", "fp32", input_spec=_spec(), dynamic=("sequence",),
                        out=tmp_path / "onnx-src")

@@ -111,7 +111,7 @@ def test_student_weights_refuse_a_crafted_file(tmp_path, cli):
 
 
 def test_load_torch_file_reads_state_dicts(tmp_path):
-    from edgekit.safe_load import load_torch_file
+    from edgekit.models.checkpoint import load_torch_file
 
     path = tmp_path / "sd.pt"
     torch.save({"w": torch.ones(2), "meta": {"epoch": 3, "history": [1.0, 2.0]}}, path)
@@ -140,7 +140,7 @@ def test_distill_teacher_refuses_a_crafted_pt2(tmp_path, cli, real_pt2):
 
 
 def test_real_pt2_still_loads_and_garbage_is_one_line(tmp_path, real_pt2):
-    from edgekit.safe_load import load_exported_program
+    from edgekit.models.checkpoint import load_exported_program
 
     assert load_exported_program(real_pt2).module()(torch.randn(1, 3, 8, 8)).shape == (1, 10)
     garbage = tmp_path / "garbage.pt2"

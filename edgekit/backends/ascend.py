@@ -254,7 +254,7 @@ class AscendOnnxRunner(OrtRunner):
             return super().model_input()
         import onnx
 
-        from edgekit.quant.qdq import convert_to_fp16
+        from edgekit.graph.qdq import convert_to_fp16
 
         model = onnx.load(str(self.artifact_dir / self.manifest["model_file"]))
         converted, _ = convert_to_fp16(model, keep_io_fp32=True, fp32_ops=[])

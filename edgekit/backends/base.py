@@ -21,8 +21,8 @@ from edgekit.graph.tensors import TensorSpec as TensorSpec  # the manifest's ten
 
 if TYPE_CHECKING:
     from edgekit.graph.onnx_export import OnnxModel
-    from edgekit.models import SourceModel
-    from edgekit.quant.calibrate import CalibrationSet, Ranges
+    from edgekit.models.source import SourceModel
+    from edgekit.data.calibration import CalibrationSet, Ranges
     from edgekit.targets import Target
 
 #: ops whose second input is a weight (what int8 quantizes per channel and a Q/DQ graph holds as integers)
@@ -141,7 +141,7 @@ def run_batched(runner, x: np.ndarray | dict[str, np.ndarray], batch: int | None
     """Run a runner over many samples (the one input's array, or arrays keyed by input name), in batches of
     the artifact's fixed batch when it has one (batch None: as many as `batch_for` allows for the sample
     size)."""
-    from edgekit import io
+    from edgekit.common import io
     from edgekit.graph.onnx_export import batch_for
 
     feeds = x if isinstance(x, dict) else {runner.input_names()[0]: x}

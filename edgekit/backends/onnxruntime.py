@@ -129,7 +129,7 @@ def has_token_inputs(request: ExportRequest) -> bool:
 
 def calibration_feeds(request: ExportRequest, batch: int = 8) -> list[dict[str, np.ndarray]] | None:
     """The calibration set as batches of named feeds for the graph's inputs (None without calibration)."""
-    from edgekit.io import batches
+    from edgekit.common.io import batches
 
     cset = request.calibration
     if cset is None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgekit import schema
+from edgekit.common import schema
 from edgekit.errors import EdgekitError
-from edgekit.schema import OptionSpec
+from edgekit.common.schema import OptionSpec
 
 __all__ = ["BACKEND_OPTIONS", "OptionSpec", "help_text", "names", "specs", "validate"]
 

@@ -262,7 +262,7 @@ class TensorRTExporter(Exporter):
 
         model = onnx.load(str(out), load_external_data=False)
         if precision in ("int8", "mixed"):
-            from edgekit.quant.qdq import check_tensorrt_qdq
+            from edgekit.graph.qdq import check_tensorrt_qdq
 
             details["qdq_check"] = check_tensorrt_qdq(model)
             left = float_weights(model)
@@ -296,7 +296,7 @@ class TensorRTExporter(Exporter):
         import onnx
 
         from edgekit.graph.attention import transformer_split
-        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
+        from edgekit.graph.qdq import NO_OUTPUT_QUANTIZATION, nodes_to_fp16, weighted_nodes
 
         if request.ranges is None or request.prepared is None:
             raise EdgekitError(f"{request.precision} needs calibration ranges: give calibration data (calib=, --calib)")
@@ -349,7 +349,7 @@ class TensorRTExporter(Exporter):
     def _fp16(self, request: ExportRequest, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
         import onnx
 
-        from edgekit.quant.qdq import FP16_SENSITIVE_OPS, convert_to_fp16
+        from edgekit.graph.qdq import FP16_SENSITIVE_OPS, convert_to_fp16
 
         fp32_ops = sorted({*FP16_SENSITIVE_OPS, *opts["fp32_ops"]})
         model = onnx.load(str(request.onnx.path))
@@ -368,7 +368,7 @@ class TensorRTExporter(Exporter):
         """The model's own Q/DQ (QAT): check it against TensorRT's rules instead of re-quantizing."""
         import onnx
 
-        from edgekit.quant.qdq import check_tensorrt_qdq, fold_bias_dequantize
+        from edgekit.graph.qdq import check_tensorrt_qdq, fold_bias_dequantize
 
         if request.precision != "int8":
             raise EdgekitError(

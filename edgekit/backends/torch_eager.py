@@ -21,7 +21,7 @@ from edgekit.backends.base import Exporter, ExportRequest, ExportResult, Runner
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
-    from edgekit.models import SourceModel
+    from edgekit.models.source import SourceModel
 
 MODEL_FILE = "model.pt2"
 
@@ -29,7 +29,7 @@ MODEL_FILE = "model.pt2"
 def _find_source(request: ExportRequest, options: dict[str, Any]) -> SourceModel | None:
     """The torch model behind the request: `request.source` (set by ExportPipeline), else the exporter option
     `source` (a SourceModel, nn.Module or model spec, for library callers)."""
-    from edgekit.models import SourceModel, load_model
+    from edgekit.models.source import SourceModel, load_model
 
     if request.source is not None:
         return request.source
@@ -96,7 +96,7 @@ class TorchEagerRunner(Runner):
             with contextlib.suppress(RuntimeError):  # settable once per process, before any inter-op work
                 torch.set_num_interop_threads(1)
         path = self.artifact_dir / self.manifest["model_file"]
-        from edgekit.safe_load import load_exported_program
+        from edgekit.models.checkpoint import load_exported_program
 
         program = load_exported_program(path)  # an artifact is data: a pickle that could run code is refused
         self.module = program.module()

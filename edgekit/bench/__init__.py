@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgekit.facade import make_callable, progress_log
+from edgekit.common.facade import make_callable, progress_log
 
 
 def _path(artifact: Any) -> str | Path:
@@ -40,7 +40,7 @@ def bench(artifacts: Any, eval: Any = None, *, device: Any = "local", reference:
     """
     from edgekit.bench.harness import run_bench
     from edgekit.bench.records import BenchConfig
-    from edgekit.datasets import as_dataset
+    from edgekit.data.datasets import as_dataset
 
     items = [artifacts] if isinstance(artifacts, str | Path) or hasattr(artifacts, "manifest") else list(artifacts)
     config = BenchConfig(**settings)

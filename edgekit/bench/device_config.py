@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import schema
+from edgekit.common import schema
 from edgekit.errors import EdgekitError
-from edgekit.resources import load_toml
-from edgekit.schema import OptionSpec
+from edgekit.common.resources import load_toml
+from edgekit.common.schema import OptionSpec
 
 _TARGET = OptionSpec("target", "str", "the target profile this device is")
 _WORKDIR = OptionSpec("workdir", "str", "where a temporary working folder is made")

@@ -7,7 +7,7 @@ drift of the machine (thermal state, a neighbour's load, frequency scaling) touc
 instead of whichever happened to run last. Before its first block an artifact warms up (by count and by
 time, like benchmark_model); every block starts with one untimed inference, because the other workers ran
 in between and evicted its caches. After all blocks, each worker reports its peak memory and runs the
-evaluation inputs, and the harness compares those outputs with the FP32 reference (`edgekit.metrics`,
+evaluation inputs, and the harness compares those outputs with the FP32 reference (`edgekit.common.metrics`,
 the same definition the export check uses).
 
 The FP32 reference, in order of preference:
@@ -102,7 +102,7 @@ class EvalSet:
 
 def input_specs(manifest: dict[str, Any]) -> list[Any]:
     """The model's InputSpecs as the manifest records them (older manifests: the one input's shape)."""
-    from edgekit.io import InputSpec, image_input
+    from edgekit.common.io import InputSpec, image_input
 
     model = manifest.get("model") or {}
     if model.get("inputs"):
@@ -115,7 +115,7 @@ def _tokenizer_for(manifest: dict[str, Any]):
     source = str((manifest.get("model") or {}).get("source", ""))
     if not source.startswith("hf:"):
         return None
-    from edgekit.hf import load_tokenizer, tokenize
+    from edgekit.models.hf import load_tokenizer, tokenize
 
     tok = load_tokenizer(Path(source[3:]))
     specs = input_specs(manifest)
@@ -158,7 +158,7 @@ def _eval_data(ev: EvalSet, manifest: dict[str, Any]) -> dict[str, Any]:
     artifact was calibrated on (a weak check: quantization ranges were fitted to it)."""
     import hashlib
 
-    from edgekit.quant.calibrate import byte_view
+    from edgekit.data.calibration import byte_view
 
     cal = manifest.get("calibration") or {}
     h = hashlib.sha256(str(ev.x.shape).encode())
@@ -239,15 +239,15 @@ class Harness:
                 self.log(f"bench: {job.path}: batch {b} skipped: {why}")
 
     def _evalset(self, data, specs, what: str = "evaluation set") -> EvalSet:
-        from edgekit.quant.calibrate import checked
+        from edgekit.data.calibration import checked
 
         data = checked(data, specs, what)
         single = len(specs) == 1 and specs[0].is_float and (data.named is None or "x" in data.named)
         return EvalSet(data.x, data.y, data.source, None if single else data.named)
 
     def choose_eval_sets(self) -> None:
-        from edgekit.io import random_feeds
-        from edgekit.quant.calibrate import load_data
+        from edgekit.common.io import random_feeds
+        from edgekit.data.calibration import load_data
 
         cache: dict[tuple[str, str], Any] = {}
 
@@ -392,7 +392,7 @@ class Harness:
 
             load_artifact(self.reference_path)
             return
-        from edgekit.models import load_model
+        from edgekit.models.source import load_model
 
         spec = str(self.reference_path)
         if not spec.startswith("zoo:") and ":" not in spec and not Path(spec).suffix:
@@ -437,7 +437,7 @@ class Harness:
 
     def _source_outputs(self, job: Job) -> tuple[list[np.ndarray] | None, str]:
         from edgekit.graph.onnx_export import reference_outputs
-        from edgekit.models import load_model
+        from edgekit.models.source import load_model
 
         source = str(job.manifest["model"].get("source", ""))
         assert job.evalset is not None
@@ -487,7 +487,7 @@ class Harness:
         return self._references[key]
 
     def compare_all(self) -> None:
-        from edgekit.metrics import compare_outputs
+        from edgekit.common.metrics import compare_outputs
 
         missing: list[tuple[Job, str]] = []
         for job in self.active():
@@ -512,7 +512,7 @@ class Harness:
                 if "outputs" in cmp:
                     quality["outputs"] = cmp["outputs"]
             elif ev.y is not None:
-                from edgekit.metrics import accuracy
+                from edgekit.common.metrics import accuracy
 
                 quality["accuracy"] = accuracy(job.outputs[0], ev.y)
             if ref is None:

@@ -160,7 +160,7 @@ class BenchConfig:
     metric: str | None = None
 
     def __post_init__(self) -> None:
-        from edgekit.metrics import METRICS
+        from edgekit.common.metrics import METRICS
 
         checks = [
             (self.metric is None or self.metric in METRICS,

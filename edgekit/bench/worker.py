@@ -111,7 +111,7 @@ class Worker:
             model = self.manifest["model"]
             if model.get("inputs") and (len(model["inputs"]) > 1 or
                                         not str(model["inputs"][0].get("dtype", "")).startswith("float")):
-                from edgekit.io import InputSpec, random_feeds
+                from edgekit.common.io import InputSpec, random_feeds
 
                 specs = [InputSpec.from_json(d) for d in model["inputs"]]
                 self.inputs[batch] = random_feeds(specs, batch, seed=self.seed)

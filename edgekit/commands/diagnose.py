@@ -35,7 +35,7 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
     from edgekit.quant.diagnose import compare_backends, format_comparison, require_onnx_qdq
 
     if not _is_artifact(args.against):
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                            f"it was exported from ({_manifest(args.source)['model']['source']}), or compare it "
                            "with another backend's artifact with --against ARTIFACT")
     from edgekit.export import ExportPipeline
-    from edgekit.models import parse_input_shape
+    from edgekit.models.source import parse_input_shape
     from edgekit.quant.diagnose import format_report
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None

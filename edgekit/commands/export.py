@@ -108,8 +108,8 @@ def check_before_work(args: argparse.Namespace, targets: list) -> None:
 
 
 def print_advice(m: dict) -> None:
-    """AIPP and memory facts, then the warnings and the command the user must run next (edgekit.advice)."""
-    from edgekit.advice import next_step, warnings
+    """AIPP and memory facts, then the warnings and the command the user must run next (edgekit.export.summary)."""
+    from edgekit.export.summary import next_step, warnings
 
     aipp = (m.get("backend_details") or {}).get("aipp")
     if isinstance(aipp, dict):

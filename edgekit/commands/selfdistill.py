@@ -14,9 +14,9 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.artifact import check_destination, staging
     from edgekit.errors import EdgekitError
     from edgekit.graph.onnx_export import reference_outputs
-    from edgekit.metrics import top1_agreement
-    from edgekit.models import load_model, parse_input_shape
-    from edgekit.quant.calibrate import check_matches, load_data
+    from edgekit.common.metrics import top1_agreement
+    from edgekit.models.source import load_model, parse_input_shape
+    from edgekit.data.calibration import check_matches, load_data
     from edgekit.train import selfdistill
 
     out = Path(args.out)

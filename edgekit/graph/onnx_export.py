@@ -20,8 +20,8 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.graph.ort_session import ort_session as ort_session
 from edgekit.graph.tensors import TensorSpec
-from edgekit.io import Feeds, count, run_batched
-from edgekit.models import SourceModel
+from edgekit.common.io import Feeds, count, run_batched
+from edgekit.models.source import SourceModel
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
@@ -310,7 +310,7 @@ def _export_torchscript(src: SourceModel, path: Path, opset: int) -> str:
     outputs, every named dynamic axis (batch, sequence) kept dynamic."""
     import torch
 
-    from edgekit.io import random_feeds
+    from edgekit.common.io import random_feeds
 
     target = src.torch_callable()
     names = [s.name for s in src.inputs]
@@ -420,7 +420,7 @@ def verify_against_reference(
     atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0, random_samples: int = 8,
 ) -> dict[str, Any]:
     """Max abs error per output on random (and real) inputs; raises naming the output over tolerance."""
-    from edgekit.io import random_feeds
+    from edgekit.common.io import random_feeds
 
     sess = ort_session(onnx_path)
     out_names = [o.name for o in sess.get_outputs()]

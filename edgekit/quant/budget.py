@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.metrics import wilson
+from edgekit.common.metrics import wilson
 
 #: fraction of the calibration samples held out to check the budget when no --eval set is given
 HELD_OUT_FRACTION = 0.25
@@ -113,7 +113,7 @@ def check_labels(budget: Budget | None, labels: bool) -> None:
 
 def split_calibration(cset, seed: int = 0, held_out: int | None = None):
     """(calibration part, held-out part) of a CalibrationSet, each with its own provenance."""
-    from edgekit.quant.calibrate import CalibrationSet
+    from edgekit.data.calibration import CalibrationSet
 
     cal, held = split_held_out(cset.x, cset.y, seed, held_out=held_out)
     parts = []

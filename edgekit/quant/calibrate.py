@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.io import InputSpec, check_feeds
-from edgekit.resources import builtin_dir, load_toml
-from edgekit.schema import OptionSpec
+from edgekit.common.io import InputSpec, check_feeds
+from edgekit.common.resources import builtin_dir, load_toml
+from edgekit.common.schema import OptionSpec
 
 DEFAULT_MAX_SAMPLES = 300
 #: a calibration set smaller than this cannot estimate ranges (one sample is one image's activations)
@@ -199,7 +199,7 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
         if tokenize is None:
             raise EdgekitError(f"text data {spec} needs a model with a tokenizer (hf:DIR); for other models pass "
                                ".npz or .npy")
-        from edgekit.hf import read_text
+        from edgekit.models.hf import read_text
 
         sentences = read_text(Path(text_path))
         named = tokenize(sentences)
@@ -349,7 +349,7 @@ class Recipe:
     source: str = "--calib-option"
 
     def __post_init__(self) -> None:
-        from edgekit import schema
+        from edgekit.common import schema
 
         schema.string(self.source, "method", self.method, METHODS)
         opts = schema.table(self.source, "options", self.options)
@@ -364,7 +364,7 @@ class Recipe:
 
 def load_recipe(path: Path) -> tuple[str, dict[str, Any]]:
     """A recipe file's method and options (options not yet checked: the command line may add to them)."""
-    from edgekit import schema
+    from edgekit.common import schema
 
     where = str(path)
     recipe = load_toml(path, "calibration recipe")

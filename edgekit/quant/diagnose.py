@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.metrics import sqnr_db
+from edgekit.common.metrics import sqnr_db
 from edgekit.quant.graphs import with_outputs
 from edgekit.quant.qgraph import QuantSetup, build, build_and_evaluate, db, layer_names, run_session, session
 
@@ -70,7 +70,7 @@ def layer_tensors(prepared) -> dict[str, dict[str, Any]]:
 
 
 def layer_names_of(model) -> list[str]:
-    from edgekit.quant.qdq import weighted_nodes
+    from edgekit.graph.qdq import weighted_nodes
 
     return weighted_nodes(model)
 

@@ -89,7 +89,7 @@ def quantize_embeddings_int8(model, min_elements: int = MIN_TABLE_ELEMENTS) -> l
         model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes_name))
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    from edgekit.quant.qdq import prune_initializers
+    from edgekit.graph.qdq import prune_initializers
 
     prune_initializers(model)
     return records

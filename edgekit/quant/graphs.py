@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit.backends.base import WEIGHTED_OPS
 from edgekit.errors import EdgekitError
-from edgekit.quant.qdq import attr, prune_initializers
+from edgekit.graph.qdq import attr, prune_initializers
 
 __all__ = ["WEIGHTED_OPS", "attr", "dequantize", "drop_unread_qdq", "float_inputs", "fold_float_output_weights",
            "topological_sort", "with_outputs"]

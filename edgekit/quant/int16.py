@@ -30,7 +30,7 @@ def overrides(prepared, layers: Sequence[str], per_channel: bool = True) -> dict
     (measured: every channel then had the error of the largest one)."""
     from onnxruntime.quantization import QuantType
 
-    from edgekit.quant.qdq import output_channel_axis
+    from edgekit.graph.qdq import output_channel_axis
 
     wanted = set(layers)
     ranks = {t.name: len(t.dims) for t in prepared.graph.initializer}
@@ -143,7 +143,7 @@ def weight_sqnr(prepared_path, per_channel: bool = True) -> dict[str, float]:
     import onnx
     from onnx import numpy_helper
 
-    from edgekit.quant.qdq import output_channel_axis, weighted_nodes
+    from edgekit.graph.qdq import output_channel_axis, weighted_nodes
 
     model = onnx.load(str(prepared_path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}

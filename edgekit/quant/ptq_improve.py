@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.quant.qdq import attr
+from edgekit.graph.qdq import attr
 
 TECHNIQUES = ("equalize", "range-choice", "bias-correction")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
@@ -127,7 +127,7 @@ def _fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool, qtype: str
 def choose_ranges(prepared: Path, cal, candidates: dict[str, Any], options: dict[str, Any],
                   workdir: Path) -> tuple[Any, dict[str, Any]]:
     """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values."""
-    from edgekit.quant.calibrate import Ranges
+    from edgekit.data.calibration import Ranges
     from edgekit.quant.graphs import with_outputs
     from edgekit.quant.qgraph import run_session, session
 

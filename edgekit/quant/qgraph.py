@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.metrics import sqnr_db, top1_agreement
+from edgekit.common.metrics import sqnr_db, top1_agreement
 from edgekit.quant.graphs import float_inputs, fold_float_output_weights, private_input_dequantize
 
 
@@ -25,7 +25,7 @@ class QuantSetup:
 
     backend: str  # onnxruntime | tensorrt
     prepared: Path  # the quantization-ready FP32 graph (ranges are keyed on it)
-    ranges: Any  # edgekit.quant.calibrate.Ranges
+    ranges: Any  # edgekit.data.calibration.Ranges
     options: dict[str, Any]  # the target's backend options
     held_x: np.ndarray
     reference: np.ndarray  # FP32 outputs on held_x
@@ -52,7 +52,7 @@ def layer_names(prepared: Path) -> list[str]:
     """The candidate layers: weighted nodes (Conv/ConvTranspose/Gemm/MatMul with constant weights), graph order."""
     import onnx
 
-    from edgekit.quant.qdq import weighted_nodes
+    from edgekit.graph.qdq import weighted_nodes
 
     return weighted_nodes(onnx.load(str(prepared), load_external_data=False))
 
@@ -78,7 +78,7 @@ def build(setup: QuantSetup, kept: Sequence[str], dest: Path, int16: Sequence[st
                            f"{', '.join(setup.spec.layer_fallback) or 'none'})")
     if setup.spec.qdq_style == "tensorrt":
         from edgekit.backends.tensorrt import TRT_QUANT_FORMAT
-        from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION
+        from edgekit.graph.qdq import NO_OUTPUT_QUANTIZATION
 
         fmt = {**TRT_QUANT_FORMAT, "per_channel": bool(setup.options.get("per_channel", True))}
         extra = {"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": NO_OUTPUT_QUANTIZATION}
@@ -114,7 +114,7 @@ def build(setup: QuantSetup, kept: Sequence[str], dest: Path, int16: Sequence[st
         restored = float_inputs(model, prepared, kept)
         folded: list[str] = []
         if setup.spec.qdq_style == "tensorrt":
-            from edgekit.quant.qdq import nodes_to_fp16
+            from edgekit.graph.qdq import nodes_to_fp16
 
             model = nodes_to_fp16(model, kept)
         else:

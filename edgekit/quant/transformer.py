@@ -352,7 +352,7 @@ def tensorrt_qdq(src: Path, dest: Path, calib_feeds: Iterable[dict[str, np.ndarr
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgekit.quant.qdq import NO_OUTPUT_QUANTIZATION, check_tensorrt_qdq, nodes_to_fp16
+    from edgekit.graph.qdq import NO_OUTPUT_QUANTIZATION, check_tensorrt_qdq, nodes_to_fp16
 
     src, dest = Path(src), Path(dest)
     feeds = list(calib_feeds)

@@ -25,7 +25,7 @@ int8 kernels fast; TensorRT needs int8 symmetric), so pick it for the target:
   with (x86-server-cpu and other ONNX Runtime CPU targets). TensorRT refuses it (uint8, non-zero zero points).
 - `tensorrt`: int8 *symmetric* per-tensor activations (zero point 0) and int8 symmetric per-channel weights on
   the output-channel axis, float biases: TensorRT's explicit-quantization rules (Jetson, T4 and the other
-  tensorrt targets; edgekit.quant.qdq checks them at export). The range is ONNX's int8 range (-128, 127), so the
+  tensorrt targets; edgekit.graph.qdq checks them at export). The range is ONNX's int8 range (-128, 127), so the
   fake quantization trained here rounds and clamps exactly as the exported QuantizeLinear does. ONNX Runtime
   runs this graph too (x86-server-cpu int8 exports it), but its x86 kernels are slower with int8 than
   with uint8 activations: train with `x86` for an ONNX Runtime CPU target.
@@ -371,6 +371,6 @@ def save_program(converted, example, path: Path | str) -> Path:
 def save_onnx(converted, input_shape: tuple[int, ...], path: Path | str, real_inputs=None):
     """The verified Q/DQ ONNX (metadata edgekit.quantization = qat), via edgekit's own ONNX export."""
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models import load_model
+    from edgekit.models.source import load_model
 
     return export_to_onnx(load_model(converted, input_shape), Path(path), real_inputs=real_inputs)

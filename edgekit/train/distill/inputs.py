@@ -54,7 +54,7 @@ class FrozenProgram(nn.Module):
 
 
 def _call_factory(spec: str) -> nn.Module:
-    from edgekit.models import call_factory
+    from edgekit.models.source import call_factory
 
     return call_factory(spec)
 
@@ -71,7 +71,7 @@ def load_teacher(spec: str) -> nn.Module:
         path = Path(spec)
         if not path.is_file():
             raise EdgekitError(f"teacher file not found: {path}")
-        from edgekit.models import load_pt2  # safe loading, Q/DQ ops registered, torch's logs quiet
+        from edgekit.models.source import load_pt2  # safe loading, Q/DQ ops registered, torch's logs quiet
 
         return FrozenProgram(load_pt2(path).module())
     if ":" in spec:
@@ -97,7 +97,7 @@ def load_weights(model: nn.Module, path: str | Path, role: str) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"{role} weights not found: {path}")
-    from edgekit.safe_load import load_torch_file
+    from edgekit.models.checkpoint import load_torch_file
 
     state = load_torch_file(path, f"{role} weights")
     if isinstance(state, dict) and "student" in state and "fingerprint" in state:  # a trainer checkpoint
@@ -138,7 +138,7 @@ def resolve_pair(teacher: str | None, student: str | None, pair: str | None, *, 
 
 def load_datasets(data: str | None, eval_data: str | None, zoo_default: bool) -> tuple[Data, Data, str]:
     """(train, eval, note). Without --eval, zoo data evaluates on the held-out split; other data on itself."""
-    from edgekit.quant.calibrate import load_data
+    from edgekit.data.calibration import load_data
 
     if data is None:
         if not zoo_default:

@@ -443,7 +443,7 @@ def save_text_checkpoint(path: Path, fingerprint: dict[str, Any], epoch: int, st
 def load_text_checkpoint(path: Path, fingerprint: dict[str, Any], step_module: nn.Module, opt, sched,
                          sampler: ScheduledSampler | None, result: TextFitResult) -> int:
     """Restore a checkpoint written by `save_text_checkpoint`; the epoch it was written after."""
-    from edgekit.safe_load import load_torch_file
+    from edgekit.models.checkpoint import load_torch_file
 
     state = load_torch_file(path, "training checkpoint")  # weights_only: a checkpoint is data, never code
     if not isinstance(state, dict) or state.get("version") != TEXT_CHECKPOINT_VERSION or state.get("kind") != "text":

@@ -64,7 +64,7 @@ def load_hf_teacher(spec: str | Path) -> tuple[nn.Module, Any]:
 
 def read_sentences(path: str | Path, what: str = "data") -> list[str]:
     """One sentence per line; blank lines skipped; duplicates kept (scoring removes them)."""
-    from edgekit.hf import read_text
+    from edgekit.models.hf import read_text
 
     return read_text(Path(path), what, at_least=2)
 

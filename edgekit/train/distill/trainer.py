@@ -523,7 +523,7 @@ class Trainer:
     def _load_checkpoint(self, path: Path, fingerprint: dict[str, Any], opt, sched, scaler,
                          result: TrainResult) -> int:
         assert self.loss is not None
-        from edgekit.safe_load import load_torch_file
+        from edgekit.models.checkpoint import load_torch_file
 
         state = load_torch_file(path, "training checkpoint")  # weights_only: a checkpoint is data, never code
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
