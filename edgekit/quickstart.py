@@ -59,7 +59,7 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
-def _select_targets(wanted: Sequence[str] | None):
+def select_targets(wanted: Sequence[str] | None):
     from edgekit.targets import list_targets, load_target
 
     if wanted is None:
@@ -141,7 +141,7 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
             log(f"  export {i}/{len(jobs)}: {name}")
             art = pipeline.export(target, precision, calib="zoo:digits", eval_data="zoo:digits:test",
                                   out=arts_dir / name)
-            rows.append(_row(art, name, "distilled student"))
+            rows.append(artifact_row(art, name, "distilled student"))
             if precision == "fp32" and not registry.get_spec(target.backend).device_runtime:  # runs here natively
                 references.append((target.device_class != "cpu", target.name, art.path))
     # the QAT student goes to an ONNX Runtime CPU target, the runtime its uint8-activation Q/DQ was made for
@@ -153,35 +153,44 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
         log(f"  export: {name} (the QAT student's own Q/DQ ranges, no post-training calibration)")
         with ExportPipeline(str(qat_onnx), log=log) as pipeline:
             art = pipeline.export(qat_target, "int8", eval_data="zoo:digits:test", out=arts_dir / name)
-        rows.append(_row(art, name, "QAT student"))
+        rows.append(artifact_row(art, name, "QAT student"))
     return rows, skipped, (min(references)[2] if references else None)
 
 
-def _row(art, name: str, model: str) -> dict[str, Any]:
+def artifact_row(art, name: str, model: str, path: str | None = None) -> dict[str, Any]:
+    """One report row from an artifact's manifest: where it is, what it is, what verification measured."""
     m = art.manifest
     v = m["verification"]
     return {
-        "artifact": f"artifacts/{name}", "model": model, "target": m["target"], "backend": m["backend"],
+        "artifact": path or f"artifacts/{name}", "model": model, "target": m["target"], "backend": m["backend"],
         "precision": m["precision"], "calibration": (m.get("calibration") or {}).get("method"),
-        "bytes": sum(f["bytes"] for f in m["files"].values()), "agreement": v["agreement"],
+        "bytes": sum(f["bytes"] for f in m["files"].values()), "agreement": v.get("agreement"),
         "accuracy": v.get("accuracy"), "accuracy_drop": v.get("accuracy_drop"), "sqnr_db": v.get("sqnr_db"),
+        "cosine": v.get("cosine"),
     }
 
 
 def _bench(stage_dir: Path, reference: Path | None, config: QuickstartConfig,
            log: Callable[[str], None]) -> list[dict[str, Any]]:
+    arts = sorted(p for p in (stage_dir / "artifacts").iterdir() if p.is_dir())
+    log(f"[5/{STAGES}] bench: {len(arts)} artifacts, each in its own process, interleaved "
+        f"({config.bench_rounds} rounds of >= {config.bench_iters} runs; `edgekit bench` measures longer)")
+    return bench_artifacts(stage_dir, arts, reference, "zoo:digits:test", config, log)
+
+
+def bench_artifacts(stage_dir: Path, arts: Sequence[Path], reference: Path | None, eval_data: Any, config: Any,
+                    log: Callable[[str], None], extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Bench `arts` (interleaved, each in its own process) and write bench.json/.csv/.png into `stage_dir`
+    with paths relative to it; `extra` records (measured apart) are written with them."""
     from edgekit.bench import report
     from edgekit.bench.harness import run_bench
     from edgekit.bench.records import BenchConfig
 
-    arts = sorted(p for p in (stage_dir / "artifacts").iterdir() if p.is_dir())
-    log(f"[5/{STAGES}] bench: {len(arts)} artifacts, each in its own process, interleaved "
-        f"({config.bench_rounds} rounds of >= {config.bench_iters} runs; `edgekit bench` measures longer)")
     bench_config = BenchConfig(warmup=1, warmup_seconds=0.1, iters=config.bench_iters, min_seconds=0.2,
                                max_seconds=config.bench_max_seconds, rounds=config.bench_rounds)
-    result = run_bench(arts, bench_config, eval_data="zoo:digits:test", reference=reference,
+    result = run_bench(arts, bench_config, eval_data=eval_data, reference=reference,
                        progress=config.progress, log=log)
-    records = [_relative(r, f"{stage_dir}/") for r in result.records]  # paths as they will be: relative
+    records = [_relative(r, f"{stage_dir}/") for r in [*result.records, *extra]]  # relative paths
     report.write_json(records, stage_dir / "bench.json")
     report.write_csv(records, stage_dir / "bench.csv")
     try:
@@ -207,11 +216,17 @@ def _relative(value: Any, prefix: str) -> Any:
 
 def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Callable[[str], None]
                ) -> list[dict[str, Any]]:
+    log(f"[6/{STAGES}] recommend: the decision tree, checked against the measurements")
+    return recommend_measured(records, config, log)
+
+
+def recommend_measured(records: list[dict[str, Any]], config: Any, log: Callable[[str], None],
+                       **options: Any) -> list[dict[str, Any]]:
+    """A recommendation per `config.recommend_for` target, checked against the records measured for it."""
     from edgekit.backends import registry
     from edgekit.recommend import recommend
     from edgekit.targets import load_target
 
-    log(f"[6/{STAGES}] recommend: the decision tree, checked against the measurements")
     out = []
     for name, priority in config.recommend_for:
         try:
@@ -223,7 +238,7 @@ def _recommend(records: list[dict[str, Any]], config: QuickstartConfig, log: Cal
                  and r.get("status") == "ok"]
         # everything here is measured on this host; for a GPU/NPU/phone target that is a proxy, and says so
         rec = recommend(target, priority=priority, results=measured + eager if measured else None,
-                        source="quickstart bench", allow_proxy=True)
+                        source="quickstart bench", allow_proxy=True, **(options if measured else {}))
         proxy = bool(rec.judgement and rec.judgement.proxy)
         if proxy:
             log(f"recommend {name}: measured on this host, not on a {target.device_class} device like {name}: "
@@ -289,7 +304,7 @@ def run_quickstart(out: str | Path, *, force: bool = False, config: QuickstartCo
 
     config = config or QuickstartConfig()
     out = Path(out)
-    targets = _select_targets(config.targets)  # bad names fail before any training
+    targets = select_targets(config.targets)  # bad names fail before any training
     started = time.monotonic()
     with staging(out, force) as stage:
         trained = _train_stages(stage, config, log)

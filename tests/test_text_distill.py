@@ -116,3 +116,126 @@ def test_student_of_the_teachers_shape_starts_as_the_teacher(textdir):
         got = embed(student.model, ids, tok.pad_token_id, vocab_map=student.vocab_map)
         assert torch.allclose(got, expected, atol=1e-5), vocab
     assert len(student.tokens) < len(tok.get_vocab())  # trimmed to the sentences' tokens + single characters
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_text_resume_continues_the_schedule_with_identical_weights(textdir, tmp_path):
+    """Stopping a 3-epoch text run after epoch 2 and resuming from its checkpoint ends with the weights of the
+    uninterrupted run: scored sampling (its difficulties), dropout RNG, optimiser and LR schedule all saved."""
+    from edgekit.errors import EdgekitError
+    from edgekit.models.checkpoint import load_torch_file
+    from edgekit.train.distill.student import parse_student_config
+    from edgekit.train.distill.text import TextDistillConfig, fit_text
+    from edgekit.train.distill.text_stage import load_hf_teacher, prepare
+    from edgekit.train.distill.trainer import TrainConfig, state_digest
+
+    teacher, tok = load_hf_teacher(f"hf:{textdir / 'teacher'}")
+    setup = prepare(teacher, tok, everyday_sentences()[:48], parse_student_config(STUDENT),
+                    TextDistillConfig(sampling="scored"), seed=3)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(stop: int | None = None, resume: bool = False, epochs: int = 3):
+        import copy
+
+        student = copy.deepcopy(setup.student)
+        train = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=3, progress=False, grad_clip=1.0,
+                            checkpoint=ckpt if stop or resume else None, resume=resume)
+
+        def hook(epoch: int) -> None:
+            if stop is not None and epoch == stop:
+                raise _Stop
+
+        try:
+            result = fit_text(student, setup.data, setup.config, train, on_epoch=hook)
+        except _Stop:
+            result = None
+        return student, result
+
+    a, ra = run()
+    run(stop=2)
+    state = load_torch_file(ckpt, "checkpoint")  # weights_only
+    assert state["epoch"] == 2 and state["difficulty"] is not None
+    b, rb = run(resume=True)
+    assert rb.resumed_from_epoch == 2 and [h["epoch"] for h in rb.history] == [1, 2, 3]
+    assert state_digest(b.model) == state_digest(a.model)
+    assert rb.history[-1]["loss"] == pytest.approx(ra.history[-1]["loss"], rel=1e-6)
+    with pytest.raises(EdgekitError, match=r"epochs=3.*epochs=4"):
+        run(resume=True, epochs=4)
+
+
+def test_cli_text_resume_and_default_preset(cli, textdir):
+    """`edgekit distill --teacher hf:DIR --data ...` needs no student config (the `eighth` preset), refuses to
+    overwrite its checkpoint silently, and --resume continues it."""
+    out = textdir / "resume"
+    teacher = save_tiny_bert(textdir / "teacher4", everyday_sentences()[:60], hidden=128, layers=4, heads=4,
+                             intermediate=512)  # big enough for a 1/8 student of the teacher's kind
+    base = ["distill", "--teacher", f"hf:{teacher}", "--data", textdir / "train.txt",
+            "--epochs", "1", "--batch-size", "16", "--out", out]
+    r = cli(*base)
+    assert r.rc == 0, r.err[-2000:]
+    first = json.loads((out / "report.json").read_text())
+    assert first["student_params"] <= first["teacher_params"] / 8 and first["resumed_from_epoch"] == 0
+    assert (out / "checkpoint.pt").is_file()
+    again = cli(*base)
+    assert again.rc == 2 and "--resume" in again.err
+    r = cli(*base, "--resume")
+    assert r.rc == 0, r.err[-2000:]
+    second = json.loads((out / "report.json").read_text())
+    assert second["resumed_from_epoch"] == 1 and second["cosine_mean"] == pytest.approx(first["cosine_mean"])
+
+
+def test_bucketed_batches_see_every_sample_once_per_pass_with_less_padding():
+    from edgekit.train.distill.data_score import bucketed_batches, uniform_batches
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 64, (1000,), generator=gen)
+    steps = 1000 // 20
+    buckets = bucketed_batches(lengths, 20, seed=1, epoch=0, steps=steps, window=10)
+    assert sorted(torch.cat(buckets).tolist()) == list(range(1000))  # one pass: each sample exactly once
+    assert buckets[0].tolist() != bucketed_batches(lengths, 20, seed=1, epoch=1, steps=steps)[0].tolist()
+
+    def padded(batches):
+        return sum(int(lengths[b].max()) * len(b) for b in batches)
+
+    assert padded(buckets) < 0.75 * padded(uniform_batches(1000, 20, seed=1, epoch=0, steps=steps))
+
+
+def test_eighth_preset_fits_an_eighth_of_a_minilm_shaped_teacher():
+    """The preset for all-MiniLM-L6-v2's shape (random weights): at most 1/8 of its parameters, embeddings
+    counted, at the teacher's width so every kept weight starts as the teacher's."""
+    from transformers import BertConfig, BertModel
+
+    from edgekit.errors import EdgekitError
+    from edgekit.train.distill.student import build_student, parse_student_config, resolve_preset
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512)
+    teacher = BertModel(config, add_pooling_layer=False).eval()
+    text = resolve_preset("eighth", teacher)
+    spec = parse_student_config(text)
+    assert (spec.layers, spec.hidden, spec.heads, spec.vocab) == (2, 384, 12, "3000")
+    vocab = {f"[unused{i}]": i for i in range(30522)}
+    for i, t in enumerate(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")):
+        vocab.pop(f"[unused{i}]")
+        vocab[t] = i
+    ids = [[i % 30000 + 5 for i in range(k, k + 40)] for k in range(0, 6000, 40)]  # 6000 distinct tokens used
+    student = build_student(teacher, vocab, spec, ids)
+    total = sum(p.numel() for p in teacher.parameters())
+    assert student.params() <= total / 8 and student.params() > 0.9 * total / 8
+    assert resolve_preset("layers=1,hidden=16,heads=2", teacher) == "layers=1,hidden=16,heads=2"
+    with pytest.raises(EdgekitError, match=r"unknown student preset 'tenth'.*eighth"):
+        resolve_preset("tenth", teacher)
+
+
+def test_corpus_cache_gives_the_same_corpus_and_unknown_sources_fail(tmp_path):
+    from edgekit.errors import EdgekitError
+
+    first = build_corpus(max_train=200, max_heldout=20, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("corpus-*.json"))) == 1
+    again = build_corpus(max_train=200, max_heldout=20, cache_dir=tmp_path)
+    assert (again.train, again.heldout, again.stats) == (first.train, first.heldout, first.stats)
+    with pytest.raises(EdgekitError, match="unknown corpus source"):
+        build_corpus(sources=("stdlib", "internet"), cache_dir=tmp_path)

@@ -212,6 +212,28 @@ def uniform_batches(n: int, batch_size: int, seed: int, epoch: int, steps: int) 
     return out
 
 
+def bucketed_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int, steps: int,
+                     window: int = 50) -> list[torch.Tensor]:
+    """Uniform sampling with little padding: a seeded permutation per epoch, cut into windows of `window`
+    batches, each window sorted by length and cut into batches, the batches then shuffled. Every sample is
+    still seen once per pass; a padded batch of similar lengths costs about half a random one's time on
+    sentences of 5-64 tokens."""
+    n = len(lengths)
+    b = min(batch_size, n)
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    out: list[torch.Tensor] = []
+    while len(out) < steps:
+        order = torch.randperm(n, generator=gen)
+        chunk: list[torch.Tensor] = []
+        for w in range(0, n, window * b):
+            part = order[w : w + window * b]
+            part = part[lengths[part].argsort(stable=True)]
+            chunk += [part[i : i + b] for i in range(0, len(part), b)]
+        chunk = [c if len(c) == b else torch.cat([c, order[: b - len(c)]]) for c in chunk]
+        out += [chunk[i] for i in torch.randperm(len(chunk), generator=gen).tolist()]
+    return out[:steps]
+
+
 # -- classifiers (CNN students) ---------------------------------------------------------------------------------
 @torch.no_grad()
 def score_classifier_data(teacher: torch.nn.Module, x: torch.Tensor, seed: int = 0, sigma: float = 0.05,

@@ -23,10 +23,12 @@ loss's projections together, and the frozen teacher's outputs computed once.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import EdgekitError
-from edgekit.train.distill.data_score import DataScores, ScheduledSampler, uniform_batches
+from edgekit.train.distill.data_score import DataScores, ScheduledSampler, bucketed_batches, uniform_batches
 from edgekit.train.distill.layer_map import LayerMap, layer_map
 from edgekit.train.distill.schedules import (
     AlphaSpec,
@@ -75,6 +77,7 @@ class TextDistillConfig:
     output_only: bool = False
     max_length: int = 64
     sampling: str = "uniform"
+    bucket: bool = True  # uniform sampling in batches of similar length (less padding, same data per pass)
 
     def __post_init__(self) -> None:
         if not isinstance(self.alpha, ConstantAlpha | LinearAlpha):
@@ -99,7 +102,7 @@ class TextDistillConfig:
                 "attention_weight": self.attention_weight, "attention_loss": self.attention_loss,
                 "output_loss": self.output_loss, "alpha": self.alpha.describe(),
                 "temperature": self.temperature.describe(), "output_only": self.output_only,
-                "max_length": self.max_length, "sampling": self.sampling}
+                "max_length": self.max_length, "sampling": self.sampling, "bucket": self.bucket}
 
 
 # -- data and the teacher's targets ----------------------------------------------------------------------------
@@ -143,10 +146,20 @@ class TeacherTargets:
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, ids: list[list[int]], lmap: LayerMap, student_heads: int,
-                    pad_id: int, batch_size: int = 64, progress: Callable[[int], None] | None = None) -> TeacherTargets:
+                    pad_id: int, batch_size: int = 64, progress: Callable[[int], None] | None = None,
+                    layers: bool = True, embedding: torch.Tensor | None = None) -> TeacherTargets:
     """Run the teacher once over all sentences (length-sorted batches: little padding) and keep what the
-    loss needs; teacher heads are averaged down to the student's head count here, once."""
+    loss needs; teacher heads are averaged down to the student's head count here, once.
+
+    `layers=False` keeps only the pooled embeddings (what output-only distillation needs): a float per
+    width per sentence instead of per token and per attention cell, so tens of thousands of sentences fit
+    in memory, and the teacher runs without returning its maps. `embedding` (N, width), when given (a cache
+    of an earlier run), skips the teacher entirely in that case."""
     teacher.eval()
+    if not layers:
+        if embedding is None:
+            embedding = embed(teacher, ids, pad_id, batch_size, teacher=True, sort=True, progress=progress)
+        return TeacherTargets(embedding.float(), [], [], lmap, student_heads)
     n = len(ids)
     order = sorted(range(n), key=lambda i: len(ids[i]))
     emb = torch.zeros(n, teacher.config.hidden_size)
@@ -272,6 +285,7 @@ class TextFitResult:
     world_size: int = 1
     steps: int = 0
     data: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
 
 
 @dataclass
@@ -286,8 +300,11 @@ class TextData:
 
 def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, train: TrainConfig,
              evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-             log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None) -> TextFitResult:
-    """Train `student.model` in place. `steps_per_epoch` defaults to one pass over the (kept) data."""
+             log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None,
+             on_epoch: Callable[[int], None] | None = None) -> TextFitResult:
+    """Train `student.model` in place. `steps_per_epoch` defaults to one pass over the (kept) data.
+    With `train.checkpoint` set, a checkpoint is written after every epoch (`train.resume` continues from
+    it); `on_epoch(epoch)` runs after that (tests use it to stop a run as an interruption would)."""
     log = log or (lambda _m: None)
     rank, world = init_distributed()
     main = is_main_process()
@@ -321,13 +338,26 @@ def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, tr
         opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps)))
 
     result = TextFitResult(world_size=world, steps=total_steps)
+    ckpt = Path(train.checkpoint) if train.checkpoint is not None else None
+    fingerprint = {"config": json.dumps(config.describe(), sort_keys=True, default=str), "epochs": train.epochs,
+                   "batch_size": train.batch_size, "lr": train.lr, "seed": train.seed, "steps_per_epoch": steps,
+                   "samples": n, "world_size": world, "student_params": student.params()}
+    start_epoch = 0
+    if train.resume and ckpt is not None and ckpt.is_file():
+        start_epoch = load_text_checkpoint(ckpt, fingerprint, step_module, opt, sched, sampler, result)
+        result.resumed_from_epoch = start_epoch
+        log(f"resumed from {ckpt} after epoch {start_epoch}/{train.epochs}")
+    lengths = torch.tensor([len(data.ids[i]) for i in positions.tolist()])
     t_start = time.perf_counter()
-    for epoch in range(train.epochs):
+    for epoch in range(start_epoch, train.epochs):
         t_epoch = time.perf_counter()
         model.train()
         if sampler is not None:
             local = sampler.epoch_batches(epoch, train.epochs, steps)
             batches = [sampler.scores.kept[b] for b in local]
+        elif config.bucket:
+            batches = bucketed_batches(lengths, global_batch, train.seed, epoch, steps)
+            local = batches
         else:
             batches = uniform_batches(n, global_batch, train.seed, epoch, steps)
             local = batches
@@ -377,22 +407,81 @@ def fit_text(student: TextStudent, data: TextData, config: TextDistillConfig, tr
             log(f"{train.desc} epoch {epoch + 1}/{train.epochs}: "
                 + ", ".join(f"{k} {record[k]:.4f}" for k in ("loss", "output", "hidden", "attention",
                                                               "heldout_cosine") if k in record))
+        if ckpt is not None and main:
+            save_text_checkpoint(ckpt, fingerprint, epoch + 1, step_module, opt, sched, sampler, result)
         barrier()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     model.eval()
     result.seconds = time.perf_counter() - t_start
     return result
 
 
+TEXT_CHECKPOINT_VERSION = 1
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") and isinstance(module.module, _TextStep) else module
+
+
+def save_text_checkpoint(path: Path, fingerprint: dict[str, Any], epoch: int, step_module: nn.Module, opt, sched,
+                         sampler: ScheduledSampler | None, result: TextFitResult) -> None:
+    """Everything a resumed run needs to continue the same schedule bit for bit: student and projection
+    weights, optimiser and LR schedule, the global RNG (dropout), the sampler's difficulties, the history.
+    Only tensors, numbers and strings: loadable with weights_only=True."""
+    state = {"version": TEXT_CHECKPOINT_VERSION, "kind": "text", "epoch": epoch, "fingerprint": fingerprint,
+             "step": _unwrap(step_module).state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+             "difficulty": sampler.difficulty.clone() if sampler is not None else None,
+             "history": json.loads(json.dumps(result.history))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a run killed while saving leaves the previous checkpoint intact
+
+
+def load_text_checkpoint(path: Path, fingerprint: dict[str, Any], step_module: nn.Module, opt, sched,
+                         sampler: ScheduledSampler | None, result: TextFitResult) -> int:
+    """Restore a checkpoint written by `save_text_checkpoint`; the epoch it was written after."""
+    from edgekit.models.checkpoint import load_torch_file
+
+    state = load_torch_file(path, "training checkpoint")  # weights_only: a checkpoint is data, never code
+    if not isinstance(state, dict) or state.get("version") != TEXT_CHECKPOINT_VERSION or state.get("kind") != "text":
+        raise EdgekitError(f"{path} is not an edgekit text-distillation checkpoint (version "
+                           f"{TEXT_CHECKPOINT_VERSION}); start over without --resume")
+    saved = state["fingerprint"]
+    diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diff:
+        was = ", ".join(f"{k}={saved.get(k)}" for k in diff)
+        now = ", ".join(f"{k}={fingerprint[k]}" for k in diff)
+        raise EdgekitError(f"checkpoint {path} was written with {was}, this run asks for {now}: resume with the "
+                           "same settings, or start over without --resume")
+    try:
+        _unwrap(step_module).load_state_dict(state["step"])
+    except RuntimeError as exc:
+        raise EdgekitError(f"checkpoint {path} does not fit this student: {str(exc).splitlines()[0]}") from None
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if sampler is not None and state.get("difficulty") is not None:
+        sampler.difficulty = state["difficulty"].clone()
+    result.history = list(state["history"])
+    return int(state["epoch"])
+
+
 # -- measuring -------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def embed(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int = 64,
-          vocab_map: torch.Tensor | None = None, teacher: bool = False) -> torch.Tensor:
-    """Sentence embeddings (mean-pooled; the student's through its head) for tokenised sentences."""
+          vocab_map: torch.Tensor | None = None, teacher: bool = False, sort: bool = False,
+          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Sentence embeddings (mean-pooled; the student's through its head) for tokenised sentences.
+    `sort`: batches of similar length (results in the input order): far less padding on large sets."""
     model.eval()
     device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort else list(range(len(ids)))
     out = []
     for start in range(0, len(ids), batch_size):
-        x, m = pad(ids[start : start + batch_size], pad_id)
+        x, m = pad([ids[i] for i in order[start : start + batch_size]], pad_id)
         if vocab_map is not None:
             x = vocab_map[x]
         x, m = x.to(device), m.to(device)
@@ -400,7 +489,12 @@ def embed(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int =
             out.append(mean_pool(model(input_ids=x, attention_mask=m).last_hidden_state, m).float().cpu())
         else:
             out.append(model(x, m).float().cpu())
-    return torch.cat(out)
+        if progress is not None:
+            progress(len(x))
+    result = torch.cat(out)
+    if sort:
+        result[torch.tensor(order)] = result.clone()
+    return result
 
 
 def retrieval_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> dict[str, float]:

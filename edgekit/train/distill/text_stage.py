@@ -76,6 +76,9 @@ def student_tokenizer(student: TextStudent, like: Any = None) -> Any:
     return BertTokenizer(vocab={t: i for i, t in enumerate(student.tokens)}, do_lower_case=lower)
 
 
+LAYER_TARGET_BYTES = 2 * 2**30
+
+
 @dataclass
 class TextSetup:
     teacher: nn.Module
@@ -87,19 +90,86 @@ class TextSetup:
 
 def prepare(teacher: nn.Module, tokenizer: Any, sentences: Sequence[str], spec: StudentSpec,
             config: TextDistillConfig, seed: int = 0, score: bool = False,
-            log: Callable[[str], None] | None = None) -> TextSetup:
-    """Tokenise, build the student, run the teacher once over the data, and score it when asked."""
+            log: Callable[[str], None] | None = None, layers: bool | str | None = None,
+            cache_dir: str | Path | None = None, max_layer_bytes: int = LAYER_TARGET_BYTES) -> TextSetup:
+    """Tokenise, build the student, run the teacher once over the data, and score it when asked.
+
+    `layers` (default: unless the config is output-only) keeps the teacher's hidden states and attention
+    maps; without them only pooled embeddings are kept, which `cache_dir` caches across runs. "auto" keeps
+    them when they take at most `max_layer_bytes`, and otherwise switches the config to output-only (the
+    setup's config says which was done)."""
     log = log or (lambda _m: None)
     ids = encode(tokenizer, sentences, config.max_length)
     student = build_student(teacher, tokenizer.get_vocab(), spec, ids, seed=seed)
     lmap = build_layer_map(config, spec.layers, teacher.config.num_hidden_layers)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    log(f"teacher targets for {len(ids)} sentences (layer map {lmap.describe()})")
-    targets = teacher_targets(teacher, ids, lmap, spec.heads, pad_id)
+    if layers == "auto":
+        need = layer_target_bytes(ids, teacher, lmap, spec.heads)
+        layers = not config.output_only and need <= max_layer_bytes
+        if not layers and not config.output_only:
+            log(f"the teacher's hidden states and attention maps for {len(ids)} sentences would take "
+                f"{need / 2**30:.1f} GiB (> {max_layer_bytes / 2**30:.1f} GiB): distilling the pooled embedding "
+                "alone (--terms full keeps them anyway)")
+            config = replace(config, output_only=True)
+    layers = (not config.output_only) if layers is None else bool(layers)
+    log(f"teacher targets for {len(ids)} sentences ({'layer map ' + lmap.describe() if layers else 'embeddings only'})")
+    cached = None
+    if not layers:
+        cached = cached_teacher_embeddings(teacher, ids, pad_id, cache_dir, log)
+    targets = teacher_targets(teacher, ids, lmap, spec.heads, pad_id, layers=layers, embedding=cached)
     data = TextData(ids, targets, pad_id)
     if score or config.sampling == "scored":
         data.scores = score_text(teacher, tokenizer, ids, targets.embedding, seed)
     return TextSetup(teacher, tokenizer, student, data, config)
+
+
+def layer_target_bytes(ids: Sequence[Sequence[int]], teacher: nn.Module, lmap: Any, student_heads: int) -> int:
+    """Bytes the teacher's per-token targets take in memory (float16): hidden states of every mapped pair
+    and attention maps (student heads x tokens x tokens) of every mapped block."""
+    width = teacher.config.hidden_size
+    tokens = sum(len(x) for x in ids)
+    cells = sum(len(x) ** 2 for x in ids)
+    return 2 * (tokens * width * len(lmap.pairs) + cells * student_heads * len(lmap.blocks))
+
+
+def cached_teacher_embeddings(teacher: nn.Module, ids: list[list[int]], pad_id: int, cache_dir: str | Path | None,
+                              log: Callable[[str], None]) -> torch.Tensor:
+    """The teacher's pooled embeddings of `ids`, from `cache_dir` when an earlier run computed them for the
+    same teacher weights and token ids (the key hashes both), else computed now (and cached when a folder is
+    given). The teacher's forward pass is most of the cost of preparing tens of thousands of sentences."""
+    from edgekit.train.distill.text import embed
+
+    if cache_dir is None:
+        return embed(teacher, ids, pad_id, teacher=True, sort=True)
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().sum().numpy().tobytes())  # a fingerprint of the weights, not a copy
+    for x in ids:
+        h.update(np.asarray(x, dtype=np.int32).tobytes() + b"|")
+    path = Path(cache_dir) / f"teacher_emb_{h.hexdigest()[:24]}.npy"
+    if path.is_file():
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape[0] == len(ids):
+            log(f"teacher embeddings from the cache {path}")
+            return torch.from_numpy(arr).float()
+    done = [0]
+
+    def progress(k: int) -> None:
+        done[0] += k
+        if done[0] % 5120 < k:
+            log(f"  teacher {done[0]}/{len(ids)}")
+
+    emb = embed(teacher, ids, pad_id, teacher=True, sort=True, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, emb.numpy().astype(np.float32))
+    tmp.replace(path)
+    return emb
 
 
 def score_text(teacher: nn.Module, tokenizer: Any, ids: list[list[int]], embeddings: torch.Tensor,
@@ -166,6 +236,7 @@ def run_stage(setup: TextSetup, train: TrainConfig, heldout: Sequence[str], *, c
     result = fit_text(student, setup.data, config, train, evaluate=quick, log=log, steps_per_epoch=steps_per_epoch)
     report = {"config": config.describe(), "history": result.history, "steps": result.steps,
               "seconds": result.seconds, "world_size": result.world_size,
+              "resumed_from_epoch": result.resumed_from_epoch,
               **evaluate(setup, student.model, heldout, teacher_embeddings=t_emb)}
     return student, report
 
