@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_text_quickstart_writes_the_report_folder_with_the_students_metrics(tmp_path):
-    from edgekit.quickstart_text import TEACHER_ART, TextQuickstartConfig, run_text_quickstart
+    from edgekit.quickstart.text import TEACHER_ART, TextQuickstartConfig, run_text_quickstart
 
     teacher = save_tiny_bert(tmp_path / "teacher", everyday_sentences(), hidden=128, layers=4, heads=4,
                              intermediate=512)  # 0.9 M parameters: a 1/8 student of it is 2 blocks of width 64

@@ -11,7 +11,7 @@ from edgekit.commands import log
 def run(args: argparse.Namespace) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     if args.task == "text":
-        from edgekit.quickstart_text import TextQuickstartConfig, run_text_quickstart
+        from edgekit.quickstart.text import TextQuickstartConfig, run_text_quickstart
 
         config = TextQuickstartConfig(teacher=args.teacher, distill_seconds=args.distill_seconds,
                                       train_sentences=args.train_sentences, seed=args.seed, targets=targets,
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise EdgekitError("--teacher is for --task text (a Hugging Face encoder hf:DIR); the digits quickstart "
                            "trains its own teacher")
-    from edgekit.quickstart import QuickstartConfig, run_quickstart
+    from edgekit.quickstart.image import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(distill_epochs=args.distill_epochs, qat_epochs=args.qat_epochs, seed=args.seed,
                               targets=targets, progress=not args.no_progress)

@@ -25,7 +25,7 @@ from typing import Any
 
 from edgekit.artifact import staging
 from edgekit.errors import EdgekitError
-from edgekit.quickstart import RECOMMEND_FOR, bench_artifacts, recommend_measured, select_targets
+from edgekit.quickstart.image import RECOMMEND_FOR, bench_artifacts, recommend_measured, select_targets
 
 STAGES = 5
 TEACHER_ART = "teacher-x86-server-cpu-fp32"
@@ -151,7 +151,7 @@ def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], 
     teacher to x86-server-cpu fp32; a target that cannot take this model is listed with the reason."""
     from edgekit.backends import registry
     from edgekit.export import ExportPipeline
-    from edgekit.quickstart import artifact_row
+    from edgekit.quickstart.image import artifact_row
 
     arts = stage / "artifacts"
     calib, heldout = stage / "data" / "calibration.txt", stage / "data" / "heldout.txt"
