@@ -47,7 +47,7 @@ def main() -> None:
     import torch
 
     from edgekit.artifact import load_artifact
-    from edgekit.backends.tflite import LiteRTRunner
+    from edgekit.backends.tflite_runner import LiteRTRunner
     from edgekit.data.calibration import load_data
     from edgekit.errors import EdgekitError
     from edgekit.export import ExportPipeline

@@ -176,7 +176,7 @@ def test_large_model_int8_tflite_is_at_most_30_percent_of_fp32(user_models, user
 # -- the runner ------------------------------------------------------------------------------------------
 def test_runner_takes_nchw_float_or_raw_int8_nhwc_and_any_batch(digits):
     from edgekit.artifact import load_artifact
-    from edgekit.backends.tflite import LiteRTRunner
+    from edgekit.backends.tflite_runner import LiteRTRunner
     from edgekit.data import zoo
 
     art = load_artifact(digits["int8"])

@@ -97,7 +97,7 @@ def test_litert_runner_pads_short_sequences_and_refuses_long_ones(artifacts, tin
     import torch
 
     from edgekit.artifact import load_artifact
-    from edgekit.backends.tflite import LiteRTRunner
+    from edgekit.backends.tflite_runner import LiteRTRunner
     from edgekit.errors import EdgekitError
     from edgekit.models.hf import load
 

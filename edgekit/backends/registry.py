@@ -103,7 +103,7 @@ register_backend(
         description="TFLite on the LiteRT runtime: full-integer int8, fp16 weights, dynamic-range int8",
         precisions=("fp32", "fp16", "int8", "dynamic-int8"),
         exporter="edgekit.backends.tflite:TfliteExporter",
-        runner="edgekit.backends.tflite:LiteRTRunner",
+        runner="edgekit.backends.tflite_runner:LiteRTRunner",
         requires=(
             Requirement("tensorflow", "tensorflow", "tflite"),
             Requirement("onnx2tf", "onnx2tf", "tflite"),

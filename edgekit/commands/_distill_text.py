@@ -71,6 +71,7 @@ def run_text(args: argparse.Namespace) -> int:
         raise EdgekitError("transformer distillation needs --data sentences.txt (one sentence per line)")
 
     from edgekit.train.distill import inputs
+    from edgekit.train.distill.distributed import init_distributed, is_main_process, shutdown_distributed
     from edgekit.train.distill.student import parse_student_config, resolve_preset, save_student
     from edgekit.train.distill.text import TextDistillConfig
     from edgekit.train.distill.text_stage import (
@@ -81,7 +82,7 @@ def run_text(args: argparse.Namespace) -> int:
         same_budget,
         unk_rates,
     )
-    from edgekit.train.distill.trainer import TrainConfig, init_distributed, is_main_process, shutdown_distributed
+    from edgekit.train.distill.trainer import TrainConfig
 
     if (args.student_config or DEFAULT_STUDENT).strip() != DEFAULT_STUDENT:
         parse_student_config(resolve_preset(args.student_config, None))  # a bad config fails before any loading

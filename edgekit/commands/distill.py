@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         return run_text(args)
     resolve_defaults(args, CNN_DEFAULTS)
     from edgekit.train.distill import inputs
+    from edgekit.train.distill.distributed import init_distributed, is_main_process, shutdown_distributed
     from edgekit.train.distill.stage import distill
-    from edgekit.train.distill.trainer import init_distributed, is_main_process, shutdown_distributed
 
     pair = inputs.resolve_pair(args.teacher, args.student, args.pair, teacher_weights=args.teacher_weights,
                                student_weights=args.student_weights, seed=args.seed)
@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     sampler = None
     if args.sampling == "scored":
         from edgekit.train.distill.data_score import ClassifierSampler, score_classifier_data
-        from edgekit.train.distill.trainer import predict, world_size
+        from edgekit.train.distill.distributed import world_size
+        from edgekit.train.distill.predict import predict
 
         scores = score_classifier_data(pair.teacher, train.x, args.seed)
         sampler = ClassifierSampler(scores, train.x, predict(pair.teacher, train.x), args.batch_size * world_size(),

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgekit.commands.distill import loss_config, train_config
     from edgekit.train.distill import inputs
-    from edgekit.train.distill.trainer import init_distributed, is_main_process, shutdown_distributed
+    from edgekit.train.distill.distributed import init_distributed, is_main_process, shutdown_distributed
     from edgekit.train.prune import PruneConfig, prune
 
     config = PruneConfig(ratio=args.ratio, layers=args.layers, norm=args.norm, round_to=args.round_to,

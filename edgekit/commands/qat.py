@@ -18,8 +18,9 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.errors import EdgekitError
     from edgekit.train import qat
     from edgekit.train.distill import inputs
+    from edgekit.train.distill.distributed import init_distributed, world_size
     from edgekit.train.distill.stage import distill
-    from edgekit.train.distill.trainer import TrainConfig, init_distributed, world_size
+    from edgekit.train.distill.trainer import TrainConfig
 
     if _qat_text.is_text(args):
         return _qat_text.run_text(args, {"lr": 1e-5, "batch_size": 64})

@@ -332,8 +332,8 @@ def compare_backends(onnx_artifact: Path, onnx_manifest: dict[str, Any], tflite_
     """
     import onnx
 
-    from edgekit.backends.tflite import LiteRTRunner
     from edgekit.backends.tflite_convert import quiet
+    from edgekit.backends.tflite_runner import LiteRTRunner
 
     x = np.ascontiguousarray(x[:samples], dtype=np.float32)
     model = onnx.load(str(onnx_artifact / onnx_manifest["model_file"]), load_external_data=False)

@@ -34,12 +34,10 @@ HOST_NOTE = ("Every artifact ran here, on this machine's CPU, whatever device it
 
 
 @dataclass(frozen=True)
-class QuickstartConfig:
-    """How much work each stage does. The defaults finish in a few minutes on 2 CPU cores; the training
-    lengths are those `edgekit distill` and `edgekit qat` default to on the digits pair."""
+class StageSettings:
+    """What every quickstart shares: the seed, the targets, how long the benchmark measures, and which
+    targets get a recommendation."""
 
-    distill_epochs: int = 20
-    qat_epochs: int = 3
     seed: int = 0
     targets: tuple[str, ...] | None = None  # None: every target whose runtime is installed
     bench_iters: int = 20
@@ -48,11 +46,23 @@ class QuickstartConfig:
     recommend_for: tuple[tuple[str, str], ...] = field(default=RECOMMEND_FOR)
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("distill_epochs", "qat_epochs", "bench_iters", "bench_rounds"):
+    def require_at_least_one(self, *names: str) -> None:
+        for name in ("bench_iters", "bench_rounds", *names):
             if getattr(self, name) < 1:
                 raise EdgekitError(f"quickstart: {name.replace('_', '-')} must be at least 1 "
                                    f"(got {getattr(self, name)})")
+
+
+@dataclass(frozen=True)
+class QuickstartConfig(StageSettings):
+    """How much work each stage does. The defaults finish in a few minutes on 2 CPU cores; the training
+    lengths are those `edgekit distill` and `edgekit qat` default to on the digits pair."""
+
+    distill_epochs: int = 20
+    qat_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        self.require_at_least_one("distill_epochs", "qat_epochs")
 
 
 def _pct(v: float | None) -> str:

@@ -19,13 +19,13 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import staging
 from edgekit.errors import EdgekitError
-from edgekit.quickstart.image import RECOMMEND_FOR, bench_artifacts, recommend_measured, select_targets
+from edgekit.quickstart.image import StageSettings, bench_artifacts, recommend_measured, select_targets
 
 STAGES = 5
 TEACHER_ART = "teacher-x86-server-cpu-fp32"
@@ -38,7 +38,7 @@ HOST_NOTE = ("Every artifact ran here, on this machine's CPU, batch 1, one sente
 
 
 @dataclass(frozen=True)
-class TextQuickstartConfig:
+class TextQuickstartConfig(StageSettings):
     """How much work each stage does; the defaults finish within 15 minutes on 2 loaded CPU cores."""
 
     teacher: str | None = None  # hf:DIR; None: the real all-MiniLM-L6-v2 of the `real-models` extra
@@ -47,19 +47,9 @@ class TextQuickstartConfig:
     heldout_sentences: int = 200
     sources: tuple[str, ...] = ("stdlib", "site-packages")
     distill_seconds: float = 240.0
-    seed: int = 0
-    targets: tuple[str, ...] | None = None  # None: every target whose runtime is installed
-    bench_iters: int = 20
-    bench_rounds: int = 2
-    bench_max_seconds: float = 5.0
-    recommend_for: tuple[tuple[str, str], ...] = field(default=RECOMMEND_FOR)
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("train_sentences", "heldout_sentences", "bench_iters", "bench_rounds"):
-            if getattr(self, name) < 1:
-                raise EdgekitError(f"quickstart: {name.replace('_', '-')} must be at least 1 "
-                                   f"(got {getattr(self, name)})")
+        self.require_at_least_one("train_sentences", "heldout_sentences")
         if not self.distill_seconds > 0:
             raise EdgekitError(f"quickstart: distill-seconds must be > 0 (got {self.distill_seconds})")
 

@@ -150,7 +150,8 @@ def prune(model, train, eval_data=None, *, config: PruneConfig | None = None, tr
     """
     from edgekit.train.distill.losses import DistillConfig
     from edgekit.train.distill.metrics import stage_metrics
-    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
+    from edgekit.train.distill.predict import accuracy_on
+    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer
 
     config = config or PruneConfig()
     train_config = train_config or TrainConfig(epochs=8, lr=1e-3, desc="prune fine-tune")

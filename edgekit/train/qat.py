@@ -338,7 +338,8 @@ def qat(teacher, student, train, eval_data=None, *, config: Any = None, train_co
 
     from edgekit.train.distill.losses import DistillConfig
     from edgekit.train.distill.metrics import count_params, stage_metrics
-    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, accuracy_on
+    from edgekit.train.distill.predict import accuracy_on
+    from edgekit.train.distill.trainer import Data, TrainConfig, Trainer
 
     config = config or QATConfig()
     train_config = train_config or TrainConfig(epochs=3, lr=1e-5, desc="qat")

@@ -17,6 +17,7 @@ from edgekit.train.distill.losses import (
     soft_target_kl,
 )
 from edgekit.train.distill.metrics import count_macs, count_params, linear_cka, penultimate_features, stage_metrics
+from edgekit.train.distill.predict import accuracy_on
 from edgekit.train.distill.schedules import (
     ConstantAlpha,
     ConstantTemperature,
@@ -27,7 +28,7 @@ from edgekit.train.distill.schedules import (
     parse_temperature,
 )
 from edgekit.train.distill.stage import StageResult, distill
-from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
+from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "AttentionMSE",

@@ -240,7 +240,7 @@ def score_classifier_data(teacher: torch.nn.Module, x: torch.Tensor, seed: int =
                           **kwargs: Any) -> DataScores:
     """Scores for image (or any tensor) samples in the space of the teacher's logits; the augmentation is
     Gaussian noise of `sigma` times the data's standard deviation."""
-    from edgekit.train.distill.trainer import predict
+    from edgekit.train.distill.predict import predict
 
     gen = torch.Generator().manual_seed(seed + 12345)
     logits = predict(teacher, x)
@@ -260,7 +260,7 @@ class ClassifierSampler(ScheduledSampler):
 
     @torch.no_grad()
     def refresh(self, student: torch.nn.Module, device: torch.device | None = None) -> None:
-        from edgekit.train.distill.trainer import predict
+        from edgekit.train.distill.predict import predict
 
         log_p_s = F.log_softmax(predict(student, self.x, device=device), dim=-1)
         kl = (self.log_p_t.exp() * (self.log_p_t - log_p_s)).sum(-1)

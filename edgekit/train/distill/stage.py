@@ -14,7 +14,8 @@ from torch import nn
 
 from edgekit.train.distill.losses import DistillConfig
 from edgekit.train.distill.metrics import stage_metrics
-from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult, accuracy_on
+from edgekit.train.distill.predict import accuracy_on
+from edgekit.train.distill.trainer import Data, TrainConfig, Trainer, TrainResult
 
 
 @dataclass

@@ -37,7 +37,8 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.train.distill.data_score import DataScores, ScheduledSampler, bucketed_batches, uniform_batches
-from edgekit.train.distill.layer_map import LayerMap, layer_map
+from edgekit.train.distill.distributed import barrier, init_distributed, is_main_process
+from edgekit.train.distill.layer_map import LayerMap
 from edgekit.train.distill.schedules import (
     AlphaSpec,
     ConstantAlpha,
@@ -59,7 +60,7 @@ from edgekit.train.distill.text_losses import (
     hidden_cosine,
     mean_pool,
 )
-from edgekit.train.distill.trainer import TrainConfig, barrier, init_distributed, is_main_process
+from edgekit.train.distill.trainer import TrainConfig
 
 SAMPLING = ("uniform", "scored")
 
@@ -495,43 +496,3 @@ def embed(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int =
     if sort:
         result[torch.tensor(order)] = result.clone()
     return result
-
-
-def retrieval_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> dict[str, float]:
-    """Nearest neighbour (cosine, itself excluded) of each sentence under `a` vs under `b`: top-1 agreement
-    and the overlap of the top-k sets."""
-    def neighbours(e: torch.Tensor) -> torch.Tensor:
-        e = F.normalize(e.float(), dim=-1)
-        sim = e @ e.T
-        sim.fill_diagonal_(-2)
-        return sim.topk(min(k, len(e) - 1), dim=1).indices
-
-    na, nb = neighbours(a), neighbours(b)
-    top1 = float((na[:, 0] == nb[:, 0]).float().mean())
-    overlap = float(sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(na, nb, strict=True))
-                    / (na.shape[0] * na.shape[1]))
-    return {"nn_top1_agreement": top1, f"nn_top{na.shape[1]}_overlap": overlap}
-
-
-@torch.no_grad()
-def layer_cka(teacher: nn.Module, student: nn.Module, ids: list[list[int]], vocab_map: torch.Tensor,
-              lmap: LayerMap, pad_id: int, batch_size: int = 64) -> dict[str, float]:
-    """Linear CKA between mean-pooled states of each mapped pair, on the same (teacher) token positions."""
-    from edgekit.train.distill.metrics import linear_cka
-
-    t_parts: dict[int, list[torch.Tensor]] = {t: [] for _, t in lmap.pairs}
-    s_parts: dict[int, list[torch.Tensor]] = {s: [] for s, _ in lmap.pairs}
-    teacher.eval()
-    student.eval()
-    for start in range(0, len(ids), batch_size):
-        x, m = pad(ids[start : start + batch_size], pad_id)
-        t_out = teacher(input_ids=x, attention_mask=m, output_hidden_states=True, return_dict=True)
-        _, s_hidden, _ = student(vocab_map[x], m, states=True)
-        for s, t in lmap.pairs:
-            t_parts[t].append(mean_pool(t_out.hidden_states[t], m).cpu())
-            s_parts[s].append(mean_pool(s_hidden[s], m).cpu())
-    return {f"{s}={t}": linear_cka(torch.cat(s_parts[s]), torch.cat(t_parts[t])) for s, t in lmap.pairs}
-
-
-def build_layer_map(config: TextDistillConfig, student_layers: int, teacher_layers: int) -> LayerMap:
-    return layer_map(config.layer_map, student_layers, teacher_layers, config.embeddings)

@@ -21,16 +21,15 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.train.distill.data_score import DataScores, score_samples, text_degenerate, token_dropout
+from edgekit.train.distill.layer_map import layer_map
+from edgekit.train.distill.metrics import layer_cka, retrieval_agreement
 from edgekit.train.distill.student import StudentSpec, TextStudent, build_student
 from edgekit.train.distill.text import (
     TextData,
     TextDistillConfig,
-    build_layer_map,
     embed,
     encode,
     fit_text,
-    layer_cka,
-    retrieval_agreement,
     teacher_targets,
 )
 from edgekit.train.distill.trainer import TrainConfig
@@ -101,7 +100,7 @@ def prepare(teacher: nn.Module, tokenizer: Any, sentences: Sequence[str], spec: 
     log = log or (lambda _m: None)
     ids = encode(tokenizer, sentences, config.max_length)
     student = build_student(teacher, tokenizer.get_vocab(), spec, ids, seed=seed)
-    lmap = build_layer_map(config, spec.layers, teacher.config.num_hidden_layers)
+    lmap = layer_map(config.layer_map, spec.layers, teacher.config.num_hidden_layers, config.embeddings)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if layers == "auto":
         need = layer_target_bytes(ids, teacher, lmap, spec.heads)
@@ -215,7 +214,8 @@ def evaluate(setup: TextSetup, model: nn.Module, sentences: Sequence[str], *, ck
     out: dict[str, Any] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                            "cosine_p10": float(cos.quantile(0.1)), **retrieval_agreement(t_emb, s_emb)}
     if cka:
-        lmap = build_layer_map(cfg, setup.student.spec.layers, setup.teacher.config.num_hidden_layers)
+        lmap = layer_map(cfg.layer_map, setup.student.spec.layers, setup.teacher.config.num_hidden_layers,
+                         cfg.embeddings)
         out["cka"] = layer_cka(setup.teacher, model, t_ids, setup.student.vocab_map, lmap, pad_id)
     return out
 

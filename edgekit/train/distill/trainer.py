@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.train.distill.distributed import barrier, init_distributed
 from edgekit.train.distill.losses import DistillationLoss, DistillConfig
+from edgekit.train.distill.predict import accuracy_on, logits_of
 from edgekit.train.distill.taps import FeatureTaps
 
 CHECKPOINT_VERSION = 1
@@ -73,45 +75,6 @@ class Data:
 
     def __len__(self) -> int:
         return len(self.x)
-
-
-# -- distributed -----------------------------------------------------------------------------------------------
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group once per process."""
-    import torch.distributed as dist
-
-    n = world_size()
-    if n <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 # -- configuration ---------------------------------------------------------------------------------------------
@@ -184,38 +147,6 @@ class TrainResult:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def logits_of(output: Any) -> torch.Tensor:
-    """A model's class scores: the tensor itself, a dict's 'logits', or a tuple's first element."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
-    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise EdgekitError(f"the model returned {type(output).__name__}; expected a tensor of class scores "
-                       "(or a dict with 'logits', or a tuple whose first element is the scores)")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | None = None):
-    """Logits for all of `x`, in eval mode (the model's mode is restored afterwards)."""
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        parts = [logits_of(model(x[i : i + batch_size].to(device))).float().cpu()
-                 for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(parts)
-
-
-def accuracy_on(model: nn.Module, data: Data, device: torch.device | None = None) -> float | None:
-    if data.y is None:
-        return None
-    return float((predict(model, data.x, device=device).argmax(-1) == data.y).float().mean())
-
-
 def _set_mode(model: nn.Module, train: bool) -> None:
     """nn.Module.train/eval; torchao PT2E graphs only allow it once `allow_exported_model_train_eval` ran."""
     model.train(train)
