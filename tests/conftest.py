@@ -104,3 +104,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_tiny_bert(folder: Path, words: int = 990, tweak=None) -> Path:
+    """A BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000) model with a word-piece tokenizer built from the
+    shipped calibration sentences, written with save_pretrained into `folder`: the transformer tests' fast
+    stand-in for a real encoder. `tweak(model)` adjusts the weights before saving (under no_grad)."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from edgekit.data.text import sentences_path
+
+    found = sorted({w for line in sentences_path("train").read_text().lower().split("\n")
+                    for w in re.findall(r"[a-z]+", line)})
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *found[:words]]) + "\n")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64))
+    if tweak is not None:
+        with torch.no_grad():
+            tweak(model)
+    model.save_pretrained(folder)
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+

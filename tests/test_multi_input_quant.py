@@ -6,38 +6,25 @@ weights exactly on the exporter's dynamic-int8 grid, so the exported artifact ho
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgekit.data.text import sentences_path
+from tests.conftest import write_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000), word-piece vocabulary from the shipped sentences.
-    The word-embedding table gets a few wide rows so that int8 per-row / per-channel rounding is visible."""
+    """The tiny BERT with one outlier column per projection, so per-channel int8 rounding costs something."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert-mi")
-    words = sorted({w for line in sentences_path("train").read_text().lower().split("\n")
-                    for w in re.findall(r"[a-z]+", line)})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:990]]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertModel(config)
-    with torch.no_grad():  # one outlier column per projection: per-channel int8 then costs something
+    def outliers(model) -> None:
         for mod in model.modules():
             if isinstance(mod, torch.nn.Linear):
                 mod.weight[:, 0] *= 8.0
-    model.save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    return folder
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mi"), tweak=outliers)
 
 
 def test_fake_quant_is_the_exporters_grid():

@@ -7,13 +7,12 @@ MiniLM runs int8 in a slow test."""
 from __future__ import annotations
 
 import contextlib
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgekit.data.text import sentences_path
+from tests.conftest import write_tiny_bert
 
 SEQ = 32
 TARGET = "jetson-orin-nano"
@@ -25,21 +24,7 @@ def _spec(seq: int = SEQ) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000) with a word-piece tokenizer built from the
-    shipped calibration sentences, written with save_pretrained."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert-trt")
-    words = sorted({w for line in sentences_path("train").read_text().lower().split("\n")
-                    for w in re.findall(r"[a-z]+", line)})
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:995]]) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-trt"), words=995)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ float ops named; sequences longer than the fixed length refused; the real MiniLM
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgekit.data.text import sentences_path
+from tests.conftest import write_tiny_bert
 
 pytest.importorskip("onnx2tf")
 pytest.importorskip("ai_edge_litert")
@@ -28,26 +27,13 @@ def _spec(seq: int = SEQ) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000, GELU) with a word-piece tokenizer built from the
-    shipped calibration sentences, written with save_pretrained."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert-tflite")
-    words = sorted({w for line in sentences_path("train").read_text().lower().split("\n")
-                    for w in re.findall(r"[a-z]+", line)})
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:995]]) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertModel(config)
-    with torch.no_grad():  # non-zero biases, so no Add is folded away and the graph is BERT's real one
+    """The tiny BERT, with non-zero biases so no Add is folded away and the graph is BERT's real one."""
+    def biases(model) -> None:
         for p in model.parameters():
             if p.dim() == 1:
                 p.normal_(0, 0.02)
-    model.save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    return folder
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-tflite"), words=995, tweak=biases)
 
 
 @pytest.fixture(scope="module")

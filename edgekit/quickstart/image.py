@@ -136,12 +136,7 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
     skipped: list[dict[str, str]] = []
     references: list[tuple[bool, str, Path]] = []  # FP32 artifacts that run here natively; a server CPU's first
     jobs = []
-    for target in targets:
-        missing = registry.missing_requirement(target.backend)
-        if missing is not None:
-            skipped.append({"target": target.name, "reason": f"{missing.package} not installed (pip install "
-                                                            f"'edgekit[{missing.extra}]')"})
-            continue
+    for target in installed(targets, skipped):
         jobs += [(target, p) for p in dict.fromkeys(("fp32", target.default_precision)) if p in target.precisions]
     log(f"[4/{STAGES}] export: {len(jobs)} artifacts for {len({t.name for t, _ in jobs})} targets "
         f"({len(skipped)} skipped); each is checked against the FP32 student on the digits test split")
@@ -165,6 +160,21 @@ def _export_all(stage_dir: Path, student, qat_onnx: Path, targets, log: Callable
             art = pipeline.export(qat_target, "int8", eval_data="zoo:digits:test", out=arts_dir / name)
         rows.append(artifact_row(art, name, "QAT student"))
     return rows, skipped, (min(references)[2] if references else None)
+
+
+def installed(targets: list, skipped: list[dict[str, str]]) -> list:
+    """The targets whose runtime is installed here; the others go to `skipped` with the install command."""
+    from edgekit.backends import registry
+
+    ready = []
+    for target in targets:
+        missing = registry.missing_requirement(target.backend)
+        if missing is not None:
+            skipped.append({"target": target.name, "reason": f"{missing.package} not installed (pip install "
+                                                            f"'edgekit[{missing.extra}]')"})
+        else:
+            ready.append(target)
+    return ready
 
 
 def artifact_row(art, name: str, model: str, path: str | None = None) -> dict[str, Any]:

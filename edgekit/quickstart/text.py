@@ -25,7 +25,7 @@ from typing import Any
 
 from edgekit.artifact import staging
 from edgekit.errors import EdgekitError
-from edgekit.quickstart.image import StageSettings, bench_artifacts, recommend_measured, select_targets
+from edgekit.quickstart.image import StageSettings, bench_artifacts, installed, recommend_measured, select_targets
 
 STAGES = 5
 TEACHER_ART = "teacher-x86-server-cpu-fp32"
@@ -139,7 +139,6 @@ def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], 
             ) -> tuple[list[dict[str, Any]], list[dict[str, str]], Path | None, Path | None]:
     """The student to every installed target (fp32, default precision, dynamic-int8 where offered), and the
     teacher to x86-server-cpu fp32; a target that cannot take this model is listed with the reason."""
-    from edgekit.backends import registry
     from edgekit.export import ExportPipeline
     from edgekit.quickstart.image import artifact_row
 
@@ -148,12 +147,7 @@ def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     jobs = []
-    for target in targets:
-        missing = registry.missing_requirement(target.backend)
-        if missing is not None:
-            skipped.append({"target": target.name, "reason": f"{missing.package} not installed (pip install "
-                                                            f"'edgekit[{missing.extra}]')"})
-            continue
+    for target in installed(targets, skipped):
         wanted = ("fp32", target.default_precision, "dynamic-int8")
         jobs += [(target, p) for p in dict.fromkeys(wanted) if p in target.precisions]
     log(f"[3/{STAGES}] export: {len(jobs)} student artifacts for {len({t.name for t, _ in jobs})} targets, and "

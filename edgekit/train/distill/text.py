@@ -60,7 +60,7 @@ from edgekit.train.distill.text_losses import (
     hidden_cosine,
     mean_pool,
 )
-from edgekit.train.distill.trainer import TrainConfig
+from edgekit.train.distill.trainer import TrainConfig, check_fingerprint
 
 SAMPLING = ("uniform", "scored")
 
@@ -450,13 +450,7 @@ def load_text_checkpoint(path: Path, fingerprint: dict[str, Any], step_module: n
     if not isinstance(state, dict) or state.get("version") != TEXT_CHECKPOINT_VERSION or state.get("kind") != "text":
         raise EdgekitError(f"{path} is not an edgekit text-distillation checkpoint (version "
                            f"{TEXT_CHECKPOINT_VERSION}); start over without --resume")
-    saved = state["fingerprint"]
-    diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
-    if diff:
-        was = ", ".join(f"{k}={saved.get(k)}" for k in diff)
-        now = ", ".join(f"{k}={fingerprint[k]}" for k in diff)
-        raise EdgekitError(f"checkpoint {path} was written with {was}, this run asks for {now}: resume with the "
-                           "same settings, or start over without --resume")
+    check_fingerprint(path, state["fingerprint"], fingerprint)
     try:
         _unwrap(step_module).load_state_dict(state["step"])
     except RuntimeError as exc:

@@ -173,6 +173,16 @@ def _fingerprint(config: TrainConfig, loss: DistillationLoss, world: int) -> dic
             "loss": json.dumps(loss.config.describe(), sort_keys=True)}
 
 
+def check_fingerprint(path: Path, saved: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """A checkpoint resumes only the run it came from: every setting that shapes training must match."""
+    diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
+    if diff:
+        was = ", ".join(f"{k}={saved.get(k)}" for k in diff)
+        now = ", ".join(f"{k}={fingerprint[k]}" for k in diff)
+        raise EdgekitError(f"checkpoint {path} was written with {was}, this run asks for {now}: resume with "
+                           "the same settings, or start over without --resume")
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -459,13 +469,7 @@ class Trainer:
         state = load_torch_file(path, "training checkpoint")  # weights_only: a checkpoint is data, never code
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
             raise EdgekitError(f"{path} is not an edgekit training checkpoint (version {CHECKPOINT_VERSION})")
-        saved = state["fingerprint"]
-        diff = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
-        if diff:
-            was = ", ".join(f"{k}={saved.get(k)}" for k in diff)
-            now = ", ".join(f"{k}={fingerprint[k]}" for k in diff)
-            raise EdgekitError(f"checkpoint {path} was written with {was}, this run asks for {now}: resume with "
-                               "the same settings, or start over without --resume")
+        check_fingerprint(path, state["fingerprint"], fingerprint)
         try:
             self.student.load_state_dict(state["student"])
         except RuntimeError as exc:
