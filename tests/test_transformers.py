@@ -198,3 +198,18 @@ def test_real_minilm_x86_int8_on_real_sentences(tmp_path):
                        eval_data="zoo:sentences:test", out=tmp_path / "minilm-int8")
     v = art.manifest["verification"]
     assert v["samples"] >= 150 and v["cosine"]["mean"] >= 0.98, v
+
+
+def test_tiny_bert_to_ascend_fp16_keeps_token_inputs_and_embedding_metrics(tiny_bert, tmp_path):
+    """Ascend (stub): the fp16 ONNX and the atc command for a model with two int64 inputs, checked against
+    FP32 with the embedding metric; no AIPP (that is for images)."""
+    import edgekit
+
+    art = edgekit.export(f"hf:{tiny_bert}", "ascend-310p", "fp16", input_spec=_spec(), dynamic=("sequence",),
+                         out=tmp_path / "asc")
+    m = art.manifest
+    assert [i["dtype"] for i in m["inputs"]] == ["int64", "int64"]
+    assert m["verification"]["cosine"]["mean"] > 0.999 and m["verification"]["cosine"]["worst"] > 0.99
+    details = m["backend_details"]
+    assert "input_ids:1," in details["atc_command"] and "attention_mask:1," in details["atc_command"]
+    assert not (art.path / "aipp.cfg").exists()
