@@ -172,12 +172,9 @@ def load_data(spec: str, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed:
     named: dict[str, np.ndarray] | None = None
     text_path = spec
     if spec.startswith("zoo:sentences"):
-        from edgekit.data.text import SETS, sentences_path
+        from edgekit.data.text import zoo_sentences
 
-        split = spec.split(":")[2] if spec.count(":") == 2 else "train"
-        if split not in SETS or spec.count(":") > 2:
-            raise EdgekitError(f"unknown data '{spec}'; available: zoo:sentences (calibration), zoo:sentences:test")
-        text_path = str(sentences_path(split))
+        text_path = str(zoo_sentences(spec))
     if spec.startswith("zoo:") and text_path == spec:
         x, y, prep, source = _load_zoo(spec)
     elif text_path.endswith(".txt"):

@@ -108,10 +108,9 @@ def output_specs(task: str) -> list[OutputSpec]:
             OutputSpec("last_hidden_state", "hidden_state", (BATCH, SEQUENCE, "hidden"))]
 
 
-def load(folder: Path, task: str | None, max_length: int | None = None) -> dict[str, Any]:
-    """Everything models.SourceModel needs for `hf:DIR`: module, input/output specs, tokenizer."""
-    task = task or DEFAULT_TASK
-    config = check_folder(folder, task)
+def load_model(folder: Path, task: str = DEFAULT_TASK) -> Any:
+    """The Hugging Face model of a checked folder for `task`, eager attention (so attention maps come back),
+    in eval mode; a load failure is one EdgekitError."""
     transformers = _transformers()
     cls = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     try:
@@ -119,13 +118,26 @@ def load(folder: Path, task: str | None, max_length: int | None = None) -> dict[
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"cannot load {folder} with transformers ({task}): {first}") from None
+    return model.eval()
+
+
+def export_length(config: dict[str, Any]) -> int:
+    """The sequence length an `hf:` model exports at by default: DEFAULT_MAX_LENGTH, capped by its positions."""
+    return min(DEFAULT_MAX_LENGTH, int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH))
+
+
+def load(folder: Path, task: str | None, max_length: int | None = None) -> dict[str, Any]:
+    """Everything models.SourceModel needs for `hf:DIR`: module, input/output specs, tokenizer."""
+    task = task or DEFAULT_TASK
+    config = check_folder(folder, task)
+    model = load_model(folder, task)
     tokenizer = load_tokenizer(folder)
     positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
-    length = int(max_length or min(DEFAULT_MAX_LENGTH, positions))
+    length = int(max_length or export_length(config))
     if length > positions:
         raise EdgekitError(f"sequence length {length} exceeds {folder}'s max_position_embeddings ({positions})")
     vocab = int(config.get("vocab_size") or len(tokenizer))
-    return {"module": _wrapper(model.eval(), task), "inputs": input_specs(vocab, length),
+    return {"module": _wrapper(model, task), "inputs": input_specs(vocab, length),
             "outputs": output_specs(task), "tokenizer": tokenizer, "task": task}
 
 

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.quant.embedding import MIN_TABLE_ELEMENTS  # tables the exporter quantizes per row
 
 #: the exporter's weight grid: symmetric int8 without -128 (ONNX Runtime's symmetric int8 range)
 QMAX = 127
-#: embedding tables at least this large are quantized per row by the exporter (edgekit.quant.embedding)
-MIN_TABLE_ELEMENTS = 4096
 #: precisions whose weights this QAT fits (activations quantized per call, at run time)
 PRECISIONS = ("dynamic-int8", "int8")
 
@@ -85,14 +84,20 @@ class TextQATResult:
 
 # ---------------------------------------------------------------------------------------------------------
 # the grid
+def grid_scale(w, axis: int = 0):
+    """One scale per slice along `axis`: max|w| / 127 (1 for an all-zero slice, as the exporter does)."""
+    import torch
+
+    amax = w.abs().amax(dim=[d for d in range(w.dim()) if d != axis], keepdim=True)
+    return torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+
+
 def fake_quant(w, axis: int = 0):
     """`w` rounded onto the symmetric int8 grid with one scale per slice along `axis` (max|w| / 127), with a
     straight-through gradient."""
     import torch
 
-    dims = [d for d in range(w.dim()) if d != axis]
-    amax = w.detach().abs().amax(dim=dims, keepdim=True)
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    scale = grid_scale(w.detach(), axis)
     q = torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
     return w + (q - w).detach()
 
@@ -189,8 +194,7 @@ def grid_error(model, embeddings: bool = True) -> float:
     with torch.no_grad():
         for _name, mod in quantized_weights(model, embeddings):
             w = mod.weight.detach().float()
-            amax = w.abs().amax(dim=1, keepdim=True)
-            scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+            scale = grid_scale(w, 0)
             steps = (w / scale - torch.round(w / scale)).abs().max()
             worst = max(worst, float(steps))
     return worst
@@ -204,13 +208,9 @@ def read_sentences(spec: str | Path, what: str = "data") -> list[str]:
 
     text = str(spec)
     if text.startswith("zoo:sentences"):
-        from edgekit.data.text import SETS, sentences_path
+        from edgekit.data.text import zoo_sentences
 
-        split = text.split(":")[2] if text.count(":") == 2 else "train"
-        if split not in SETS or text.count(":") > 2:
-            raise EdgekitError(f"unknown {what} '{text}'; available: zoo:sentences, zoo:sentences:test, or a .txt "
-                               "file with one sentence per line")
-        return read_text(sentences_path(split), what, at_least=2)
+        return read_text(zoo_sentences(text, what), what, at_least=2)
     if text.startswith("zoo:") or not text.endswith(".txt"):
         raise EdgekitError(f"{what} '{text}' is not text: QAT of a text model reads sentences (a .txt file, one "
                            "sentence per line, or zoo:sentences)")
@@ -232,27 +232,16 @@ def load(spec: Any, what: str) -> tuple[Any, Any]:
 
     folder = hf_folder(spec, what)
     hf.check_folder(folder, hf.DEFAULT_TASK)
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise EdgekitError("hf: models need the 'transformers' package: pip install 'edgekit[text]'") from None
-    try:
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                                       attn_implementation="eager")
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"cannot load {what} {folder} with transformers: {first}") from None
-    return model.eval(), hf.load_tokenizer(folder)
+    return hf.load_model(folder), hf.load_tokenizer(folder)
 
 
 def hf_max_length(folder: Path) -> int:
     """The sequence length `hf:` exports at (its maximum): the default, capped by the model's positions."""
     import json
 
-    from edgekit.models.hf import DEFAULT_MAX_LENGTH
+    from edgekit.models.hf import export_length
 
-    config = json.loads((folder / "config.json").read_text())
-    return min(DEFAULT_MAX_LENGTH, int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH))
+    return export_length(json.loads((folder / "config.json").read_text()))
 
 
 def embed(model, tokenizer, sentences: Sequence[str], max_length: int, batch_size: int = 32, grad: bool = False):
@@ -268,10 +257,11 @@ def embed(model, tokenizer, sentences: Sequence[str], max_length: int, batch_siz
 
 def forward(model, tokenizer, sentences: Sequence[str], max_length: int):
     """(sentence embeddings, last hidden states, attention mask) of one batch padded to its longest sentence."""
+    from edgekit.train.distill.text_losses import mean_pool
+
     enc = tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), hidden, enc["attention_mask"]
+    return mean_pool(hidden, enc["attention_mask"]), hidden, enc["attention_mask"]
 
 
 def token_states(model, tokenizer, sentences: Sequence[str], max_length: int, batch_size: int = 32) -> list[Any]:
