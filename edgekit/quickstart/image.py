@@ -46,6 +46,13 @@ class StageSettings:
     recommend_for: tuple[tuple[str, str], ...] = field(default=RECOMMEND_FOR)
     progress: bool = True
 
+    def bench_config(self):
+        """The quickstart's short benchmark: enough to rank formats on one host, not a publishable number."""
+        from edgekit.bench.records import BenchConfig
+
+        return BenchConfig(warmup=1, warmup_seconds=0.1, iters=self.bench_iters, min_seconds=0.2,
+                           max_seconds=self.bench_max_seconds, rounds=self.bench_rounds)
+
     def require_at_least_one(self, *names: str) -> None:
         for name in ("bench_iters", "bench_rounds", *names):
             if getattr(self, name) < 1:
@@ -198,17 +205,15 @@ def _bench(stage_dir: Path, reference: Path | None, config: QuickstartConfig,
     return bench_artifacts(stage_dir, arts, reference, "zoo:digits:test", config, log)
 
 
-def bench_artifacts(stage_dir: Path, arts: Sequence[Path], reference: Path | None, eval_data: Any, config: Any,
+def bench_artifacts(stage_dir: Path, arts: Sequence[Path], reference: Path | None, eval_data: Any,
+                    config: StageSettings,
                     log: Callable[[str], None], extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Bench `arts` (interleaved, each in its own process) and write bench.json/.csv/.png into `stage_dir`
     with paths relative to it; `extra` records (measured apart) are written with them."""
     from edgekit.bench import report
     from edgekit.bench.harness import run_bench
-    from edgekit.bench.records import BenchConfig
 
-    bench_config = BenchConfig(warmup=1, warmup_seconds=0.1, iters=config.bench_iters, min_seconds=0.2,
-                               max_seconds=config.bench_max_seconds, rounds=config.bench_rounds)
-    result = run_bench(arts, bench_config, eval_data=eval_data, reference=reference,
+    result = run_bench(arts, config.bench_config(), eval_data=eval_data, reference=reference,
                        progress=config.progress, log=log)
     records = [_relative(r, f"{stage_dir}/") for r in [*result.records, *extra]]  # relative paths
     report.write_json(records, stage_dir / "bench.json")
@@ -297,7 +302,20 @@ def _markdown(summary: dict[str, Any], bench_md: str) -> str:
               "The decision tree reads each target's profile; the measurements above then check its answer "
               "(each point of accuracy lost must buy >= 2x speed over FP32; a quantized artifact slower than FP32 "
               "is flagged). Measured here, on this machine, not on the device.", ""]
-    for r in summary["recommendations"]:
+    lines += recommendation_lines(summary["recommendations"])
+    lines += ["## Files", "",
+              "- `models/`: distilled student weights (`student_distilled.pt`), QAT student (`student_qat.onnx`)",
+              "- `artifacts/NAME/`: one folder per artifact, each with `manifest.json`",
+              "- `bench.json`, `bench.csv`, `bench.png`: benchmark records (edgekit.bench/1), table, latency vs "
+              "accuracy plot",
+              "- `summary.json`: everything above as JSON", ""]
+    return "\n".join(lines)
+
+
+def recommendation_lines(recommendations: list[dict[str, Any]]) -> list[str]:
+    """report.md's section per recommended target: the answer, the tree's path, what was rejected or flagged."""
+    lines = []
+    for r in recommendations:
         how = f"chosen artifact {r['chosen_artifact']}" if r.get("chosen_artifact") else (
             "from the decision tree" + ("" if r["measured"] else " only (not measured here)"))
         lines.append(f"### {r['target']} (priority {r['priority']}): {r['precision']}, {how}")
@@ -308,13 +326,7 @@ def _markdown(summary: dict[str, Any], bench_md: str) -> str:
         for fl in r.get("flagged", []):
             lines.append(f"- flagged {fl['artifact']}: {fl['note']}")
         lines.append("")
-    lines += ["## Files", "",
-              "- `models/`: distilled student weights (`student_distilled.pt`), QAT student (`student_qat.onnx`)",
-              "- `artifacts/NAME/`: one folder per artifact, each with `manifest.json`",
-              "- `bench.json`, `bench.csv`, `bench.png`: benchmark records (edgekit.bench/1), table, latency vs "
-              "accuracy plot",
-              "- `summary.json`: everything above as JSON", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def run_quickstart(out: str | Path, *, force: bool = False, config: QuickstartConfig | None = None,

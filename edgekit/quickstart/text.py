@@ -25,7 +25,14 @@ from typing import Any
 
 from edgekit.artifact import staging
 from edgekit.errors import EdgekitError
-from edgekit.quickstart.image import StageSettings, bench_artifacts, installed, recommend_measured, select_targets
+from edgekit.quickstart.image import (
+    StageSettings,
+    bench_artifacts,
+    installed,
+    recommend_measured,
+    recommendation_lines,
+    select_targets,
+)
 
 STAGES = 5
 TEACHER_ART = "teacher-x86-server-cpu-fp32"
@@ -237,13 +244,10 @@ def _installed(names: tuple[str, ...]) -> tuple[str, ...]:
 def _bench_teacher(teacher_art: Path | None, stage: Path, config: TextQuickstartConfig,
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
     from edgekit.bench.harness import run_bench
-    from edgekit.bench.records import BenchConfig
 
     if teacher_art is None:
         return []
-    bench_config = BenchConfig(warmup=1, warmup_seconds=0.1, iters=config.bench_iters, min_seconds=0.2,
-                               max_seconds=config.bench_max_seconds, rounds=config.bench_rounds)
-    result = run_bench([teacher_art], bench_config, eval_data=str(stage / "data" / "heldout.txt"),
+    result = run_bench([teacher_art], config.bench_config(), eval_data=str(stage / "data" / "heldout.txt"),
                        reference=teacher_art, log=log)
     return list(result.records)
 
@@ -278,13 +282,7 @@ def _markdown(summary: dict[str, Any], bench_md: str) -> str:
         lines += [f"- {k}: {v['p50_ms']:.2f} ms, {v['speedup_vs_teacher_fp32']:.1f}x" for k, v in
                   summary["speed"].items()]
     lines += ["", "## Recommendations", ""]
-    for r in summary["recommendations"]:
-        how = f"chosen artifact {r['chosen_artifact']}" if r.get("chosen_artifact") else (
-            "from the decision tree" + ("" if r["measured"] else " only (not measured here)"))
-        lines += [f"### {r['target']} (priority {r['priority']}): {r['precision']}, {how}", ""]
-        lines += [f"{i}. {step}" for i, step in enumerate(r["path"], 1)]
-        lines += [f"- rejected {x['artifact']}: {x['rule']}: {x['reason']}" for x in r.get("rejected", [])]
-        lines.append("")
+    lines += recommendation_lines(summary["recommendations"])
     lines += ["## Files", "",
               "- `models/student/`: the distilled student, a Hugging Face folder (`hf:models/student`)",
               f"- `artifacts/NAME/`: one folder per student artifact, each with `manifest.json`; "
