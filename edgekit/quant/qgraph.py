@@ -47,6 +47,11 @@ class QuantSetup:
     def has_int16_rung(self) -> bool:
         return "int16" in self.spec.layer_fallback
 
+    def build_and_evaluate(self, kept: Sequence[str], tag: str, int16: Sequence[str] = ()) -> dict[str, Any]:
+        """This setup's graph with `kept` layers float (and `int16` layers at 16 bits), measured on the check
+        data: the one call the budgeted search makes, whatever kind of setup it searches."""
+        return build_and_evaluate(self, kept, tag, int16=int16)
+
 
 def layer_names(prepared: Path) -> list[str]:
     """The candidate layers: weighted nodes (Conv/ConvTranspose/Gemm/MatMul with constant weights), graph order."""

@@ -110,15 +110,6 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     return setup, plan
 
 
-def measure(setup: Any, kept: Sequence[str], tag: str, int16: Sequence[str] = ()) -> dict[str, Any]:
-    """The setup's graph with `kept` layers float, measured on its check data. A setup that builds its graphs
-    its own way (a transformer's, edgekit.quant.tgraph) brings its own `build_and_evaluate`."""
-    own = getattr(setup, "build_and_evaluate", None)
-    if own is not None:
-        return own(kept, tag, int16)
-    return build_and_evaluate(setup, kept, tag, int16=int16)
-
-
 def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | None = None,
            log: Callable[[str], None] | None = None, max_kept: int | None = None,
            start: dict[str, Any] | None = None, int16: Sequence[str] = ()) -> FallbackPlan:
@@ -128,7 +119,7 @@ def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | No
     log = log or (lambda _m: None)
     int16 = list(int16)
     if start is None:
-        start = measure(setup, [], "full-int8", int16=int16)
+        start = setup.build_and_evaluate([], "full-int8", int16=int16)
         log(f"int8 on {len(setup.held_x)} check samples: {describe(start)}")
     steps: list[dict[str, Any]] = []
     kept: list[str] = []
@@ -146,7 +137,7 @@ def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | No
 
         for layer in tqdm(order[:limit], desc="fallback", unit="layer", leave=False):
             kept.append(layer)
-            final = measure(setup, kept, f"kept-{len(kept)}", int16=int16)
+            final = setup.build_and_evaluate(kept, f"kept-{len(kept)}", int16=int16)
             steps.append({"added": layer, "kept": list(kept), **final})
             log(f"keeping {len(kept)} layer(s) ({layer} added): {describe(final)}")
             if budget.holds(final):
@@ -156,7 +147,7 @@ def search(setup: QuantSetup, budget: Budget, ranking: list[dict[str, Any]] | No
             # drop layers the budget does not need (an early pick may be redundant once later ones are kept)
             for layer in list(kept[:-1]):
                 trial = [k for k in kept if k != layer]
-                result = measure(setup, trial, f"drop-{layer}", int16=int16)
+                result = setup.build_and_evaluate(trial, f"drop-{layer}", int16=int16)
                 if budget.holds(result):
                     kept, final = trial, result
                     steps.append({"dropped": layer, "kept": list(kept), **result})
