@@ -35,8 +35,6 @@ _VERSIONED = ("torch", "onnx", "onnxruntime", "numpy", "onnxscript", "tensorflow
               "torchao", "tensorrt")
 
 
-#: the precisions the transformer quantizer writes (its options are checked before an export of them starts)
-TRANSFORMER_PRECISIONS = ("int8", "dynamic-int8", "int4-weight")
 #: at most this many samples of a model with token inputs go through range calibration (see ExportPipeline.ranges)
 TOKEN_RANGE_SAMPLES = 32
 
@@ -176,10 +174,11 @@ class ExportPipeline:
         out_path = Path(out) if out is not None else default_out(self.src, tgt, precision)
         check_destination(out_path, force)
         exporter: Exporter = registry.exporter_class(tgt.backend)(**(exporter_options or {}))
-        if (exporter_options or {}).get("transformer") and precision in TRANSFORMER_PRECISIONS:
-            from edgekit.quant.transformer import resolve_options
+        if (exporter_options or {}).get("transformer"):
+            from edgekit.quant import transformer as tq
 
-            resolve_options(exporter_options["transformer"], precision)  # a bad name fails here, before any work
+            if precision in tq.PRECISIONS:  # a bad option name fails here, before any work
+                tq.resolve_options(exporter_options["transformer"], precision)
         needs_data = precision in exporter.needs_calibration
         # models with token inputs calibrate inside ONNX Runtime's transformer quantizer, from the named feeds
         needs_ranges = precision in exporter.uses_ranges and (self.src.single_float
