@@ -8,10 +8,6 @@ import argparse
 
 from edgekit.commands import log
 
-#: defaults of the text path where the CNN path's differ (its --lr and --batch-size defaults are for PT2E)
-TEXT_LR = 2e-5
-TEXT_BATCH = 16
-
 
 def is_text(args: argparse.Namespace) -> bool:
     return any(str(getattr(args, k, None) or "").startswith("hf:") for k in ("teacher", "student"))
@@ -35,8 +31,10 @@ def run_text(args: argparse.Namespace, defaults: dict) -> int:
                            "dynamic int8 weights: drop --quantizer")
     if not args.data:
         raise EdgekitError("text QAT needs --data: a .txt file with one sentence per line, or zoo:sentences")
-    lr = TEXT_LR if args.lr == defaults["lr"] else args.lr
-    batch = TEXT_BATCH if args.batch_size == defaults["batch_size"] else args.batch_size
+    # the CNN path's --lr and --batch-size defaults are for PT2E: left at them, the text path takes its own
+    text = TextQATConfig()
+    lr = text.lr if args.lr == defaults["lr"] else args.lr
+    batch = text.batch_size if args.batch_size == defaults["batch_size"] else args.batch_size
     config = TextQATConfig(steps=args.steps, batch_size=batch, lr=lr, weight_decay=0.0, max_length=args.max_length,
                            seed=args.seed, embeddings=not args.no_embedding_qat)
     out = Path(args.out)
