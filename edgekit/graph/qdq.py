@@ -46,7 +46,7 @@ _TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: 
                17: "float8e4m3fn", 21: "uint4", 22: "int4"}
 
 
-def _constants(model) -> dict[str, np.ndarray]:
+def constants(model) -> dict[str, np.ndarray]:
     """Initializers and Constant-node outputs by name: QAT exports often carry scales as Constant nodes."""
     from onnx import numpy_helper
 
@@ -90,7 +90,7 @@ def output_channel_axis(node, weight_rank: int) -> int:
 
 def weighted_nodes(model) -> list[str]:
     """Names of the Conv/ConvTranspose/Gemm/MatMul nodes whose weight is a constant, in graph order."""
-    consts = set(_constants(model))
+    consts = set(constants(model))
     producers = {o: n for n in model.graph.node for o in n.output}
     names = []
     for node in model.graph.node:
@@ -114,7 +114,7 @@ def check_tensorrt_qdq(model, *, allow_bias_qdq: bool = False, remedy: str | Non
     `allow_bias_qdq`, for a graph about to go through `fold_bias_dequantize`). `remedy`, when given, replaces
     the generic advice in the zero-point and type errors (e.g. how to redo the QAT that made the graph).
     """
-    consts = _constants(model)
+    consts = constants(model)
     ctypes = _const_types(model)
     producers = {o: n for n in model.graph.node for o in n.output}
     summary: dict[str, Any] = {"quantize_nodes": 0, "dequantize_nodes": 0, "zero_points": "all 0 (int8)",
@@ -204,7 +204,7 @@ def fold_bias_dequantize(model) -> list[str]:
     """
     from onnx import numpy_helper
 
-    consts = _constants(model)
+    consts = constants(model)
     ctypes = _const_types(model)
     producers = {o: n for n in model.graph.node for o in n.output}
     uses = Counter(i for n in model.graph.node for i in n.input)

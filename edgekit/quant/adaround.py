@@ -61,16 +61,6 @@ class LayerPlan:
     attrs: dict[str, Any]
 
 
-def _consts(model) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute:
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
-
-
 def _activation(node, consumers, consts) -> tuple[str, tuple[float, float] | None]:
     """The tensor after the Relu/Clip that alone reads `node`'s output and the activation's bounds (or None)."""
     readers = consumers.get(node.output[0], [])
@@ -86,9 +76,9 @@ def _activation(node, consumers, consts) -> tuple[str, tuple[float, float] | Non
 
 def plan_layers(model) -> list[LayerPlan]:
     """Conv and Gemm nodes with constant weights, in graph order."""
-    from edgekit.graph.qdq import attr
+    from edgekit.graph.qdq import attr, constants
 
-    consts = _consts(model)
+    consts = constants(model)
     consumers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for i in n.input:
