@@ -39,6 +39,8 @@ TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correct
 ORDER = TECHNIQUES
 RANGE_CANDIDATES = ("minmax", "percentile", "entropy")
 SAMPLES = 64
+#: images per run of the tapped graph in range choice (memory: every tapped tensor of them is held)
+CHOICE_BATCH = 8
 
 
 def check_techniques(techniques: Sequence[str]) -> None:
@@ -131,31 +133,41 @@ def _fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool, qtype: str
 
 def choose_ranges(prepared: Path, cal, candidates: dict[str, Any], options: dict[str, Any],
                   workdir: Path) -> tuple[Any, dict[str, Any]]:
-    """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values."""
+    """Per tensor, the candidate range with the smallest fake-quantization MSE on the calibration values.
+
+    The squared errors are summed a few images at a time: holding every tapped tensor of all calibration
+    images at once cost about 80 MB per 240x240 image on an EfficientNet (12.9 GB for 64 images)."""
     from edgekit.data.calibration import Ranges
     from edgekit.quant.graphs import with_outputs
-    from edgekit.quant.qgraph import run_session, session
+    from edgekit.quant.qgraph import session
 
     first = next(iter(candidates.values()))
     names = sorted(first.tensors)
     sess = session(with_outputs(prepared, names, workdir / "range-taps.onnx"), {})
+    inp = sess.get_inputs()[0]
     outs = [o.name for o in sess.get_outputs()]
-    values = dict(zip(outs, run_session(sess, cal.x[:SAMPLES]), strict=True))
-    feed_name = sess.get_inputs()[0].name
-    values.setdefault(feed_name, cal.x[:SAMPLES])
+    step = inp.shape[0] if isinstance(inp.shape[0], int) else CHOICE_BATCH
+    x = cal.x[:SAMPLES]
     symmetric = bool(options.get("activation_symmetric", False))
     qtype = options.get("activation_type", "uint8")
+    errors = {name: dict.fromkeys((m for m, r in candidates.items() if name in r.tensors), 0.0) for name in names}
+    for i in range(0, len(x), step):
+        values = dict(zip(outs, sess.run(outs, {inp.name: x[i : i + step]}), strict=True))
+        values.setdefault(inp.name, x[i : i + step])
+        for name in names:
+            v = values.get(name)
+            if v is None:
+                continue
+            for method in errors[name]:
+                lo, hi = candidates[method].tensors[name]
+                errors[name][method] += float(np.sum((_fake_quant(v, lo, hi, symmetric, qtype) - v) ** 2))
+        del values
     chosen: dict[str, tuple[float, float]] = {}
     picks: dict[str, int] = dict.fromkeys(candidates, 0)
     for name in names:
-        v = values.get(name)
         best, best_err = None, np.inf
-        for method, rng in candidates.items():
-            if name not in rng.tensors:
-                continue
-            lo, hi = rng.tensors[name]
-            err = float(np.mean((_fake_quant(v, lo, hi, symmetric, qtype) - v) ** 2)) if v is not None else 0.0
-            if err < best_err - 1e-12 or best is None:
+        for method, err in errors[name].items():  # candidates' order: ties keep the first (min-max)
+            if err < best_err * (1 - 1e-9) or best is None:
                 best, best_err = method, err
         chosen[name] = candidates[best].tensors[name]
         picks[best] += 1
