@@ -135,6 +135,28 @@ def test_profile_puts_ort_per_op_times_into_the_record(benched):
     assert litert["available"] is False and "not available" in litert["reason"] and "Python" in litert["reason"]
 
 
+def test_profile_splits_depthwise_from_other_convs_on_a_depthwise_separable_int8_model(tmp_path):
+    """Why an int8 CNN is not faster: the profile names the depthwise share, read from the graph ORT ran."""
+    import numpy as np
+
+    from edgekit.data import testmodels
+    from edgekit.export import ExportPipeline
+
+    x = testmodels.digits_rgb("train").x[:64].astype(np.float32)
+    with ExportPipeline("edgekit.data.testmodels:resdw_net", "1x3x32x32") as pipeline:
+        paths = [pipeline.export("x86-server-cpu", p, calib=x, out=tmp_path / p).path for p in ("fp32", "int8")]
+    config = BenchConfig(iters=5, min_seconds=0.01, warmup_seconds=0.0, rounds=1, profile=True)
+    recs = {r["precision"]: r for r in run_bench(paths, config).records}
+    for precision in ("fp32", "int8"):
+        prof = recs[precision]["profile"]
+        convs = prof["conv_share"]  # resdw_net: three depthwise 3x3 convs, the rest pointwise or full
+        assert convs["depthwise"] > 0.0 and convs["other"] > 0.0, (precision, prof)
+        assert convs["depthwise"] + convs["other"] <= 1.0 + 1e-9
+    assert recs["int8"]["profile"]["layout_share"] > 0.0  # the NHWC rewrite of QLinearConv adds Transposes
+    lines = report.profile_lines(list(recs.values()))
+    assert any("depthwise" in line and line.startswith("profile ") for line in lines), lines
+
+
 def test_export_records_its_peak_memory_and_checks_big_inputs_in_small_batches(benched):
     from edgekit.graph.onnx_export import batch_for
 

@@ -19,6 +19,8 @@ import numpy as np
 
 _INT8_TYPES = ("int8", "uint8")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+#: ops that only move data between layouts (ONNX Runtime's NCHWc and NHWC rewrites add them)
+_LAYOUT_OPS = ("Transpose", "ReorderInput", "ReorderOutput")
 TOP = 10
 _NOT_AVAILABLE = {
     "ai_edge_litert": "not available: LiteRT's per-op profiler cannot be reached from Python (on the device: "
@@ -32,10 +34,28 @@ def _types(shapes: Any) -> list[str]:
     return [k for entry in shapes or [] if isinstance(entry, dict) for k in entry]
 
 
-def summarize(trace: list[dict[str, Any]], iters: int) -> dict[str, Any]:
-    """Top ops by time and the int8 / float / Q-DQ shares, from an ORT profile's events."""
+def grouped_nodes(graph_path: Path) -> set[str]:
+    """Names of the nodes with a `group` attribute above 1 (depthwise / grouped convolutions) in the graph
+    ONNX Runtime actually ran, or an empty set when that graph is not there."""
+    if not graph_path.is_file():
+        return set()
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    return {n.name for n in model.graph.node
+            if any(a.name == "group" and a.type == onnx.AttributeProto.INT and a.i > 1 for a in n.attribute)}
+
+
+def summarize(trace: list[dict[str, Any]], iters: int, grouped: set[str] | None = None) -> dict[str, Any]:
+    """Top ops by time and the int8 / float / Q-DQ shares, from an ORT profile's events.
+
+    Why the conv split: on a depthwise-separable CNN, int8 depthwise kernels gain far less over fp32 than
+    pointwise ones (they have few multiply-accumulates per byte), so the share of time they take is what
+    bounds an int8 speed-up; `grouped` names the grouped convolutions of the graph that ran."""
     per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     shares = {"int8": 0.0, "float": 0.0, "quantize_dequantize": 0.0}
+    convs = {"depthwise": 0.0, "other": 0.0}
+    layout = 0.0
     for ev in trace:
         if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
             continue
@@ -44,6 +64,10 @@ def summarize(trace: list[dict[str, Any]], iters: int) -> dict[str, Any]:
         dur = float(ev.get("dur", 0.0)) / 1e3  # microseconds -> ms
         per_op[op][0] += dur
         per_op[op][1] += 1
+        if "Conv" in op:
+            convs["depthwise" if ev["name"][: -len("_kernel_time")] in (grouped or ()) else "other"] += dur
+        if op in _LAYOUT_OPS:
+            layout += dur
         if op in _QDQ_OPS:
             shares["quantize_dequantize"] += dur
         elif op.startswith("QLinear") or op.endswith("Integer") or any(
@@ -59,6 +83,9 @@ def summarize(trace: list[dict[str, Any]], iters: int) -> dict[str, Any]:
         "top_ops": [{"op": op, "ms_per_run": ms / iters, "share": ms / total if total else 0.0,
                      "nodes_per_run": n // max(iters, 1)} for op, (ms, n) in top],
         "time_share": {k: (v / total if total else 0.0) for k, v in shares.items()},
+        "layout_share": layout / total if total else 0.0,
+        **({"conv_share": {k: (v / total if total else 0.0) for k, v in convs.items()}} if grouped is not None
+           else {}),
     }
 
 
@@ -79,6 +106,9 @@ def profile(runner: Any, x: np.ndarray, runtime_module: str, iters: int = 20) ->
         reason = _NOT_AVAILABLE.get(runtime_module, f"not available for the {runtime_module} runtime")
         return {"available": False, "reason": reason}
     with tempfile.TemporaryDirectory(prefix="edgekit-profile-") as tmp:
+        from edgekit.backends.onnxruntime import OPTIMIZED_GRAPH
+
         path = ort.profile(x, iters, Path(tmp))
         trace = json.loads(Path(path).read_text())
-    return summarize(trace, iters)
+        grouped = grouped_nodes(Path(tmp) / OPTIMIZED_GRAPH)
+    return summarize(trace, iters, grouped)

@@ -188,9 +188,13 @@ def profile_lines(records: Sequence[dict[str, Any]]) -> list[str]:
             continue
         share = prof["time_share"]
         top = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:5])
+        convs = prof.get("conv_share") or {}
+        split = (f"; convs: depthwise {100 * convs['depthwise']:.0f}%, other {100 * convs['other']:.0f}%"
+                 if convs.get("depthwise") else "")
         lines.append(f"profile {name}: {prof['total_ms_per_run']:.3f} ms/run in kernels; int8 "
                      f"{100 * share['int8']:.0f}%, float {100 * share['float']:.0f}%, Q/DQ "
-                     f"{100 * share['quantize_dequantize']:.0f}%; top: {top}")
+                     f"{100 * share['quantize_dequantize']:.0f}%, layout {100 * prof.get('layout_share', 0):.0f}%"
+                     f"{split}; top: {top}")
     return lines
 
 
