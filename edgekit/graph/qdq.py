@@ -14,6 +14,7 @@ precision from the ONNX tensor types, so fp16 (and the fp16 part of `mixed`) mus
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -55,6 +56,31 @@ def constants(model) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return out
+
+
+def consumers_of(model) -> dict[str, list[Any]]:
+    """The nodes reading each tensor, by tensor name."""
+    out: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def following_activation(node, consumers: dict[str, list[Any]], consts: dict[str, np.ndarray]
+                         ) -> tuple[str, str | None, tuple[float, float] | None]:
+    """The Relu/Clip that alone reads `node`'s output, which a quantizer folds into the layer's output range:
+    (the tensor the layer hands on, the activation's op or None, its bounds or None). A Clip input left
+    out or not constant is unbounded on that side, as ONNX defines it."""
+    readers = consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type not in ("Relu", "Clip"):
+        return node.output[0], None, None
+    act = readers[0]
+    if act.op_type == "Relu":
+        return act.output[0], "Relu", (0.0, math.inf)
+    lo = float(consts[act.input[1]]) if len(act.input) > 1 and act.input[1] in consts else -math.inf
+    hi = float(consts[act.input[2]]) if len(act.input) > 2 and act.input[2] in consts else math.inf
+    return act.output[0], "Clip", (lo, hi)
 
 
 def _const_types(model) -> dict[str, int]:

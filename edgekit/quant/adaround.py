@@ -61,35 +61,19 @@ class LayerPlan:
     attrs: dict[str, Any]
 
 
-def _activation(node, consumers, consts) -> tuple[str, tuple[float, float] | None]:
-    """The tensor after the Relu/Clip that alone reads `node`'s output and the activation's bounds (or None)."""
-    readers = consumers.get(node.output[0], [])
-    if len(readers) == 1 and readers[0].op_type in ("Relu", "Clip"):
-        act = readers[0]
-        if act.op_type == "Relu":
-            return act.output[0], (0.0, math.inf)
-        lo = float(consts[act.input[1]]) if len(act.input) > 1 and act.input[1] in consts else -math.inf
-        hi = float(consts[act.input[2]]) if len(act.input) > 2 and act.input[2] in consts else math.inf
-        return act.output[0], (lo, hi)
-    return node.output[0], None
-
-
 def plan_layers(model) -> list[LayerPlan]:
     """Conv and Gemm nodes with constant weights, in graph order."""
-    from edgekit.graph.qdq import attr, constants
+    from edgekit.graph.qdq import attr, constants, consumers_of, following_activation
 
     consts = constants(model)
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(model)
     plans = []
     for n in model.graph.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in consts:
             continue
         if n.op_type == "Gemm" and (attr(n, "transA", 0) or not attr(n, "transB", 0)):
             continue  # only x @ W^T + b, the form torch's Linear exports
-        _, clip = _activation(n, consumers, consts)
+        _, _, clip = following_activation(n, consumers, consts)
         attrs = {a.name: (list(a.ints) if a.ints else a.i) for a in n.attribute}
         plans.append(LayerPlan(n.name, n.op_type, n.input[0], clip, attrs))
     return plans

@@ -12,7 +12,6 @@ layer is therefore, by construction, the single fallback that helps the output m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,28 +42,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def layer_tensors(prepared) -> dict[str, dict[str, Any]]:
     """For each weighted layer of the FP32 graph: the tensor it hands on (after a following Relu/Clip, the
     activation a quantizer may fold into its range) and that activation, to re-apply where it was folded."""
-    from onnx import numpy_helper
+    from edgekit.graph.qdq import constants, consumers_of, following_activation
 
-    consumers: dict[str, list[Any]] = {}
-    for n in prepared.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    inits = {t.name: numpy_helper.to_array(t) for t in prepared.graph.initializer}
+    consumers = consumers_of(prepared)
+    consts = constants(prepared)
     names = set(layer_names_of(prepared))
     out = {}
     for node in prepared.graph.node:
         if node.name not in names:
             continue
-        t = node.output[0]
-        nxt = consumers.get(t, [])
-        act = None
-        if len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip"):
-            a = nxt[0]
-            lo = float(inits[a.input[1]]) if a.op_type == "Clip" and len(a.input) > 1 and a.input[1] in inits else 0.0
-            hi = float(inits[a.input[2]]) if a.op_type == "Clip" and len(a.input) > 2 and a.input[2] in inits \
-                else math.inf
-            act = {"op": a.op_type, "lo": lo, "hi": hi}
-            t = a.output[0]
+        t, op, bounds = following_activation(node, consumers, consts)
+        act = {"op": op, "lo": bounds[0], "hi": bounds[1]} if op else None
         out[node.name] = {"op": node.op_type, "tensor": t, "activation": act}
     return out
 
