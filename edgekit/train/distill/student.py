@@ -38,9 +38,10 @@ from edgekit.train.distill.layer_map import layer_map
 from edgekit.train.distill.text_losses import mean_pool
 
 _INT_KEYS = ("layers", "hidden", "heads", "intermediate", "max_len")
-_KEYS = (*_INT_KEYS, "vocab", "init")
+_KEYS = (*_INT_KEYS, "embedding_rank", "vocab", "init")
 CONFIG_HELP = ("comma-separated KEY=VALUE: layers, hidden, heads, intermediate (required unless defaulted), "
-               "vocab=trim|shared|N, max_len, init=teacher|random; e.g. layers=3,hidden=192,heads=6,intermediate=768")
+               "vocab=trim|shared|N, embedding_rank=R (0: a full table), max_len, init=teacher|random; "
+               "e.g. layers=3,hidden=192,heads=6,intermediate=768")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -53,11 +54,15 @@ class StudentSpec:
     vocab: str = "trim"
     max_len: int = 128
     init: str = "teacher"
+    embedding_rank: int = 0  # 0: a (vocab, hidden) table; R: (vocab, R) rows times an (R, hidden) projection
 
     def __post_init__(self) -> None:
         for key in _INT_KEYS:
             if getattr(self, key) < 1:
                 raise EdgekitError(f"student config {key} must be >= 1 (got {getattr(self, key)})")
+        if not 0 <= self.embedding_rank < self.hidden:
+            raise EdgekitError(f"student config embedding_rank must be 0 (a full table) or below hidden "
+                               f"{self.hidden} (got {self.embedding_rank})")
         if self.hidden % self.heads:
             raise EdgekitError(f"student config: hidden {self.hidden} is not divisible by heads {self.heads}; "
                                "pick heads that divide the hidden size")
@@ -119,7 +124,7 @@ def parse_student_config(text: str) -> StudentSpec:
         key, value = key.strip(), value.strip()
         if not sep or key not in _KEYS:
             raise EdgekitError(f"malformed student config entry {part.strip()!r}: expected {CONFIG_HELP}")
-        if key in _INT_KEYS:
+        if key in (*_INT_KEYS, "embedding_rank"):
             if not value.isdigit():
                 raise EdgekitError(f"student config {key} must be a whole number (got {value!r})")
             values[key] = int(value)
@@ -209,16 +214,23 @@ def build_student(teacher: nn.Module, teacher_vocab: dict[str, int], spec: Stude
     )
     torch.manual_seed(seed)
     bert = BertModel(config, add_pooling_layer=False)
+    if spec.embedding_rank:
+        from edgekit.models.factorised_embedding import install
+
+        install(bert, spec.embedding_rank)
     model = EmbeddingStudent(bert, tcfg.hidden_size)
     student = TextStudent(model, tokens, vocab_map, spec)
     if spec.init == "teacher":
         kept = torch.tensor([teacher_vocab[t] for t in tokens])
-        _init_from_teacher(student, teacher, kept)
+        counts = torch.bincount(torch.tensor([i for x in train_ids or [] for i in x], dtype=torch.long),
+                                minlength=len(teacher_vocab))[kept]
+        _init_from_teacher(student, teacher, kept, counts)
     return student
 
 
 @torch.no_grad()
-def _init_from_teacher(student: TextStudent, teacher: nn.Module, kept: torch.Tensor) -> None:
+def _init_from_teacher(student: TextStudent, teacher: nn.Module, kept: torch.Tensor,
+                       counts: torch.Tensor | None = None) -> None:
     s, t = student.model.bert, teacher
     ds, dt = s.config.hidden_size, t.config.hidden_size
     words = t.embeddings.word_embeddings.weight[kept].float()
@@ -236,7 +248,14 @@ def _init_from_teacher(student: TextStudent, teacher: nn.Module, kept: torch.Ten
         dst.bias.copy_(P.T @ src.bias)
 
     se, te = s.embeddings, t.embeddings
-    se.word_embeddings.weight.copy_(words @ P)
+    if isinstance(se.word_embeddings, nn.Embedding):
+        se.word_embeddings.weight.copy_(words @ P)
+    else:  # factorised: the best low-rank approximation of the projected teacher rows
+        import os
+        weights = (counts.float() + 1).sqrt() if counts is not None and os.environ.get("TEXTCOS_WSVD") else None
+        kept_energy = se.word_embeddings.init_from(words @ P, weights)
+        student.notes.append(f"word embeddings: rank {se.word_embeddings.rows.weight.shape[1]} keeps "
+                             f"{kept_energy:.1%} of the teacher rows' energy")
     n_pos = se.position_embeddings.weight.shape[0]
     se.position_embeddings.weight.copy_(te.position_embeddings.weight[:n_pos] @ P)
     se.token_type_embeddings.weight.copy_(te.token_type_embeddings.weight @ P)
@@ -328,7 +347,15 @@ def load_text_student(path: str | Path) -> tuple[EmbeddingStudent, Any]:
     if not (path / "config.json").is_file():
         raise EdgekitError(f"{path} is not a saved student folder (no config.json); pass the --out folder of "
                            "edgekit distill")
-    bert = BertModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="eager")
+    from transformers import BertConfig
+
+    from edgekit.models.factorised_embedding import CONFIG_KEY, load_bert
+
+    config = BertConfig.from_pretrained(path, attn_implementation="eager")
+    if getattr(config, CONFIG_KEY, 0):
+        bert = load_bert(str(path), config)
+    else:
+        bert = BertModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="eager")
     dense = path / "2_Dense" / "model.safetensors"
     weight = load_file(dense)["linear.weight"] if dense.is_file() else None
     model = EmbeddingStudent(bert, weight.shape[0] if weight is not None else bert.config.hidden_size)
