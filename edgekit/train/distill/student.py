@@ -1,7 +1,7 @@
 """Transformer students from a short config string, initialised from the teacher where shapes allow.
 
 `layers=3,hidden=192,heads=6,intermediate=768` builds a BERT encoder; optional keys: `vocab=trim|shared|N`,
-`max_len=128`, `init=teacher|random`. Why each piece:
+`embedding_rank=R`, `max_len=128`, `init=teacher|random`. Why each piece:
 
 - Vocabulary. all-MiniLM-L6-v2's 30,522 x 384 word embeddings are half its parameters; a 1/8 student cannot
   keep them. `trim` (the default) keeps the special tokens, every single-character piece of printable ASCII
@@ -10,6 +10,10 @@
   trimmed WordPiece vocabulary tokenises a word exactly as the teacher does whenever all the teacher's
   pieces were kept (greedy longest match over a subset), so training sees the teacher's token positions,
   which attention and hidden-state distillation need.
+- Factorised table (`embedding_rank=R`). The word table is stored as V x R rows times an R x hidden
+  projection (a Gather and a MatMul once exported), initialised by a truncated SVD of the teacher's rows,
+  so a student can keep ten thousand tokens for the parameters of three thousand and spend the rest on its
+  feed-forward layers.
 - Initialisation (`init=teacher`). A narrower student starts in the teacher's principal subspace: P holds
   the top `hidden` principal directions of the kept word embeddings, embeddings are projected by P, each
   student block starts from its mapped teacher block with the strongest head of each head group (head
