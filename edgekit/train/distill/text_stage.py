@@ -201,8 +201,9 @@ def unk_rates(tokenizer: Any, student: TextStudent, sentences: Sequence[str], ma
 
 
 def evaluate(setup: TextSetup, model: nn.Module, sentences: Sequence[str], *, cka: bool = True,
-             teacher_embeddings: torch.Tensor | None = None) -> dict[str, Any]:
-    """Retention on held-out sentences: the student reads them with its own tokenizer."""
+             teacher_embeddings: torch.Tensor | None = None, per_sentence: bool = False) -> dict[str, Any]:
+    """Retention on held-out sentences: the student reads them with its own tokenizer. `per_sentence` adds
+    every sentence's cosine (in order), which a paired comparison of two students needs."""
     tok, cfg = setup.tokenizer, setup.config
     pad_id = setup.data.pad_id
     t_ids = encode(tok, sentences, cfg.max_length)
@@ -213,6 +214,8 @@ def evaluate(setup: TextSetup, model: nn.Module, sentences: Sequence[str], *, ck
     cos = F.cosine_similarity(s_emb, t_emb, dim=-1)
     out: dict[str, Any] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                            "cosine_p10": float(cos.quantile(0.1)), **retrieval_agreement(t_emb, s_emb)}
+    if per_sentence:
+        out["cosines"] = [round(float(c), 5) for c in cos]
     if cka:
         lmap = layer_map(cfg.layer_map, setup.student.spec.layers, setup.teacher.config.num_hidden_layers,
                          cfg.embeddings)
