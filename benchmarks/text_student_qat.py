@@ -19,7 +19,11 @@ of the offline corpus, run here unless --student names such a folder. Then, with
 
 Writes benchmarks/results/text_student_qat.json (the command, parameters, steps, seconds and every figure).
 
-    python benchmarks/text_student_qat.py [--student DIR] [--steps 300] [--anchor-weight 1]
+    python benchmarks/text_student_qat.py [--student DIR] [--steps 300] [--anchor-weight 0]
+
+benchmarks/results/text_student_qat.json: --anchor-weight 0 (the teacher alone as target);
+text_student_qat_anchor1.json: --anchor-weight 1 (teacher + FP32 student). Both reused one distilled student
+(--student, --student-command) and a QAT run of the recorded command (--qat-dir), OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -147,7 +151,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="QAT steps")
     ap.add_argument("--lr", type=float, default=2e-5, help="QAT learning rate")
     ap.add_argument("--batch-size", type=int, default=16, help="QAT batch size")
-    ap.add_argument("--anchor-weight", type=float, default=1.0)
+    ap.add_argument("--anchor-weight", type=float, default=0.0,
+                    help="QAT weight of the FP32 student as a second target (0: the teacher alone)")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds")
     ap.add_argument("--latency-sentences", type=int, default=20)
     ap.add_argument("--targets", default=OTHER_TARGETS, help="the QAT student's other targets")
