@@ -36,7 +36,7 @@ def run_text(args: argparse.Namespace, defaults: dict) -> int:
     lr = text.lr if args.lr == defaults["lr"] else args.lr
     batch = text.batch_size if args.batch_size == defaults["batch_size"] else args.batch_size
     config = TextQATConfig(steps=args.steps, batch_size=batch, lr=lr, weight_decay=0.0, max_length=args.max_length,
-                           seed=args.seed, embeddings=not args.no_embedding_qat)
+                           seed=args.seed, embeddings=not args.no_embedding_qat, anchor_weight=args.anchor_weight)
     out = Path(args.out)
     result = qat_text(args.teacher, args.student, args.data, args.eval, config=config, target=args.target,
                       precision=args.precision, out=out, force=args.force, log=log)
@@ -46,17 +46,20 @@ def run_text(args: argparse.Namespace, defaults: dict) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=1, default=str) + "\n")
-    c = report["torch_cosine_vs_teacher"]
+    c, own = report["torch_cosine_vs_teacher"], report["torch_cosine_vs_fp32_student"]
     print(f"qat        {config.steps} steps on {report['train_sentences']} sentences ({report['seconds']:.0f} s); "
           f"int8 (simulated) cosine to the teacher {c['simulated_int8_before_qat']['mean']:.4f} -> "
-          f"{c['simulated_int8_after_qat']['mean']:.4f} mean on {report['eval_sentences']} held-out sentences")
+          f"{c['simulated_int8_after_qat']['mean']:.4f} mean on {report['eval_sentences']} held-out sentences "
+          f"(FP32 student: {c['fp32_student']['mean']:.4f}); to the FP32 student "
+          f"{own['simulated_int8_before_qat']['mean']:.4f} -> {own['simulated_int8_after_qat']['mean']:.4f}")
     print(f"student    {result.folder} (hf: folder, weights on the int8 grid: {report['grid_error_steps']:.1e} steps "
           "off)")
     a = report.get("artifact")
     if a:
         print(f"artifact   {a['path']} ({a['target']}, {a['precision']}): cosine to the teacher "
-              f"{a['cosine_vs_teacher']['mean']:.4f} mean, {a['cosine_vs_teacher']['worst']:.4f} worst; to the QAT "
-              f"model {a['cosine_vs_qat_model']['mean']:.5f}")
+              f"{a['cosine_vs_teacher']['mean']:.4f} mean, {a['cosine_vs_teacher']['worst']:.4f} worst; to the FP32 "
+              f"student {a['cosine_vs_fp32_student']['mean']:.4f} mean, {a['cosine_vs_fp32_student']['worst']:.4f} "
+              f"worst; to the QAT model {a['cosine_vs_qat_model']['mean']:.5f}")
     return 0
 
 
@@ -69,5 +72,9 @@ def add_text_args(p: argparse.ArgumentParser) -> None:
                         "activations quantized per call)")
     g.add_argument("--steps", type=int, default=300, metavar="N", help="training steps (default 300)")
     g.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per sentence (default 128)")
+    g.add_argument("--anchor-weight", type=float, default=0.0, metavar="W",
+                   help="weight of a second target, the student's own FP32 embedding, beside the teacher's "
+                        "(default 0): keeps the int8 student close to the FP32 student it replaces when the "
+                        "teacher is another model")
     g.add_argument("--no-embedding-qat", action="store_true",
                    help="leave the embedding tables out of the fake quantization")

@@ -47,6 +47,9 @@ class TextQATConfig:
     error (the weights are still the only thing it can fit). `hidden_weight`: weight of a per-token term,
     1 - cos between the last hidden states, used when teacher and student share a tokenizer (more targets
     per sentence than the one pooled embedding). `max_length`: tokens per training sentence.
+    `anchor_weight`: weight of a second target, 1 - cos to the student's own FP32 sentence embedding, used
+    when the teacher is another model: distillation towards the teacher moves the student, and the int8
+    artifact is judged against the FP32 student it replaces, so this term bounds how far QAT may move it.
     """
 
     steps: int = 300
@@ -58,6 +61,7 @@ class TextQATConfig:
     embeddings: bool = True
     activations: bool = True
     hidden_weight: float = 1.0
+    anchor_weight: float = 0.0
     log_every: int = 50
 
     def __post_init__(self) -> None:
@@ -65,9 +69,10 @@ class TextQATConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise EdgekitError(f"text QAT {name} must be a positive integer (got {v!r})")
-        if not (isinstance(self.hidden_weight, int | float) and math.isfinite(self.hidden_weight)
-                and self.hidden_weight >= 0):
-            raise EdgekitError(f"text QAT hidden_weight must be a number >= 0 (got {self.hidden_weight!r})")
+        for name in ("hidden_weight", "anchor_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise EdgekitError(f"text QAT {name} must be a number >= 0 (got {v!r})")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise EdgekitError(f"text QAT lr must be a positive number, e.g. 2e-5 (got {self.lr!r})")
 
@@ -235,6 +240,53 @@ def load(spec: Any, what: str) -> tuple[Any, Any]:
     return hf.load_model(folder), hf.load_tokenizer(folder)
 
 
+def projection_head(folder: Path):
+    """The student's linear head into the teacher's embedding width (a sentence-transformers `2_Dense` module, as
+    `edgekit distill` saves for a student narrower than its teacher), as a frozen function of the pooled
+    embedding, or None when the folder has none. Frozen because `hf:` exports the pooled encoder output without
+    it: the head only maps the student into the teacher's space for the loss and the teacher comparisons."""
+    import json
+
+    import torch
+
+    weights = folder / "2_Dense" / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    config_file = folder / "2_Dense" / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    activation = str(config.get("activation_function", "torch.nn.modules.linear.Identity"))
+    if not activation.endswith("Identity"):
+        raise EdgekitError(f"{folder}/2_Dense applies {activation}; text QAT maps a student into the teacher's "
+                           "width with a linear head only: pass the student's own FP32 folder as --teacher")
+    tensors = load_file(weights)
+    if "linear.weight" not in tensors:
+        raise EdgekitError(f"{weights} holds no linear.weight (has {', '.join(sorted(tensors)) or 'nothing'}): not "
+                           "a Dense head saved by edgekit distill or sentence-transformers")
+    weight = tensors["linear.weight"].float()
+    bias = tensors.get("linear.bias")
+
+    def head(emb):
+        return torch.nn.functional.linear(emb, weight, None if bias is None else bias.float())
+
+    head.in_features, head.out_features = int(weight.shape[1]), int(weight.shape[0])  # type: ignore[attr-defined]
+    return head
+
+
+def copy_student_files(src: Path, dst: Path) -> None:
+    """The files of a student folder that `save_pretrained` does not write (sentence-transformers' pooling and
+    projection-head modules, edgekit's student record), so the QAT'd folder is the same kind of student."""
+    import shutil
+
+    for name in ("modules.json", "edgekit_student.json", "1_Pooling", "2_Dense"):
+        item = src / name
+        if item.is_dir():
+            shutil.copytree(item, dst / name, dirs_exist_ok=True)
+        elif item.is_file():
+            shutil.copy2(item, dst / name)
+
+
 def hf_max_length(folder: Path) -> int:
     """The sequence length `hf:` exports at (its maximum): the default, capped by the model's positions."""
     import json
@@ -286,10 +338,13 @@ def cosine_stats(a, b) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------
 def train(student, tokenizer, sentences: Sequence[str], targets, config: TextQATConfig,
           log: Callable[[str], None] | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
-          token_targets: list[Any] | None = None) -> list[dict[str, Any]]:
+          token_targets: list[Any] | None = None, anchors=None, head: Callable | None = None
+          ) -> list[dict[str, Any]]:
     """AdamW with cosine decay over `config.steps` seeded batches; loss 1 - cos(student, teacher embedding),
     plus `config.hidden_weight` x the mean over real tokens of 1 - cos(student, teacher last hidden state)
-    when `token_targets` (the teacher's, same tokenizer) are given."""
+    when `token_targets` (the teacher's, same tokenizer) are given, plus `config.anchor_weight` x
+    1 - cos(student, `anchors`) (the FP32 student's own embeddings) when given. `head` maps the student's
+    embedding into the teacher's width for the first term (None: the widths match)."""
     import torch
     import torch.nn.functional as F
 
@@ -310,7 +365,9 @@ def train(student, tokenizer, sentences: Sequence[str], targets, config: TextQAT
             order += more
         idx, order = order[: config.batch_size], order[config.batch_size :]
         got, hidden, mask = forward(student, tokenizer, [sentences[i] for i in idx], config.max_length)
-        loss = (1 - F.cosine_similarity(got, targets[idx], dim=-1)).mean()
+        loss = (1 - F.cosine_similarity(head(got) if head is not None else got, targets[idx], dim=-1)).mean()
+        if anchors is not None and config.anchor_weight > 0:
+            loss = loss + config.anchor_weight * (1 - F.cosine_similarity(got, anchors[idx], dim=-1)).mean()
         if token_targets is not None and config.hidden_weight > 0:
             want = torch.zeros_like(hidden)
             for row, i in enumerate(idx):
@@ -353,11 +410,12 @@ def _runner_embeddings(artifact, tokenizer, sentences: Sequence[str], max_length
 def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, config: TextQATConfig | None = None,
              target: str | None = "x86-server-cpu", precision: str = "dynamic-int8", out: Path | str | None = None,
              force: bool = False, log: Callable[[str], None] | None = None) -> TextQATResult:
-    """QAT of an hf: `student` for the dynamic-int8 transformer form, distilled from the FP32 `teacher`
-    (usually the student's own FP32 self): fake-quantized int8 weights, embedding cosine loss, weights snapped
-    onto the grid. With `out`, writes OUT/student_qat (hf: folder) and, with a `target`, exports it through the
-    normal export path to OUT/artifact and measures the artifact against the FP32 teacher on `eval_data`
-    (default `data`)."""
+    """QAT of an hf: `student` for the dynamic-int8 transformer form, distilled from the FP32 `teacher` (the
+    model it was distilled from, or the student's own FP32 self): fake-quantized int8 weights, embedding
+    cosine loss, weights snapped onto the grid. With `out`, writes OUT/student_qat (an hf: folder keeping the
+    student folder's sentence-transformers files) and, with a `target`, exports it through the normal export
+    path to OUT/artifact and measures the artifact against the FP32 teacher and the FP32 student on
+    `eval_data` (default `data`)."""
     import torch
 
     log = log or (lambda _m: None)
@@ -392,30 +450,47 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
     log(f"teacher embeddings for {len(sentences)} training and {len(held)} held-out sentences")
     t_train = embed(t_model, t_tok, sentences, config.max_length)
     t_held = embed(t_model, t_tok, held, config.max_length)
-    width = int(embed(s_model, s_tok, sentences[:1], config.max_length).shape[-1])
+    s_held = embed(s_model, s_tok, held, config.max_length)  # the FP32 student the int8 artifact replaces
+    width = int(s_held.shape[-1])
+    head = projection_head(hf_folder(student, "student")) if width != t_train.shape[-1] else None
+    if head is not None and head.in_features == width:
+        width = head.out_features
+    else:
+        head = None
     if width != t_train.shape[-1]:
-        raise EdgekitError(f"the student's embedding has {width} dimensions and the teacher's {t_train.shape[-1]}: "
-                           "text QAT distils the embedding directly, so pass the student's own FP32 model as "
-                           "--teacher")
-    fp32 = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+        raise EdgekitError(f"the student's embedding has {width} dimensions and the teacher's {t_train.shape[-1]}, "
+                           "and the student folder has no 2_Dense head mapping one onto the other: pass the "
+                           "student's own FP32 model as --teacher")
+
+    def to_teacher(emb):  # the student's pooled embedding in the teacher's space
+        return head(emb) if head is not None else emb
+
+    fp32 = cosine_stats(to_teacher(s_held), t_held)
+    anchors = embed(s_model, s_tok, sentences, config.max_length) if config.anchor_weight > 0 else None
+    length = min(config.max_length, hf_max_length(hf_folder(student, "student")))  # what hf: exports at
+    s_held_export = s_held if length == config.max_length else embed(s_model, s_tok, held, length)
     names = attach(s_model, config.embeddings, config.activations)
-    ptq = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    ptq_emb = embed(s_model, s_tok, held, config.max_length)
+    ptq, ptq_own = cosine_stats(to_teacher(ptq_emb), t_held), cosine_stats(ptq_emb, s_held)
     log(f"fake-quantized {len(names)} weight tensors on the exporter's int8 grid; before QAT: held-out cosine "
         f"{ptq['mean']:.5f} mean, {ptq['worst']:.5f} worst (FP32 student {fp32['mean']:.5f})")
 
     def heldout() -> dict[str, float]:
-        c = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
-        return {"heldout_cosine": c["mean"], "heldout_cosine_worst": c["worst"]}
+        got = embed(s_model, s_tok, held, config.max_length)
+        c, own = cosine_stats(to_teacher(got), t_held), cosine_stats(got, s_held)
+        return {"heldout_cosine": c["mean"], "heldout_cosine_worst": c["worst"],
+                "heldout_cosine_vs_fp32_student": own["mean"], "heldout_cosine_vs_fp32_student_worst": own["worst"]}
 
     started = time.perf_counter()
-    same_tokens = t_tok.get_vocab() == s_tok.get_vocab()
+    same_tokens = t_tok.get_vocab() == s_tok.get_vocab() and head is None  # per-token targets need both
     tokens = token_states(t_model, t_tok, sentences, config.max_length) \
         if same_tokens and config.hidden_weight > 0 else None
-    history = train(s_model, s_tok, sentences, t_train, config, log, heldout, tokens)
+    history = train(s_model, s_tok, sentences, t_train, config, log, heldout, tokens, anchors, head)
     seconds = time.perf_counter() - started
-    after = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    after_emb = embed(s_model, s_tok, held, config.max_length)
     snap(s_model)
-    snapped = cosine_stats(embed(s_model, s_tok, held, config.max_length), t_held)
+    snapped_emb = embed(s_model, s_tok, held, config.max_length)
+    after, snapped = cosine_stats(to_teacher(after_emb), t_held), cosine_stats(to_teacher(snapped_emb), t_held)
     metrics: dict[str, Any] = {
         "stage": "qat-text", "teacher": str(teacher), "student": str(student), "train_data": str(data),
         "eval_data": str(eval_data if eval_data is not None else data), "train_sentences": len(sentences),
@@ -423,10 +498,18 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
         "weights": "int8 symmetric per output channel (Linear) / per row (embedding tables >= "
                    f"{MIN_TABLE_ELEMENTS} elements), range [-{QMAX}, {QMAX}], the exporter's dynamic-int8 grid",
         "fake_quantized": names, "seconds": round(seconds, 1),
-        "loss": "1 - cos(sentence embedding)" + (f" + {config.hidden_weight:g} x mean over tokens of 1 - cos(last "
-                                                 "hidden state)" if tokens is not None else ""),
+        "projection_head": (f"2_Dense {head.in_features} -> {head.out_features}, frozen (not in the hf: export)"
+                            if head is not None else None),
+        "loss": "1 - cos(sentence embedding, teacher's)"
+                + (f" + {config.hidden_weight:g} x mean over tokens of 1 - cos(last hidden state)" if tokens is not None
+                   else "")
+                + (f" + {config.anchor_weight:g} x (1 - cos(sentence embedding, FP32 student's))"
+                   if anchors is not None else ""),
         "torch_cosine_vs_teacher": {"fp32_student": fp32, "simulated_int8_before_qat": ptq,
                                     "simulated_int8_after_qat": after, "qat_weights_float_activations": snapped},
+        "torch_cosine_vs_fp32_student": {"simulated_int8_before_qat": ptq_own,
+                                         "simulated_int8_after_qat": cosine_stats(after_emb, s_held),
+                                         "qat_weights_float_activations": cosine_stats(snapped_emb, s_held)},
         "simulated": "int8 weights" + (" and per-call uint8 Linear inputs" if config.activations else ""),
         "grid_error_steps": grid_error(s_model, config.embeddings)}
     result = TextQATResult(s_model, s_tok, metrics, history)
@@ -436,18 +519,19 @@ def qat_text(teacher: Any, student: Any, data: Any, eval_data: Any = None, *, co
     folder = out_path / "student_qat"
     s_model.save_pretrained(folder)
     s_tok.save_pretrained(folder)
+    copy_student_files(hf_folder(student, "student"), folder)
     result.folder = folder
     if tgt is not None:
         from edgekit.export import export
 
         art = export(f"hf:{folder}", tgt, precision, calib=data, eval=eval_data if eval_data is not None else data,
                      out=out_path / "artifact", force=True, progress=log)
-        length = min(config.max_length, hf_max_length(folder))
         got = _runner_embeddings(art, s_tok, held, length)
         ref = embed(t_model, t_tok, held, length)
         qat_ref = embed(s_model, s_tok, held, length)
         metrics["artifact"] = {"path": str(art.path), "target": tgt.name, "precision": precision,
-                               "cosine_vs_teacher": cosine_stats(got, ref),
+                               "cosine_vs_teacher": cosine_stats(to_teacher(got), ref),
+                               "cosine_vs_fp32_student": cosine_stats(got, s_held_export),
                                "cosine_vs_qat_model": cosine_stats(got, qat_ref),
                                "verification": art.manifest["verification"]}
         result.artifact = art
