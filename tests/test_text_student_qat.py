@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from edgekit.data.text import sentences_path
 from edgekit.data.tiny_text import save_tiny_bert
@@ -15,14 +16,15 @@ from edgekit.data.tiny_text import save_tiny_bert
 STUDENT = "layers=1,hidden=16,heads=2,intermediate=32"  # narrower than the teacher (32): a 2_Dense head
 
 
-def test_distilled_student_goes_through_qat_and_export(cli, tmp_path):
+@pytest.mark.parametrize("extra", ["", ",embedding_rank=4"], ids=["full-table", "factorised-table"])
+def test_distilled_student_goes_through_qat_and_export(cli, tmp_path, extra):
     lines = [s for s in sentences_path("train").read_text().splitlines() if s.strip()]
     train, held = tmp_path / "train.txt", tmp_path / "heldout.txt"  # small: the path matters here, not quality
     train.write_text("\n".join(lines[:48]) + "\n")
     held.write_text("\n".join(s for s in sentences_path("test").read_text().splitlines()[:20] if s.strip()) + "\n")
     teacher, student, out = save_tiny_bert(tmp_path / "teacher", lines), tmp_path / "student", tmp_path / "qat"
-    r = cli("distill", "--teacher", f"hf:{teacher}", "--student-config", STUDENT, "--data", train, "--eval", held,
-            "--epochs", "1", "--batch-size", "32", "--terms", "output", "--out", student)
+    r = cli("distill", "--teacher", f"hf:{teacher}", "--student-config", STUDENT + extra, "--data", train,
+            "--eval", held, "--epochs", "1", "--batch-size", "32", "--terms", "output", "--out", student)
     assert r.rc == 0, r.err[-2000:]
     assert (student / "2_Dense").is_dir()  # the case the head support exists for
     r = cli("qat", "--teacher", f"hf:{teacher}", "--student", f"hf:{student}", "--data", train, "--eval", held,
@@ -42,6 +44,7 @@ def test_distilled_student_goes_through_qat_and_export(cli, tmp_path):
 
     vocab = AutoTokenizer.from_pretrained(student).get_vocab()
     assert AutoTokenizer.from_pretrained(qat).get_vocab() == vocab
+    assert json.loads((qat / "config.json").read_text()).get("embedding_rank") == (4 if extra else None)
     assert len(vocab) < len(AutoTokenizer.from_pretrained(teacher).get_vocab())  # trimmed by distill
     assert (qat / "2_Dense" / "model.safetensors").is_file() and (qat / "modules.json").is_file()
     from edgekit.train.distill.student import load_text_student
