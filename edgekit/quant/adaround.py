@@ -365,3 +365,54 @@ def check_on_grid(prepared: Path, exported, layers=None) -> dict[str, Any]:
         q = numpy_helper.to_array(qinits[dq.input[0]]).astype(np.int64)
         off[name] = int((np.abs(w / _scale(dq, qinits, w).astype(np.float64) - q) > 1e-3).sum())
     return {"layers": len(off), "weights_off_grid": sum(off.values())}
+
+
+def check_artifact(backend: str, learned: Path, artifact_file: Path) -> dict[str, Any] | None:
+    """Whether the written artifact holds the integers learned rounding chose: the Q/DQ graph's own int8
+    weights for a Q/DQ backend, the stored int8 weights the backend declares a reader for otherwise (None:
+    neither, nothing to check)."""
+    from edgekit.backends.registry import get_spec, load_function
+
+    spec = get_spec(backend)
+    if spec.int8_weight_reader:
+        return check_stored_grid(learned, load_function(spec.int8_weight_reader)(artifact_file))
+    if spec.qdq_style:
+        return check_on_grid(learned, artifact_file)
+    return None
+
+
+def check_stored_grid(learned: Path, stored) -> dict[str, Any]:
+    """Per Conv/Gemm of the learned graph, its per-channel scale (max|w|/127) and integers against int8 weights
+    another converter stored (`stored`: objects with values, scales and the axis the scales run along).
+
+    A layer is matched to the stored weight with the same per-channel scales in the same order (layouts differ:
+    OIHW against OHWI / 1HWC), and its integers compared channel by channel as sorted values, which a layout
+    change does not alter. Layers with no stored weight of the same scales are counted as unmatched: the
+    converter re-derived another grid there (e.g. folded another op into the weights)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(learned), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    matched, unmatched, off = 0, [], 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        w = w.reshape(w.shape[0], -1)
+        amax = np.abs(w).max(1)
+        scale = np.where(amax > 0, amax / QMAX, 1.0)
+        q = np.sort(np.round(w / scale[:, None]).astype(np.int64), 1)
+        hit = None
+        for t in stored:
+            if len(t.scales) == len(scale) and np.allclose(t.scales, scale, rtol=1e-5, atol=1e-12):
+                tq = np.moveaxis(t.values, t.axis, 0).reshape(len(scale), -1).astype(np.int64)
+                if tq.shape == q.shape:
+                    hit = int((np.sort(tq, 1) != q).sum())
+                    break
+        if hit is None:
+            unmatched.append(node.name)
+        else:
+            matched += 1
+            off += hit
+    return {"layers_matched": matched, "layers_unmatched": unmatched, "weights_differing": off}
