@@ -36,6 +36,24 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def same_graph(prepared: Path, learned: Path, dest: Path) -> Path:
+    """`learned` copied to `dest` after checking it is `prepared` (same nodes, same initializer names and
+    shapes) with other Conv/Gemm weights: a fit of another run is only reused for the same model."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    a, b = onnx.load(str(prepared)), onnx.load(str(learned))
+    if [n.name for n in a.graph.node] != [n.name for n in b.graph.node]:
+        raise SystemExit(f"{learned} is not a learned copy of this model's prepared graph (other nodes)")
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in a.graph.initializer}
+    if shapes != {t.name: numpy_helper.to_array(t).shape for t in b.graph.initializer}:
+        raise SystemExit(f"{learned} is not a learned copy of this model's prepared graph (other initializers)")
+    shutil.copyfile(learned, dest)
+    return dest
+
+
 def main() -> int:
     import torch
 
@@ -49,6 +67,12 @@ def main() -> int:
                     help="technique rows to measure for both targets, in this order")
     ap.add_argument("--work", type=Path, default=None, help="folder for intermediate graphs (default: a temp dir)")
     ap.add_argument("--reuse-fit", action="store_true", help="reuse WORK/trt/adaround.onnx from an earlier run")
+    ap.add_argument("--fit", type=Path, default=None,
+                    help="a learned-rounding graph of this model from an earlier run (e.g. cnn_int8.py's "
+                         "WORK/search/adaround.onnx, fitted on the same first calibration crops): used instead of "
+                         "a fresh fit after checking it is this prepared graph with other weights")
+    ap.add_argument("--fit-note", default="", help="where --fit comes from, recorded in the results")
+    ap.add_argument("--bc-samples", type=int, default=64, help="calibration crops bias correction measures on")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8_targets.json")
     args = ap.parse_args()
 
@@ -100,8 +124,12 @@ def main() -> int:
             "jetson": "TensorRT is not installed here: the TensorRT-ready Q/DQ ONNX from TensorRTExporter run by "
                       "ONNX Runtime (CPU) as a stand-in for its numerics; no engine built",
             "adaround": {"samples": adaround.SAMPLES, "iterations": adaround.ITERATIONS,
-                         "fit": "one fit on the TensorRT int8 format, reused for pixel-8 (same weight grid: "
+                         "fit": ("given (--fit): " + (args.fit_note or str(args.fit))) if args.fit else
+                                "one fit on the TensorRT int8 format, reused for pixel-8 (same weight grid: "
                                 "per-channel symmetric int8, scale max|w|/127)"},
+            "bias_correction": {"samples": ptq_improve.SAMPLES,
+                                "measured_on": "jetson: its own Q/DQ format; pixel-8: an ONNX Runtime Q/DQ stand-in "
+                                               "of TFLite's int8 format (edgekit.backends.tflite.standin_qdq_format)"},
             "machine": "shared 2-core machine under other load (seconds are wall time there)",
             "notes": notes,
             "rows": rows,
@@ -150,6 +178,7 @@ def main() -> int:
               f"{row['sqnr_db']} dB", flush=True)
 
     adaround.SAMPLES = args.adaround_samples
+    ptq_improve.SAMPLES = args.bc_samples
     trt_opts = dict(targets["jetson"].backend_options)
     from edgekit.backends.tflite import standin_qdq_format
 
@@ -171,6 +200,9 @@ def main() -> int:
                     if learned is None and args.reuse_fit and cached.exists():
                         learned = cached
                         notes["adaround_fit"] = {"reused": str(cached)}
+                    if learned is None and args.fit is not None:
+                        learned = same_graph(prepared, args.fit, work / "given-fit.onnx")
+                        notes["adaround_fit"] = {"given": args.fit_note or str(args.fit)}
                     if learned is None:
                         # the one fit, on the TensorRT format
                         learned_setup, steps = ptq_improve.apply(setups["jetson"], ["adaround"], cset, "minmax", {})

@@ -360,6 +360,11 @@ class ExportPipeline:
         if budget is not None:
             budget.check_resolution(held.count, what)
         self.log(f"checking int8 on {held.count} samples {what}, never used for ranges")
+        if not techniques and budget is None and not spec.qdq_style:
+            # none of the asked techniques reaches this converter: a plain export, which says so
+            return {"exporter": registry.exporter_class(tgt.backend)(**exporter_options), "ranges": None,
+                    "prepared": self.prepared(), "check": held, "budget": None, "graph": None, "calibration": cal,
+                    "learned": None, "manifest": {"ptq_techniques_not_applied": not_applied}}
         ranges = self.ranges(cal, method, method_opts)
         # the user's --backend-option values override the target's here as in the exporter: the search must
         # measure the int8 format the artifact will have
