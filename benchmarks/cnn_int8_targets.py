@@ -12,13 +12,17 @@ pixel-8 / jetson-orin-nano --adaround --bias-correction` does:
   format (int8 asymmetric per-tensor activations, per-channel symmetric weights).
 - jetson: TensorRT is absent here, so the TensorRT-ready Q/DQ ONNX runs in ONNX Runtime on the CPU as a stand-in
   for its numerics (the same Q/DQ graph TensorRT's explicit quantization builds from); no engine is built.
-One learned-rounding fit (on the TensorRT format: int8 symmetric activations, the same per-channel weight grid)
-serves both targets.
+One learned-rounding fit serves both targets (their per-channel weight grid is the same): a fresh one on the
+TensorRT format (int8 symmetric activations), or with --fit a learned graph of the same model from an earlier
+run (checked to be the same graph). The .tflite's int8 weights are read back and compared with the learned
+integers (`tflite_weights_vs_learned_grid`; TFLite rescales a few channels whose int32 bias would overflow,
+counted as `channels_rescaled_by_converter`).
 
 Metrics: top-1 agreement with FP32 (Wilson 95 % interval) and output SQNR, both against the ORT FP32 graph's
 outputs, on held-out crops disjoint from the calibration crops (the held-out crops of benchmarks/cnn_int8.py).
 
-Usage: python benchmarks/cnn_int8_targets.py [--held 300] [--calib 64] [--adaround-samples 64]
+Usage: python benchmarks/cnn_int8_targets.py [--held 300] [--calib 64] [--adaround-samples 64] [--fit FILE]
+       [--bc-samples 64] [--rows plain,adaround,...]; --recheck-grid redoes only the read-back check
 Writes benchmarks/results/cnn_int8_targets.json after every row.
 """
 
@@ -54,6 +58,28 @@ def same_graph(prepared: Path, learned: Path, dest: Path) -> Path:
     return dest
 
 
+def recheck_grid(args: argparse.Namespace) -> int:
+    """The adaround rows' check of the written .tflite against the learned graph, redone on the files of an
+    earlier run (the check reads files only; nothing is converted or measured again)."""
+    from edgekit.quant import adaround
+
+    record = json.loads(args.out.read_text())
+    learned = next((p for p in (args.work / "given-fit.onnx", args.work / "trt" / "adaround.onnx") if p.exists()),
+                   None)
+    if learned is None:
+        raise SystemExit(f"no learned graph in {args.work}")
+    for name, row in record["rows"].items():
+        folder = args.work / name.replace(":", "-")
+        if "adaround" in name and (folder / "model.tflite").exists():
+            row["tflite_weights_vs_learned_grid"] = adaround.check_artifact("tflite", learned,
+                                                                            folder / "model.tflite")
+            row["plain_tflite_vs_learned_grid"] = adaround.check_artifact(
+                "tflite", learned, args.work / "pixel-8-plain" / "model.tflite")
+            print(name, row["tflite_weights_vs_learned_grid"])
+    args.out.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    return 0
+
+
 def main() -> int:
     import torch
 
@@ -72,9 +98,16 @@ def main() -> int:
                          "WORK/search/adaround.onnx, fitted on the same first calibration crops): used instead of "
                          "a fresh fit after checking it is this prepared graph with other weights")
     ap.add_argument("--fit-note", default="", help="where --fit comes from, recorded in the results")
+    ap.add_argument("--recheck-grid", action="store_true",
+                    help="only redo the learned-rounding check of the adaround rows' .tflite files in --work "
+                         "(read back from the files an earlier run wrote) and update --out")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of --out not measured in this run")
     ap.add_argument("--bc-samples", type=int, default=64, help="calibration crops bias correction measures on")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8_targets.json")
     args = ap.parse_args()
+
+    if args.recheck_grid:
+        return recheck_grid(args)
 
     from edgekit.backends import registry
     from edgekit.backends.base import ExportRequest, run_batched
@@ -110,6 +143,10 @@ def main() -> int:
     targets = {"pixel-8": load_target("pixel-8"), "jetson": load_target("jetson-orin-nano")}
     rows: dict[str, dict] = {}
     notes: dict[str, dict] = {}
+    if args.merge and args.out.exists():  # rows of an earlier run stay unless measured again
+        earlier = json.loads(args.out.read_text())
+        rows.update(earlier.get("rows", {}))
+        notes.update(earlier.get("notes", {}))
 
     def write() -> None:
         record = {
