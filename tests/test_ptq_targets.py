@@ -114,7 +114,7 @@ def test_learned_rounding_integers_are_the_tflite_integers(pixel8):
     assert any(layer["flipped"] > 0 for layer in step["per_layer"].values())  # not nearest rounding again
     grid = m["learned_rounding_in_artifact"]
     assert grid["layers_matched"] == step["layers_rounded"] and grid["layers_unmatched"] == []
-    assert grid["weights_differing"] == 0
+    assert grid["weights_differing"] == 0 and grid["weights_compared"] > 1000
     # the plain file's integers are nearest rounding: they differ from the learned ones
     from edgekit.backends.tflite_inspect import int8_weights
 

@@ -58,7 +58,8 @@ class BackendSpec:
     #: what of edgekit's improved int8 preparation reaches this backend's int8 artifact, which decides the PTQ
     #: techniques (--equalize, --adaround, ...) that apply to it: "graph" (an FP32-equivalent rewrite of the
     #: graph, e.g. equalised weights), "weights" (float weights on the int8 grid of symmetric per-output-channel
-    #: weights with scale max|w|/127, which its quantizer reproduces integer for integer), "biases" (float
+    #: weights with scale max|w|/127, which its quantizer reproduces integer for integer, bar channels it
+    #: rescales for reasons of its own, which the artifact check counts), "biases" (float
     #: biases, kept in float or as int32 at the product of the input and weight scales), "ranges" (edgekit's
     #: activation ranges). Empty: no technique reaches it
     ptq_inputs: tuple[str, ...] = ()
