@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--recheck-grid", action="store_true",
                     help="only redo the learned-rounding check of the adaround rows' .tflite files in --work "
                          "(read back from the files an earlier run wrote) and update --out")
+    ap.add_argument("--targets", default="jetson,pixel-8", help="which of jetson, pixel-8 to measure")
     ap.add_argument("--merge", action="store_true", help="keep the rows of --out not measured in this run")
     ap.add_argument("--bc-samples", type=int, default=64, help="calibration crops bias correction measures on")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8_targets.json")
@@ -228,7 +229,7 @@ def main() -> int:
 
     for label in [r for r in args.rows.split(",") if r]:
         techs = [] if label == "plain" else label.split("+")
-        for tname in ("jetson", "pixel-8"):
+        for tname in [t for t in args.targets.split(",") if t]:
             t_start = time.time()
             try:
                 setup, steps = setups[tname], []
