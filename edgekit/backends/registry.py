@@ -55,6 +55,23 @@ class BackendSpec:
     #: its runtime can keep every intermediate tensor of a run (LiteRT's preserve_all_tensors): the side
     #: `edgekit diagnose --against` lines up layer by layer with an ONNX Q/DQ artifact
     intermediate_tensors: bool = False
+    #: what of edgekit's improved int8 preparation reaches this backend's int8 artifact, which decides the PTQ
+    #: techniques (--equalize, --adaround, ...) that apply to it: "graph" (an FP32-equivalent rewrite of the
+    #: graph, e.g. equalised weights), "weights" (float weights on the int8 grid of symmetric per-output-channel
+    #: weights with scale max|w|/127, which its quantizer reproduces integer for integer, bar channels it
+    #: rescales for reasons of its own, which the artifact check counts), "biases" (float
+    #: biases, kept in float or as int32 at the product of the input and weight scales), "ranges" (edgekit's
+    #: activation ranges). Empty: no technique reaches it
+    ptq_inputs: tuple[str, ...] = ()
+    #: why an input missing from `ptq_inputs` does not reach the artifact, by input (shown in the manifest)
+    ptq_gaps: tuple[tuple[str, str], ...] = ()
+    #: "module:function" (target options) -> ONNX Runtime Q/DQ options reproducing the backend's own int8
+    #: format, for a backend whose converter quantizes by itself (no Q/DQ graph of edgekit's): techniques are
+    #: fitted and measured on that stand-in, then the backend converts the improved FP32 graph
+    qdq_standin: str | None = None
+    #: "module:function" (artifact file) -> the int8 weights it stores (values, scales, axis), for a backend
+    #: whose converter quantizes by itself: how an export checks that learned rounding's integers survived
+    int8_weight_reader: str | None = None
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -81,6 +98,7 @@ register_backend(
         # int16: 16-bit Q/DQ weights (ONNX Runtime runs them; see edgekit.quant.int16), then fp32
         layer_fallback=("int16", "fp32"),
         qdq_style="onnxruntime",
+        ptq_inputs=("graph", "weights", "biases", "ranges"),
     )
 )
 register_backend(
@@ -112,6 +130,13 @@ register_backend(
         runtime_module="ai_edge_litert",
         next_step="edgekit.backends.tflite:next_step",
         intermediate_tensors=True,
+        # the converter quantizes the improved FP32 graph itself: per-channel symmetric weights at max|w|/127
+        # (learned rounding's grid, checked integer for integer on the written file) and int32 biases reach it
+        ptq_inputs=("graph", "weights", "biases"),
+        ptq_gaps=(("ranges", "TFLite's converter computes its own activation min/max over the representative "
+                             "dataset and takes no given ranges"),),
+        qdq_standin="edgekit.backends.tflite:standin_qdq_format",
+        int8_weight_reader="edgekit.backends.tflite_inspect:int8_weights",
         no_fallback_reason=(
             "TFLite full-integer int8 has no per-layer float fallback in TensorFlow's converter (every op must "
             "be int8; only the experimental QuantizationDebugger's denylisted_nodes keeps chosen nodes float, "
@@ -132,6 +157,8 @@ register_backend(
         runtime_module="onnxruntime",
         layer_fallback=("fp16",),  # written as Casts around the layer, as the `mixed` precision does
         qdq_style="tensorrt",
+        # explicit quantization: the Q/DQ graph carries edgekit's ranges and int8 weights, biases stay float
+        ptq_inputs=("graph", "weights", "biases", "ranges"),
         native_check="edgekit.backends.tensorrt_engine:engine_support",
         next_step="edgekit.backends.tensorrt_engine:next_step",
         device_runtime="TensorRT",
@@ -199,6 +226,28 @@ def check_budget_backend(name: str, where: str = "") -> BackendSpec:
     return spec
 
 
+def technique_backends() -> list[str]:
+    """Backends some int8 PTQ technique reaches (see BackendSpec.ptq_inputs)."""
+    return sorted(n for n, s in _BACKENDS.items() if s.ptq_inputs)
+
+
+def check_technique_backend(name: str, where: str = "") -> BackendSpec:
+    """The backend's spec when int8 PTQ techniques can reach its artifact, else a one-line error saying which."""
+    spec = get_spec(name)
+    if not spec.ptq_inputs:
+        raise EdgekitError(f"int8 techniques (--equalize, --range-choice, --range-mse, --adaround, "
+                           f"--bias-correction) reach backends {', '.join(technique_backends())}; "
+                           f"{where or 'this target'} runs '{name}': export for one of those (--backend)")
+    return spec
+
+
+def standin_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The ONNX Runtime Q/DQ options techniques are fitted and measured with for backend `name`: its own
+    options for a Q/DQ backend, the declared stand-in of its int8 format for a backend that converts."""
+    spec = get_spec(name)
+    return _load(spec.qdq_standin)(options) if spec.qdq_standin else dict(options)
+
+
 def backend_precisions(name: str) -> tuple[str, ...]:
     return get_spec(name).precisions
 
@@ -248,6 +297,11 @@ def find_spec(name: str | None) -> BackendSpec | None:
 def native_spec(executes: str | None) -> BackendSpec | None:
     """The backend whose device runtime itself reports `executes` (a TensorRT engine, an Ascend .om)."""
     return next((s for s in _BACKENDS.values() if executes and s.native_execution == executes), None)
+
+
+def load_function(dotted: str) -> Any:
+    """The object a spec field names as "module:attribute" (imported on first use)."""
+    return _load(dotted)
 
 
 def _load(dotted: str) -> Any:

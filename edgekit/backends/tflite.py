@@ -4,6 +4,9 @@ Conversion: the verified FP32 ONNX goes through onnx2tf (which also turns the la
 TensorFlow's TFLiteConverter (see tflite_convert). For int8 the representative dataset is the pipeline's
 calibration set, the same samples with the same preprocessing every backend uses, transposed to NHWC; the
 converter computes its own min/max ranges from it, so this backend needs none of edgekit's ORT ranges.
+With int8 PTQ techniques the pipeline hands it the improved FP32 graph instead of the export (learned
+rounding's weights lie on the converter's own per-channel grid, corrected biases are plain floats); the
+techniques are fitted on an ONNX Runtime stand-in of this format (`standin_qdq_format`).
 
 Full integer means: int8 weights and activations, int8 input and output tensors, builtin int8 kernels only.
 TensorFlow's converter quietly keeps an op in float when it has no int8 kernel, so the written file is read
@@ -60,6 +63,16 @@ def _readable(tensor_name: str) -> str:
     """TFLite tensor names carry tf-keras scopes (model_3/tf.math.sin/Sin;...): keep the first op path."""
     first = tensor_name.split(";")[0]
     return first.split("/", 1)[1] if first.startswith("model") and "/" in first else first
+
+
+def standin_qdq_format(options: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime Q/DQ options that reproduce TFLite's full-integer format, for fitting and measuring PTQ
+    techniques before the converter runs: int8 activations per tensor with a zero point (asymmetric), int8
+    weights symmetric per output channel with scale max|w|/127 (or per tensor without per_channel), as
+    TFLite's converter quantizes them. The activation ranges are edgekit's, not the converter's own min/max
+    over the representative dataset, so measurements on it approximate the .tflite; the weight grid is exact."""
+    return {"activation_type": "int8", "activation_symmetric": False, "weight_type": "int8",
+            "per_channel": bool(options.get("per_channel", True)), "reduce_range": False}
 
 
 def converter_details(precision: str) -> dict[str, Any]:

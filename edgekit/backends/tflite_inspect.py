@@ -121,3 +121,45 @@ def read_tflite(model: Path | str | bytes) -> TfliteSummary:
     inputs = [tensors[int(i)] for i in np.atleast_1d(graph.InputsAsNumpy())] if graph.InputsLength() else []
     outputs = [tensors[int(i)] for i in np.atleast_1d(graph.OutputsAsNumpy())] if graph.OutputsLength() else []
     return TfliteSummary(inputs, outputs, ops, tensors)
+
+
+#: TFLite ops whose second input is a constant weight tensor quantized per output channel
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """One weighted op's int8 weight as stored: the integers, their scales and the axis the scales run along."""
+
+    op: str
+    tensor: str
+    values: np.ndarray
+    scales: np.ndarray
+    axis: int
+
+
+def int8_weights(model: Path | str | bytes) -> list[Int8Weight]:
+    """The int8 weights of the weighted ops of the main subgraph, read from the flatbuffer's buffers.
+
+    Why: whether a weight chosen on another quantizer's grid (learned rounding) survives TFLite's converter is
+    a question about these integers and scales, so they are read as written, not recomputed."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+    root = schema.Model.GetRootAs(buf, 0)
+    graph = root.Subgraphs(0)
+    summary = read_tflite(buf)
+    found = []
+    for op in summary.ops:
+        if op.name not in WEIGHTED_OPS or len(op.inputs) < 2:
+            continue
+        index = op.inputs[2] if op.name == "TRANSPOSE_CONV" else op.inputs[1]
+        t = graph.Tensors(index)
+        q = t.Quantization()
+        data = root.Buffers(t.Buffer()).DataAsNumpy() if t.Buffer() > 0 else 0
+        if summary.tensors[index].dtype != "int8" or q is None or isinstance(data, int) or not q.ScaleLength():
+            continue
+        values = np.frombuffer(data.tobytes(), np.int8).reshape(summary.tensors[index].shape)
+        found.append(Int8Weight(op.name, summary.tensors[index].name, values, q.ScaleAsNumpy().astype(np.float64),
+                                int(q.QuantizedDimension())))
+    return found

@@ -69,6 +69,8 @@ def print_improvements(m: dict) -> None:
     for step in m.get("ptq_techniques", []):
         print(f"technique  {step['technique']}: agreement {step['agreement']:.4f}, SQNR {step['sqnr_db']:.1f} dB "
               "(check data)")
+    for skip in m.get("ptq_techniques_not_applied", []):
+        print(f"technique  {skip['technique']}: {skip['why']}")
     fb = m.get("fallback")
     if fb:
         for t in fb.get("int8_techniques", []):
@@ -165,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"--min-cosine is a cosine in [-1, 1], e.g. 0.99 (got {args.min_cosine})")
     budgeted = args.min_agreement is not None or args.max_accuracy_drop is not None or args.min_sqnr is not None \
         or techniques or args.min_cosine is not None
+    # techniques alone reach more backends than a budget does (TFLite converts the improved float graph)
+    budgeted_only_by_techniques = bool(techniques) and args.min_agreement is None and \
+        args.max_accuracy_drop is None and args.min_sqnr is None and args.min_cosine is None
     for target in targets:
         precision = target.check_precision(args.precision)
         # a transformer's dynamic int8 takes a cosine budget too
@@ -173,9 +178,12 @@ def run(args: argparse.Namespace) -> int:
             raise EdgekitError("--min-agreement, --max-accuracy-drop, --equalize, --range-choice and "
                                f"--bias-correction apply to --precision int8 (got {precision})")
         if budgeted:
-            from edgekit.backends.registry import check_budget_backend
+            from edgekit.backends.registry import check_budget_backend, check_technique_backend
 
-            check_budget_backend(target.backend, f"target {target.name}")
+            if budgeted_only_by_techniques:
+                check_technique_backend(target.backend, f"target {target.name}")
+            else:
+                check_budget_backend(target.backend, f"target {target.name}")
     if args.calib_samples < 1:
         raise EdgekitError(f"--calib-samples must be at least 1 (got {args.calib_samples})")
     dynamic = tuple(d.strip() for d in (args.dynamic or "").split(",") if d.strip())

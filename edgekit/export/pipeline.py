@@ -226,7 +226,12 @@ class ExportPipeline:
         peak_reset = reset_peak()  # this export's own peak, not an earlier one's in the same process
         with staging(out_path, force) as stage:
             self.log(f"building {tgt.backend} {precision} artifact for target {tgt.name}")
-            request = ExportRequest(onnx_model, tgt, precision, cset, ranges, stage, prepared, self.src,
+            # with int8 techniques: the calibration part (the rest checks them), and for a backend that
+            # converts the FP32 graph itself, the graph the techniques improved
+            request_onnx = onnx_model if improve is None or improve.get("graph") is None else dataclasses.replace(
+                onnx_model, path=improve["graph"])
+            calibration = cset if improve is None else improve.get("calibration", cset)
+            request = ExportRequest(request_onnx, tgt, precision, calibration, ranges, stage, prepared, self.src,
                                     None if self.src.single_float else transformer_quantizer(
                                         improve.get("transformer_options") if improve is not None else None))
             result = exporter.export(request)
@@ -254,13 +259,20 @@ class ExportPipeline:
             elif onnx_model.quantization is not None:
                 manifest["calibration"] = {"method": onnx_model.quantization,
                                            "source": "ranges fixed in the model's Q/DQ nodes (no PTQ calibration)"}
-            elif needs_data and cset is not None:
+            elif needs_data and calibration is not None:
                 method_used = result.details.get("calibration_method", f"{tgt.backend} converter")
-                manifest["calibration"] = {**cset.provenance(), "method": method_used}
+                manifest["calibration"] = {**calibration.provenance(), "method": method_used}
             else:
                 manifest["calibration"] = {"method": "none", "reason": f"{precision} needs no calibration"}
             if improve is not None:
                 manifest.update(improve["manifest"])
+                if improve.get("learned") is not None:
+                    from edgekit.quant.adaround import check_artifact
+
+                    # learned rounding only counts if the written file holds its integers: checked on the file
+                    grid = check_artifact(tgt.backend, improve["learned"], stage / result.model_file)
+                    if grid is not None:
+                        manifest["learned_rounding_in_artifact"] = grid
             manifest["verification"] = self._verify(stage, manifest, evalset, cset)
             if improve is not None and improve["budget"] is not None:
                 manifest["budget"] = self._final_check(improve["budget"], manifest["verification"], keep_best_effort)
@@ -325,7 +337,14 @@ class ExportPipeline:
         if precision != "int8":
             raise EdgekitError(f"min_agreement, max_accuracy_drop and the int8 techniques apply to precision "
                                f"int8 (got {precision})")
-        check_budget_backend(tgt.backend, f"target {tgt.name}")
+        if budget is not None:
+            check_budget_backend(tgt.backend, f"target {tgt.name}")
+        else:
+            registry.check_technique_backend(tgt.backend, f"target {tgt.name}")
+        spec = registry.get_spec(tgt.backend)
+        techniques, not_applied = ptq_improve.for_backend(techniques, tgt.backend)
+        for skip in not_applied:
+            self.log(f"{skip['technique']} {skip['why']} (target {tgt.name})")
         if onnx_model.quantization is not None:
             raise EdgekitError(f"{self.src.spec} already carries its own Q/DQ quantization "
                                f"({onnx_model.quantization}); budgeted fallback re-quantizes an FP32 model: export "
@@ -341,10 +360,16 @@ class ExportPipeline:
         if budget is not None:
             budget.check_resolution(held.count, what)
         self.log(f"checking int8 on {held.count} samples {what}, never used for ranges")
+        if not techniques and budget is None and not spec.qdq_style:
+            # none of the asked techniques reaches this converter: a plain export, which says so
+            return {"exporter": registry.exporter_class(tgt.backend)(**exporter_options), "ranges": None,
+                    "prepared": self.prepared(), "check": held, "budget": None, "graph": None, "calibration": cal,
+                    "learned": None, "manifest": {"ptq_techniques_not_applied": not_applied}}
         ranges = self.ranges(cal, method, method_opts)
         # the user's --backend-option values override the target's here as in the exporter: the search must
         # measure the int8 format the artifact will have
-        options = {**tgt.backend_options, **exporter_options}
+        # (for a backend that quantizes by itself: the declared Q/DQ stand-in of its int8 format)
+        options = registry.standin_options(tgt.backend, {**tgt.backend_options, **exporter_options})
         setup = fallback.QuantSetup(tgt.backend, self.prepared(), ranges, options, held.x,
                                     self.reference(held)[0], held.y, self.workdir / "fallback")
         setup.workdir.mkdir(exist_ok=True)
@@ -352,6 +377,13 @@ class ExportPipeline:
         if techniques:
             setup, steps = ptq_improve.apply(setup, techniques, cal, method, method_opts, log=self.log)
             manifest["ptq_techniques"] = steps
+            if spec.qdq_standin:
+                manifest["ptq_techniques_measured_on"] = (
+                    f"ONNX Runtime Q/DQ stand-in of {tgt.backend}'s int8 format ({options}) with edgekit's "
+                    f"{ranges.method} ranges, on {held.count} samples {what}; the {tgt.backend} converter then "
+                    "quantizes the improved FP32 graph itself (the artifact's own check: verification)")
+        if not_applied:
+            manifest["ptq_techniques_not_applied"] = not_applied
         if budget is not None:
             # all-int8 techniques (equalisation) first, then layers in float only if the budget still fails
             setup, plan = fallback.budgeted_search(setup, budget, cal, method, method_opts, applied=techniques,
@@ -366,9 +398,17 @@ class ExportPipeline:
                      f"{', '.join(plan.kept) or 'none'}")
         else:
             plan = fallback.FallbackPlan(None, [], setup.kept_precision, {}, {}, [], [], len(held.x))
-        exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
-        return {"exporter": exporter, "ranges": setup.ranges, "prepared": setup.prepared, "manifest": manifest,
-                "check": held, "budget": budget}
+        graph = None
+        if spec.qdq_style:
+            exporter = fallback.budgeted_exporter(tgt.backend, plan, setup, exporter_options)
+        else:
+            # the backend's own converter quantizes: it gets the improved FP32 graph in place of the export
+            exporter = registry.exporter_class(tgt.backend)(**exporter_options)
+            graph = setup.prepared if techniques else None
+        # a converter that calibrates by itself takes no ranges: the manifest then records its own calibration
+        return {"exporter": exporter, "ranges": setup.ranges if spec.qdq_style else None,
+                "prepared": setup.prepared, "manifest": manifest, "check": held, "budget": budget, "graph": graph,
+                "calibration": cal, "learned": setup.prepared if "adaround" in techniques else None}
 
     def _model_json(self) -> dict[str, Any]:
         src = self.src

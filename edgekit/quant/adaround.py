@@ -349,3 +349,61 @@ def check_on_grid(prepared: Path, exported, layers=None) -> dict[str, Any]:
         q = numpy_helper.to_array(qinits[dq.input[0]]).astype(np.int64)
         off[name] = int((np.abs(w / _scale(dq, qinits, w).astype(np.float64) - q) > 1e-3).sum())
     return {"layers": len(off), "weights_off_grid": sum(off.values())}
+
+
+def check_artifact(backend: str, learned: Path, artifact_file: Path) -> dict[str, Any] | None:
+    """Whether the written artifact holds the integers learned rounding chose: the Q/DQ graph's own int8
+    weights for a Q/DQ backend, the stored int8 weights the backend declares a reader for otherwise (None:
+    neither, nothing to check)."""
+    from edgekit.backends.registry import get_spec, load_function
+
+    spec = get_spec(backend)
+    if spec.int8_weight_reader:
+        return check_stored_grid(learned, load_function(spec.int8_weight_reader)(artifact_file))
+    if spec.qdq_style:
+        return check_on_grid(learned, artifact_file)
+    return None
+
+
+def check_stored_grid(learned: Path, stored) -> dict[str, Any]:
+    """Per Conv/Gemm of the learned graph, its per-channel scale (max|w|/127) and integers against int8 weights
+    another converter stored (`stored`: objects with values, scales and the axis the scales run along).
+
+    A layer is matched to the stored weight whose per-channel scales equal its own on most channels, in the same
+    order (layouts differ: OIHW against OHWI / 1HWC); its integers are compared channel by channel as sorted
+    values, which a layout change does not alter. A converter may give single channels another scale (TFLite
+    raises the weight scale of a channel whose int32 bias would overflow at input scale x weight scale: near-zero
+    weights under a large folded bias): those channels are counted as rescaled, their integers not compared.
+    A layer with no such stored weight is unmatched: the converter re-derived its grid (e.g. folded an op in)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(learned), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    matched, unmatched, off, rescaled, compared = 0, [], 0, 0, 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        w = w.reshape(w.shape[0], -1)
+        amax = np.abs(w).max(1)
+        scale = np.where(amax > 0, amax / QMAX, 1.0)
+        q = np.sort(np.round(w / scale[:, None]).astype(np.int64), 1)
+        best = None
+        for t in stored:
+            if len(t.scales) != len(scale) or t.values.size != w.size:
+                continue
+            same = np.isclose(t.scales, scale, rtol=1e-5, atol=0) | (amax == 0)
+            if same.mean() >= 0.5 and (best is None or same.sum() > best[1].sum()):
+                best = (t, same)
+        if best is None:
+            unmatched.append(node.name)
+            continue
+        t, same = best
+        tq = np.sort(np.moveaxis(t.values, t.axis, 0).reshape(len(scale), -1).astype(np.int64), 1)
+        matched += 1
+        off += int((tq[same] != q[same]).sum())
+        compared += int(q[same].size)
+        rescaled += int((~same).sum())
+    return {"layers_matched": matched, "layers_unmatched": unmatched, "weights_compared": compared,
+            "weights_differing": off, "channels_rescaled_by_converter": rescaled}

@@ -38,6 +38,9 @@ TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correct
 #: the error left after all of them
 ORDER = TECHNIQUES
 RANGE_CANDIDATES = ("minmax", "percentile", "entropy")
+#: what each technique changes, which must reach the artifact for it to apply (BackendSpec.ptq_inputs)
+CHANGES = {"equalize": "graph", "range-choice": "ranges", "range-mse": "ranges", "adaround": "weights",
+           "bias-correction": "biases"}
 SAMPLES = 64
 #: images per run of the tapped graph in range choice (memory: every tapped tensor of them is held)
 CHOICE_BATCH = 8
@@ -47,6 +50,27 @@ def check_techniques(techniques: Sequence[str]) -> None:
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
         raise EdgekitError(f"unknown int8 technique(s) {', '.join(unknown)}; available: {', '.join(TECHNIQUES)}")
+
+
+def for_backend(techniques: Sequence[str], backend: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(the techniques that reach `backend`'s int8 artifact, in ORDER; the others, each with why not).
+
+    Why not refuse the others: asking `--range-mse --adaround` of several targets at once is reasonable, and
+    each artifact then says what it got; a technique that cannot apply is never silently a no-op."""
+    from edgekit.backends.registry import get_spec
+
+    check_techniques(techniques)
+    spec = get_spec(backend)
+    gaps = dict(spec.ptq_gaps)
+    applied, skipped = [], []
+    for tech in (t for t in ORDER if t in techniques):
+        need = CHANGES[tech]
+        if need in spec.ptq_inputs:
+            applied.append(tech)
+        else:
+            why = gaps.get(need, f"edgekit's {need} do not reach backend {backend}'s int8 artifact")
+            skipped.append({"technique": tech, "changes": need, "why": f"not applied: {why}"})
+    return applied, skipped
 
 
 # ---------------------------------------------------------------------------------------------------------
