@@ -127,6 +127,9 @@ def write_tiny_bert(folder: Path, words: int = 990, tweak=None) -> Path:
         with torch.no_grad():
             tweak(model)
     model.save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # the vocabulary handed over as a mapping: built from vocab_file, this transformers version's fast
+    # tokenizer keeps only the five special tokens and reads every word as [UNK]
+    vocab = (folder / "vocab.txt").read_text().split("\n")[:-1]
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     return folder
 
