@@ -26,7 +26,7 @@ def sensitive(tmp_path_factory):
         torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "m.onnx"), dynamo=True,
                           external_data=False)
     train, test = testmodels.digits_rgb("train"), testmodels.digits_rgb("test")
-    np.save(root / "calib.npy", train.x[:160])
+    np.save(root / "calib.npy", train.x[:96])
     np.savez(root / "eval.npz", x=test.x[:300], y=test.y[:300])
     return root
 
