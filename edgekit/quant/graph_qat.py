@@ -37,7 +37,7 @@ from edgekit.errors import EdgekitError
 
 #: defaults measured on EfficientNet-Lite1 (see the benchmark cnn_qat); `steps` 0: `epochs` passes over the data;
 #: `lr` is in int8 grid steps (Adam moves each weight by about lr of its channel's grid step per step)
-DEFAULTS: dict[str, Any] = {"lr": 0.003, "batch_size": 8, "epochs": 4, "steps": 0, "temperature": 1.0,
+DEFAULTS: dict[str, Any] = {"lr": 0.003, "batch_size": 8, "epochs": 8, "steps": 0, "temperature": 1.0,
                             "seed": 0}
 #: symmetric int8 weight grid of ONNX Runtime's quantizer
 WEIGHT_QMAX = 127
