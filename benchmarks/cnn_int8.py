@@ -4,7 +4,8 @@ Rows, all against the ORT FP32 graph on the same held-out crops (disjoint window
 - ONNX Runtime's own two-line path (`quantize_static`, U8S8, per-channel) with min-max and percentile
   calibration, on the calibration crops;
 - edgekit plain int8 (the x86-server-cpu format: U8S8 per-channel, min-max ranges);
-- each PTQ technique alone on top of plain int8 (equalize, range-choice, range-mse, bias-correction, adaround);
+- each PTQ technique alone on top of plain int8 (equalize, range-choice, range-mse, bias-correction, adaround,
+  qat: label-free QAT of the quantized graph's weights, see benchmarks/cnn_qat.py for its sweep);
 - the combined techniques (`--combined`, default range-mse then adaround);
 - the int16 rung: int16 weights on the layers that buy the most output SQNR per MAC, chosen on a separate
   selection split (never on the crops reported here) until SQNR >= 22 dB and agreement >= 0.95 there.
@@ -201,7 +202,7 @@ def main() -> int:
 
     summary_keys = ("pairs", "tensors_per_method", "tensors_clipped", "median_tensor_sqnr_gain_db",
                     "layers_corrected", "largest_shift", "layers_rounded", "mean_layer_sqnr_gain_db", "seconds",
-                    "samples", "iterations")
+                    "samples", "iterations", "layers_trained", "steps", "lr", "first_epoch_loss", "final_loss")
 
     def technique_row(name: str, techs: list[str]) -> None:
         try:

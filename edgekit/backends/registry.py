@@ -236,7 +236,7 @@ def check_technique_backend(name: str, where: str = "") -> BackendSpec:
     spec = get_spec(name)
     if not spec.ptq_inputs:
         raise EdgekitError(f"int8 techniques (--equalize, --range-choice, --range-mse, --adaround, "
-                           f"--bias-correction) reach backends {', '.join(technique_backends())}; "
+                           f"--bias-correction, --qat) reach backends {', '.join(technique_backends())}; "
                            f"{where or 'this target'} runs '{name}': export for one of those (--backend)")
     return spec
 

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         validate(target.backend, options, "--backend-option")
     techniques = [t for t, on in (("equalize", args.equalize), ("range-choice", args.range_choice),
                                   ("range-mse", args.range_mse), ("adaround", args.adaround),
-                                  ("bias-correction", args.bias_correction)) if on]
+                                  ("bias-correction", args.bias_correction), ("qat", args.qat)) if on]
     if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement is a fraction in (0, 1], e.g. 0.98 (got {args.min_agreement})")
     if args.max_accuracy_drop is not None and not 0.0 <= args.max_accuracy_drop <= 100.0:
@@ -291,5 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(AdaRound; minutes on a real CNN)")
     p.add_argument("--bias-correction", action="store_true",
                    help="int8: correct the per-channel mean shift quantization causes, layer by layer")
+    p.add_argument("--qat", action="store_true",
+                   help="int8: train the quantized graph's weights against the FP32 outputs on the calibration "
+                        "samples (quantization-aware, no labels; runs last; minutes on a real CNN)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(func=run)

@@ -67,12 +67,14 @@ def _block_class():
             self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
             self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
             self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
-            self.act = nn.ReLU6()
+            # one activation module per use: torchao's PT2E QAT quantizer refuses a module called twice (its
+            # source partition then has two outputs)
+            self.act0, self.act1 = nn.ReLU6(), nn.ReLU6()
             self.residual = stride == 1 and cin == cout
 
         def forward(self, x):
-            y = self.act(self._bn0(self._expand_conv(x))) if self.has_expand else x
-            y = self.act(self._bn1(self._depthwise_conv(y)))
+            y = self.act0(self._bn0(self._expand_conv(x))) if self.has_expand else x
+            y = self.act1(self._bn1(self._depthwise_conv(y)))
             y = self._bn2(self._project_conv(y))
             return y + x if self.residual else y
 
@@ -106,14 +108,14 @@ def build(sd: dict[str, Any]):
             self._conv_head = nn.Conv2d(cin, head, 1, bias=False)
             self._bn1 = nn.BatchNorm2d(head, eps=BN_EPS)
             self._fc = nn.Linear(head, sd["_fc.weight"].shape[0])
-            self.act = nn.ReLU6()
+            self.act_stem, self.act_head = nn.ReLU6(), nn.ReLU6()  # one per use, as in the blocks
             self.pool = nn.AdaptiveAvgPool2d(1)
 
         def forward(self, x):
-            x = self.act(self._bn0(self._conv_stem(x)))
+            x = self.act_stem(self._bn0(self._conv_stem(x)))
             for block in self._blocks:
                 x = block(x)
-            x = self.act(self._bn1(self._conv_head(x)))
+            x = self.act_head(self._bn1(self._conv_head(x)))
             return self._fc(self.pool(x).flatten(1))
 
     return EfficientNetLite()

@@ -18,6 +18,8 @@ and each reports what it changed on the held-out data, so a user sees what every
 - Bias correction (empirical, as NNCF's fast bias correction and AIMET's): quantization shifts each output
   channel's mean; the shift measured on the calibration data is added back to the float bias, layer by
   layer in graph order, re-quantizing after each so a layer corrects what remains after its predecessors.
+- Quantization-aware training without labels (qat): the weights of the quantized graph itself trained against
+  the FP32 graph's outputs on the calibration samples; see edgekit.quant.graph_qat.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.graph.qdq import attr
 
-TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correction")
+TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correction", "qat")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
 #: learned rounding fits each layer to the quantized graph with the final ranges, bias correction measures
-#: the error left after all of them
+#: the error left after all of them, and QAT trains the whole graph last, starting from all the others
 ORDER = TECHNIQUES
 RANGE_CANDIDATES = ("minmax", "percentile", "entropy")
 #: what each technique changes, which must reach the artifact for it to apply (BackendSpec.ptq_inputs)
 CHANGES = {"equalize": "graph", "range-choice": "ranges", "range-mse": "ranges", "adaround": "weights",
-           "bias-correction": "biases"}
+           "bias-correction": "biases", "qat": "weights"}  # qat: float weights (and biases) re-rounded on export
 SAMPLES = 64
 #: images per run of the tapped graph in range choice (memory: every tapped tensor of them is held)
 CHOICE_BATCH = 8
@@ -328,9 +330,11 @@ def bias_correction(setup, cal, dest: Path, log: Callable[[str], None] | None = 
 # ---------------------------------------------------------------------------------------------------------
 def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[str, Any],
           log: Callable[[str], None] | None = None,
-          before: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+          before: dict[str, Any] | None = None,
+          qat_options: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Apply the chosen techniques in ORDER; returns the new setup and, per technique, its measured effect.
-    `before` is the held-out result of `setup` as it is, when already measured."""
+    `before` is the held-out result of `setup` as it is, when already measured; `qat_options` override
+    edgekit.quant.graph_qat.DEFAULTS (lr, epochs, ...)."""
     from edgekit.quant.calibrate import compute_ranges
     from edgekit.quant.qgraph import build_and_evaluate
 
@@ -360,6 +364,12 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
             # the ranges stay: every layer was fitted to the quantized graph built with them
             path, details = learn_rounding(setup, cal, setup.workdir / "adaround.onnx", log=log)
             details = {k: v for k, v in details.items() if k != "layers"} | {"per_layer": details["layers"]}
+            setup = replace(setup, prepared=path)
+        elif tech == "qat":
+            from edgekit.quant.graph_qat import train
+
+            # the ranges stay: the weights were trained against the quantized graph built with them
+            path, details = train(setup, cal, setup.workdir / "qat.onnx", qat_options, log=log)
             setup = replace(setup, prepared=path)
         else:
             path, details = bias_correction(setup, cal, setup.workdir / "bias-corrected.onnx", log)

@@ -36,8 +36,11 @@ class SelfDistillResult:
 
 def self_distill(model, x: np.ndarray, *, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR, seed: int = 0,
                  temperature: float = 1.0, out_dir: Path | str, log: Callable[[str], None] | None = None,
-                 progress: bool = False) -> SelfDistillResult:
-    """QAT of a copy of `model` against `model` itself on the unlabelled samples `x` (N x C x H x W)."""
+                 progress: bool = False, batch_size: int = 64) -> SelfDistillResult:
+    """QAT of a copy of `model` against `model` itself on the unlabelled samples `x` (N x C x H x W).
+
+    `batch_size` bounds memory: a 240x240 CNN trained at 64 per batch needs several GB.
+    """
     import torch
 
     from edgekit.train import qat
@@ -58,7 +61,7 @@ def self_distill(model, x: np.ndarray, *, epochs: int = DEFAULT_EPOCHS, lr: floa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, desc="self-distill qat",
-                         batch_size=min(64, len(x)))
+                         batch_size=min(batch_size, len(x)))
     loss = DistillConfig(alpha=1.0, temperature=temperature, standardize_logits=False)
     result = qat.qat(teacher, student, data, data, config=qat.QATConfig(), train_config=config, loss=loss, log=log)
     # one verified Q/DQ export (the shared path unshares the zero points ONNX Runtime would refuse), labelled so
