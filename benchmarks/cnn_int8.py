@@ -84,6 +84,9 @@ def main() -> int:
     ap.add_argument("--hand-calib", type=int, default=32, help="calibration crops of the hand path (memory)")
     ap.add_argument("--no-int16-rung", action="store_true")
     ap.add_argument("--measure", type=int, default=16, help="layers whose int16 gain is measured")
+    ap.add_argument("--fit", type=Path, help="a learned-rounding graph of this model from an earlier run with the "
+                    "same --calib (its search/adaround.onnx): rows with adaround start from it instead of fitting")
+    ap.add_argument("--qat-epochs", type=int, help="epochs of the qat technique (default: graph_qat.DEFAULTS)")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
 
@@ -207,12 +210,23 @@ def main() -> int:
     def technique_row(name: str, techs: list[str]) -> None:
         try:
             t1 = time.time()
-            s2, tsteps = ptq_improve.apply(setup, techs, cset, "minmax", {})
+            start, rest, reused = setup, techs, []
+            if args.fit and "adaround" in techs:  # the learned graph of an earlier run stands for the fit
+                from dataclasses import replace
+
+                from cnn_int8_targets import same_graph  # this folder is on sys.path when run as a script
+
+                start = replace(setup, prepared=same_graph(prepared, args.fit, work / "given-fit.onnx"))
+                rest, reused = [t for t in techs if t != "adaround"], [{"technique": "adaround", "reused_fit": str(
+                    args.fit), "note": "learned rounding fitted by an earlier run of this script, same crops"}]
+            s2, tsteps = ptq_improve.apply(start, rest, cset, "minmax", {}, qat_options=(
+                {"epochs": args.qat_epochs} if args.qat_epochs else None))
+            tsteps = [tsteps[0], *reused, *tsteps[1:]]
             build(s2, [], work / f"{name}.onnx")
             details[name] = {"seconds": round(time.time() - t1), "steps_on_selection_split": [
                 {k: v for k, v in st.items() if k in ("technique", "agreement", "sqnr_db", *summary_keys)}
                 for st in tsteps]}
-            if "adaround" in techs:
+            if "adaround" in techs and not reused:
                 details[name]["exported_weights_off_int8_grid"] = adaround.check_on_grid(
                     s2.prepared, work / f"{name}.onnx",
                     tsteps[[st["technique"] for st in tsteps].index("adaround")].get("per_layer"))

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = TextQuickstartConfig(teacher=args.teacher, distill_seconds=args.distill_seconds,
                                       train_sentences=args.train_sentences, seed=args.seed, targets=targets,
+                                      qat_steps=args.qat_steps,
                                       progress=not args.no_progress,
                                       sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
         run_text_quickstart(args.out, force=args.force, config=config, log=log)
@@ -62,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="time budget of the student's training (default 240)")
     text.add_argument("--train-sentences", type=int, default=8000, metavar="N",
                       help="training sentences (default 8000)")
+    text.add_argument("--qat-steps", type=int, default=60, metavar="N",
+                      help="QAT steps of the distilled student for dynamic int8, the teacher as target; 0 skips "
+                           "QAT (default 60)")
     text.add_argument("--sources", default="stdlib,site-packages", metavar="S1,S2",
                       help="where the sentences come from: stdlib and/or site-packages docstrings (default both)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

@@ -1,15 +1,18 @@
 """`edgekit quickstart --task text`: the whole path on a real sentence encoder, offline, in minutes.
 
 teacher (all-MiniLM-L6-v2, shipped by the `real-models` extra) -> a 1/8-size student distilled on sentences
-from installed packages' docstrings within a time budget -> an artifact per installed target that takes
-token inputs (fp32, the target's default precision and dynamic int8), plus the teacher in fp32 as the
-speed reference -> benchmark -> a precision recommendation per named target, all in one folder shaped like
-the digits quickstart's. Where the digits student (6k parameters) shows int8 losing to fp32 on per-call
-overhead, a 2.8 M-parameter transformer is large enough for int8 to pay, so a newcomer sees it.
+from installed packages' docstrings within a time budget -> QAT of that student for dynamic int8, the teacher
+as target -> an artifact per installed target that takes token inputs (fp32, the target's default precision
+and dynamic int8 of the FP32 student, i.e. PTQ), the QAT'd student in dynamic int8 for x86-server-cpu, plus
+the teacher in fp32 as the speed reference -> benchmark -> a precision recommendation per named target, all
+in one folder shaped like the digits quickstart's. Where the digits student (6k parameters) shows int8
+losing to fp32 on per-call overhead, a 2.8 M-parameter transformer is large enough for int8 to pay, so a
+newcomer sees it.
 
 Why a time budget rather than epochs: the student's speed on a 2-core laptop varies several-fold with load;
 a probe of a few training steps sets the number of steps that fits, and the learning-rate schedule is
-planned over exactly those steps. QAT of the text student is not part of this path yet.
+planned over exactly those steps. QAT runs a fixed small number of steps (`qat_steps`): a few dozen are
+enough to move the int8 weights, and the PTQ and QAT artifacts side by side show what it bought.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from edgekit.quickstart.image import (
     select_targets,
 )
 
-STAGES = 5
+STAGES = 6
+#: the target the QAT'd student is exported for (QAT fits ONNX Runtime's dynamic int8 grid)
+QAT_TARGET = "x86-server-cpu"
 TEACHER_ART = "teacher-x86-server-cpu-fp32"
 #: the targets whose backends take a token model (two int64 inputs, dynamic sequence) as it is
 TEXT_TARGETS = ("x86-server-cpu", "raspberry-pi-5", "android-ort-mobile", "jetson-orin-nano")
@@ -54,9 +59,14 @@ class TextQuickstartConfig(StageSettings):
     heldout_sentences: int = 200
     sources: tuple[str, ...] = ("stdlib", "site-packages")
     distill_seconds: float = 240.0
+    qat_steps: int = 60  # 0: no QAT stage
+    qat_sentences: int = 512
 
     def __post_init__(self) -> None:
         self.require_at_least_one("train_sentences", "heldout_sentences")
+        if self.qat_steps < 0 or self.qat_sentences < 1:
+            raise EdgekitError(f"quickstart: qat steps must be >= 0 and qat sentences >= 1 (got {self.qat_steps}, "
+                               f"{self.qat_sentences})")
         if not self.distill_seconds > 0:
             raise EdgekitError(f"quickstart: distill-seconds must be > 0 (got {self.distill_seconds})")
 
@@ -121,7 +131,8 @@ def _distill(stage: Path, config: TextQuickstartConfig, log: Callable[[str], Non
     everyday = everyday_sentences()
     models = stage / "models"
     save_student(student, models / "student", tok, {"teacher": teacher_spec})
-    for name, lines in (("calibration.txt", corpus.train[:128]), ("heldout.txt", corpus.heldout)):
+    for name, lines in (("calibration.txt", corpus.train[:128]), ("heldout.txt", corpus.heldout),
+                        ("qat.txt", corpus.train[: config.qat_sentences])):
         (stage / "data").mkdir(exist_ok=True)
         (stage / "data" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     t_params = sum(p.numel() for p in teacher.parameters())
@@ -142,6 +153,31 @@ def _distill(stage: Path, config: TextQuickstartConfig, log: Callable[[str], Non
     }
 
 
+def _qat(stage: Path, config: TextQuickstartConfig, teacher_spec: str, log: Callable[[str], None]
+         ) -> dict[str, Any] | None:
+    """QAT of the distilled student for dynamic int8 with the teacher as target; saves models/student_qat."""
+    import shutil
+
+    from edgekit.train.qat_text import TextQATConfig, qat_text
+
+    if not config.qat_steps:
+        log(f"[3/{STAGES}] QAT: skipped (qat_steps 0)")
+        return None
+    log(f"[3/{STAGES}] QAT: {config.qat_steps} steps of fake-quantized dynamic-int8 weights against the teacher's "
+        "embeddings (the FP32 student as an anchor)")
+    qconfig = TextQATConfig(steps=config.qat_steps, batch_size=16, seed=config.seed, anchor_weight=1.0,
+                            log_every=max(1, config.qat_steps // 3))
+    work = stage / "qat-work"
+    result = qat_text(teacher_spec, f"hf:{stage / 'models' / 'student'}", str(stage / "data" / "qat.txt"),
+                      str(stage / "data" / "heldout.txt"), config=qconfig, target=None, out=work, log=log)
+    shutil.move(str(result.folder), str(stage / "models" / "student_qat"))
+    shutil.rmtree(work, ignore_errors=True)
+    m = result.metrics
+    return {"steps": config.qat_steps, "sentences": m["train_sentences"], "seconds": m["seconds"],
+            "loss": m["loss"], "torch_cosine_vs_fp32_student": m["torch_cosine_vs_fp32_student"],
+            "torch_cosine_vs_teacher": m["torch_cosine_vs_teacher"]}
+
+
 def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], None]
             ) -> tuple[list[dict[str, Any]], list[dict[str, str]], Path | None, Path | None]:
     """The student to every installed target (fp32, default precision, dynamic-int8 where offered), and the
@@ -157,8 +193,10 @@ def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], 
     for target in installed(targets, skipped):
         wanted = ("fp32", target.default_precision, "dynamic-int8")
         jobs += [(target, p) for p in dict.fromkeys(wanted) if p in target.precisions]
-    log(f"[3/{STAGES}] export: {len(jobs)} student artifacts for {len({t.name for t, _ in jobs})} targets, and "
-        "the teacher in fp32; each checked against its FP32 model on the held-out sentences")
+    qat_folder = stage / "models" / "student_qat"
+    qat_job = qat_folder.is_dir() and any(t.name == QAT_TARGET for t in installed(targets, []))
+    log(f"[4/{STAGES}] export: {len(jobs) + qat_job} student artifacts for {len({t.name for t, _ in jobs})} "
+        "targets, and the teacher in fp32; each checked against its FP32 model on the held-out sentences")
     reference = None
     with ExportPipeline(f"hf:{stage / 'models' / 'student'}", dynamic=("sequence",), log=log) as pipeline:
         for i, (target, precision) in enumerate(jobs, 1):
@@ -172,6 +210,16 @@ def _export(stage: Path, targets: list, teacher_spec: str, log: Callable[[str], 
             rows.append(artifact_row(art, name, "distilled student"))
             if reference is None and target.device_class == "cpu" and precision == "fp32":  # runs here
                 reference = art.path
+    if qat_job:
+        name = f"{QAT_TARGET}-dynamic-int8-qat"
+        log(f"  export: {name} (the QAT'd student)")
+        with ExportPipeline(f"hf:{qat_folder}", dynamic=("sequence",), log=log) as pipeline:
+            try:
+                art = pipeline.export(QAT_TARGET, "dynamic-int8", calib=str(calib), eval_data=str(heldout),
+                                      out=arts / name)
+                rows.append(artifact_row(art, name, "QAT'd student"))
+            except EdgekitError as exc:
+                skipped.append({"target": name, "reason": str(exc)})
     teacher_art = None
     with ExportPipeline(teacher_spec, dynamic=("sequence",), log=log) as pipeline:
         log("  export: teacher-x86-server-cpu-fp32 (the speed reference)")
@@ -209,14 +257,17 @@ def run_text_quickstart(out: str | Path, *, force: bool = False, config: TextQui
     started = time.monotonic()
     with staging(out, force) as stage:
         trained = _distill(stage, config, log)
+        qat = _qat(stage, config, trained["teacher_spec"], log)
+        if qat is not None:
+            trained["summary"]["qat"] = qat
         rows, skipped, reference, teacher_art = _export(stage, targets, trained["teacher_spec"], log)
         students = sorted(p for p in (stage / "artifacts").iterdir() if p.is_dir())
-        log(f"[4/{STAGES}] bench: {len(students)} student artifacts interleaved, each in its own process, then "
+        log(f"[5/{STAGES}] bench: {len(students)} student artifacts interleaved, each in its own process, then "
             "the teacher")
         teacher_records = _bench_teacher(teacher_art, stage, config, log)
         records = bench_artifacts(stage, students, reference, str(stage / "data" / "heldout.txt"), config, log,
                                   extra=teacher_records)
-        log(f"[5/{STAGES}] recommend: the decision tree, checked against the student's measurements "
+        log(f"[6/{STAGES}] recommend: the decision tree, checked against the student's measurements "
             f"(int8 must keep cosine >= {MIN_COSINE} to the fp32 student)")
         recommendations = recommend_measured([r for r in records if not _is_teacher(r)], config, log,
                                              min_cosine=MIN_COSINE)
@@ -265,7 +316,8 @@ def _markdown(summary: dict[str, Any], bench_md: str) -> str:
         f"| student, distilled | {d['params']:,} ({d['compression']:.1f}x smaller) | {d['cosine_mean']:.4f} "
         f"(worst {d['cosine_min']:.4f}) | {d['everyday_cosine_mean']:.4f} | {d['steps']} steps in "
         f"{d['seconds']:.0f} s on {d['train_sentences']:,} sentences; nearest-neighbour agreement "
-        f"{d['nn_top1_agreement']:.3f}; vocabulary {d['vocab_size']:,} |", "",
+        f"{d['nn_top1_agreement']:.3f}; vocabulary {d['vocab_size']:,} |",
+        *_qat_row(s.get("qat")), "",
         "## Artifacts (checked at export against their FP32 model on the held-out sentences)", "",
         "| artifact | model | backend | precision | size KiB | cosine mean | cosine worst |",
         "|---|---|---|---|---:|---:|---:|",
@@ -285,12 +337,23 @@ def _markdown(summary: dict[str, Any], bench_md: str) -> str:
     lines += recommendation_lines(summary["recommendations"])
     lines += ["## Files", "",
               "- `models/student/`: the distilled student, a Hugging Face folder (`hf:models/student`)",
+              "- `models/student_qat/`: the same student after QAT (`hf:models/student_qat`), when QAT ran",
               f"- `artifacts/NAME/`: one folder per student artifact, each with `manifest.json`; "
               f"`teacher/{TEACHER_ART}/`: the teacher",
               "- `data/`: the calibration and held-out sentences",
               "- `bench.json`, `bench.csv`, `bench.png`: benchmark records, table, latency vs accuracy plot",
               "- `summary.json`: everything above as JSON", ""]
     return "\n".join(lines)
+
+
+def _qat_row(qat: dict[str, Any] | None) -> list[str]:
+    if not qat:
+        return []
+    c = qat["torch_cosine_vs_fp32_student"]["simulated_int8_after_qat"]
+    t = qat["torch_cosine_vs_teacher"]["simulated_int8_after_qat"]
+    return [f"| student, QAT (int8 weights, simulated in torch) | same | {t['mean']:.4f} | | {qat['steps']} steps "
+            f"in {qat['seconds']:.0f} s on {qat['sentences']:,} sentences; cosine to the FP32 student "
+            f"{c['mean']:.4f} (worst {c['worst']:.4f}) |"]
 
 
 def _print(summary: dict[str, Any], out: Path) -> None:
