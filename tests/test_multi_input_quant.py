@@ -33,7 +33,7 @@ def test_fake_quant_is_the_exporters_grid():
     import torch
 
     from edgekit.quant.embedding import quantize_rows
-    from edgekit.train.qat_text import fake_quant, grid_error
+    from edgekit.train.text_grid import fake_quant, grid_error
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(50, 16)).astype(np.float32) * rng.uniform(0.01, 3, size=(50, 1)).astype(np.float32)
@@ -143,7 +143,8 @@ def test_cosine_budget_bad_input(tiny_bert, tmp_path, cli):
 def test_edgekit_qat_api_takes_hf_models(tiny_bert):
     """`edgekit.qat` with hf: models is the text QAT: a few steps, no export, weights snapped onto the grid."""
     import edgekit
-    from edgekit.train.qat_text import TextQATConfig, grid_error
+    from edgekit.train.qat_text import TextQATConfig
+    from edgekit.train.text_grid import grid_error
 
     result = edgekit.qat(f"hf:{tiny_bert}", f"hf:{tiny_bert}", "zoo:sentences", "zoo:sentences:test",
                          config=TextQATConfig(steps=2, max_length=16), target=None)
