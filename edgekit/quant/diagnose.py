@@ -245,13 +245,16 @@ def format_report(report: dict[str, Any], top: int = 10) -> str:
              f"{'rank':>4}  {'layer':<28} {'op':<8} {'gain dB':>8} {'agree alone':>11} {'layer SQNR':>10} "
              f"{'cosine':>8}"]
     for r in report["ranking"][:top]:
-        gain = "-" if r.get("gain_db") is None else f"{r['gain_db']:+.2f}"
-        agree = "-" if r.get("agreement_alone") is None else f"{r['agreement_alone']:.4f}"
-        sq = r.get("layer_sqnr_db", r.get("sqnr_db"))
-        cos = r.get("layer_cosine", r.get("cosine"))
-        lines.append(f"{r['rank']:>4}  {r['layer']:<28} {r['op']:<8} {gain:>8} {agree:>11} "
-                     f"{'-' if sq is None else f'{sq:.1f}':>10} {'-' if cos is None else f'{cos:.4f}':>8}")
+        lines.append(f"{r['rank']:>4}  {r['layer']:<28} {r['op']:<8} {_cell(r.get('gain_db'), '+.2f'):>8} "
+                     f"{_cell(r.get('agreement_alone'), '.4f'):>11} "
+                     f"{_cell(r.get('layer_sqnr_db', r.get('sqnr_db')), '.1f'):>10} "
+                     f"{_cell(r.get('layer_cosine', r.get('cosine')), '.4f'):>8}")
     return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    """A report table cell: the value formatted by `spec`, or '-' where it was not measured."""
+    return "-" if value is None else format(value, spec)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,10 +434,7 @@ def _format_token_report(report: dict[str, Any], top: int) -> str:
              f"{'rank':>4}  {'layer':<44} {'op':<7} {'cos alone':>10} {'drop':>9} {'SQNR alone':>10} "
              f"{'layer SQNR':>10} {'cosine':>8}"]
     for r in report["ranking"][:top]:
-        cos = "-" if r.get("cosine_alone") is None else f"{r['cosine_alone']:.6f}"
-        drop = "-" if r.get("cosine_drop_alone") is None else f"{r['cosine_drop_alone']:.2e}"
-        sqa = "-" if r.get("sqnr_db_alone") is None else f"{r['sqnr_db_alone']:.1f}"
-        sq, lc = r.get("layer_sqnr_db"), r.get("layer_cosine")
-        lines.append(f"{r['rank']:>4}  {r['layer'][-44:]:<44} {r['op']:<7} {cos:>10} {drop:>9} {sqa:>10} "
-                     f"{'-' if sq is None else f'{sq:.1f}':>10} {'-' if lc is None else f'{lc:.4f}':>8}")
+        lines.append(f"{r['rank']:>4}  {r['layer'][-44:]:<44} {r['op']:<7} {_cell(r.get('cosine_alone'), '.6f'):>10} "
+                     f"{_cell(r.get('cosine_drop_alone'), '.2e'):>9} {_cell(r.get('sqnr_db_alone'), '.1f'):>10} "
+                     f"{_cell(r.get('layer_sqnr_db'), '.1f'):>10} {_cell(r.get('layer_cosine'), '.4f'):>8}")
     return "\n".join(lines)
