@@ -106,6 +106,27 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def export_resdw_net(path: Path, widths: tuple[int, ...], trained_bn: bool = False) -> Path:
+    """A seeded `testmodels.resdw_net(widths)` exported (torch dynamo, one file) to `path`: the small
+    depthwise-separable CNN the int8 technique tests run on. `trained_bn` gives its BatchNorms the uneven
+    channel statistics of a trained net, as real layers have."""
+    import torch
+
+    from edgekit.data import testmodels
+
+    torch.manual_seed(0)
+    model = testmodels.resdw_net(widths).eval()
+    if trained_bn:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.copy_(torch.rand(m.num_features) * 2 + 0.05)
+                    m.running_mean.copy_(torch.randn(m.num_features) * 0.2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=True, external_data=False)
+    return path
+
+
 def write_tiny_bert(folder: Path, words: int = 990, tweak=None) -> Path:
     """A BertConfig(hidden 32, 2 layers, 2 heads, vocab 1000) model with a word-piece tokenizer built from the
     shipped calibration sentences, written with save_pretrained into `folder`: the transformer tests' fast

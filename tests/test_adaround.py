@@ -3,12 +3,12 @@ rises over plain int8 and the exported Q/DQ graph carries exactly the learned in
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import replace
 
 import numpy as np
 import pytest
+
+from tests.conftest import export_resdw_net
 
 X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "per_channel": True}
 
@@ -17,23 +17,13 @@ X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type":
 def small(tmp_path_factory):
     import torch
 
-    from edgekit.data import testmodels
     from edgekit.data.calibration import CalibrationSet
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.qgraph import QuantSetup, run_session, session
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("adaround")
-    model = testmodels.resdw_net((8, 16, 32)).eval()
-    with torch.no_grad():  # BN statistics of a trained net: uneven channel scales, as real layers have
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.copy_(torch.rand(m.num_features) * 2 + 0.05)
-                m.running_mean.copy_(torch.randn(m.num_features) * 0.2)
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "m.onnx"), dynamo=True,
-                          external_data=False)
+    export_resdw_net(root / "m.onnx", (8, 16, 32), trained_bn=True)
     x = _digits()
     prepared = prepare_for_quantization(root / "m.onnx", root / "prepared.onnx")
     cal = CalibrationSet(x[:64], None, "test", {}, 64, "all")

@@ -4,28 +4,21 @@ on the final check is exit 2 with nothing written unless --keep-best-effort."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import no_partial_left
+from tests.conftest import export_resdw_net, no_partial_left
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    import torch
 
     from edgekit.data import testmodels
 
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("budget")
-    model = testmodels.resdw_net((8, 16)).eval()
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "m.onnx"), dynamo=True,
-                          external_data=False)
+    export_resdw_net(root / "m.onnx", (8, 16))
     train, test = testmodels.digits_rgb("train"), testmodels.digits_rgb("test")
     np.save(root / "calib.npy", train.x[:64])
     np.save(root / "eval.npy", test.x[:120])

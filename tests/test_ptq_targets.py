@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import no_partial_left, run_cli
+from tests.conftest import export_resdw_net, no_partial_left, run_cli
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("onnx2tf")
@@ -23,25 +23,14 @@ pytest.importorskip("ai_edge_litert")
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict[str, Path]:
-    import contextlib
-    import io
 
     import torch
 
     from edgekit.data import testmodels
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("ptq-targets")
-    model = testmodels.resdw_net((8, 16, 32)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.copy_(torch.rand(m.num_features) * 2 + 0.05)
-                m.running_mean.copy_(torch.randn(m.num_features) * 0.2)
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "toy.onnx"), dynamo=True,
-                          external_data=False)
+    export_resdw_net(root / "toy.onnx", (8, 16, 32), trained_bn=True)
     x = testmodels.digits_rgb("train").x
     np.save(root / "calib.npy", x[:64])
     np.save(root / "eval.npy", x[64:160])

@@ -5,27 +5,21 @@ holding them all at once."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
+
+from tests.conftest import export_resdw_net
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    import torch
 
     from edgekit.data import testmodels
     from edgekit.data.calibration import CalibrationSet
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
 
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("range-choice")
-    model = testmodels.resdw_net((8, 16)).eval()
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(root / "m.onnx"), dynamo=True,
-                          external_data=False)
+    export_resdw_net(root / "m.onnx", (8, 16))
     x = testmodels.digits_rgb("train").x[:40]
     prepared = prepare_for_quantization(root / "m.onnx", root / "prepared.onnx")
     cal = CalibrationSet(x, None, "test", {}, len(x), "all")
