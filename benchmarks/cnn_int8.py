@@ -111,6 +111,8 @@ def main() -> int:
     ap.add_argument("--fit", type=Path, help="a learned-rounding graph of this model from an earlier run with the "
                     "same --calib (its search/adaround.onnx): rows with adaround start from it instead of fitting")
     ap.add_argument("--qat-epochs", type=int, help="epochs of the qat technique (default: graph_qat.DEFAULTS)")
+    ap.add_argument("--qat-range-lr", type=float, help="rate of qat's learned activation ranges (0: as calibrated; "
+                    "default: graph_qat.DEFAULTS)")
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
 
@@ -229,7 +231,8 @@ def main() -> int:
 
     summary_keys = ("pairs", "tensors_per_method", "tensors_clipped", "median_tensor_sqnr_gain_db",
                     "layers_corrected", "largest_shift", "layers_rounded", "mean_layer_sqnr_gain_db", "seconds",
-                    "samples", "iterations", "layers_trained", "steps", "lr", "first_epoch_loss", "final_loss")
+                    "samples", "iterations", "layers_trained", "steps", "lr", "first_epoch_loss", "final_loss",
+                    "activation_ranges")
 
     def technique_row(name: str, techs: list[str]) -> None:
         try:
@@ -243,8 +246,9 @@ def main() -> int:
                 start = replace(setup, prepared=same_graph(prepared, args.fit, work / "given-fit.onnx"))
                 rest, reused = [t for t in techs if t != "adaround"], [{"technique": "adaround", "reused_fit": str(
                     args.fit), "note": "learned rounding fitted by an earlier run of this script, same crops"}]
-            s2, tsteps = ptq_improve.apply(start, rest, cset, "minmax", {}, qat_options=(
-                {"epochs": args.qat_epochs} if args.qat_epochs else None))
+            qat_options = ({"epochs": args.qat_epochs} if args.qat_epochs else {}) | (
+                {"range_lr": args.qat_range_lr} if args.qat_range_lr is not None else {})
+            s2, tsteps = ptq_improve.apply(start, rest, cset, "minmax", {}, qat_options=qat_options or None)
             tsteps = [tsteps[0], *reused, *tsteps[1:]]
             build(s2, [], work / f"{name}.onnx")
             details[name] = {"seconds": round(time.time() - t1), "steps_on_selection_split": [

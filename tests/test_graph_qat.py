@@ -89,3 +89,50 @@ def test_bad_qat_options_and_graphs_are_one_line_errors(tmp_path):
     model = helper.make_model(g)
     with pytest.raises(EdgekitError, match="has Softmax"):
         GraphModule(model, onnx.ModelProto())
+
+
+def test_learned_activation_ranges_reach_the_rebuilt_graph(sensitive, tmp_path):
+    """The activation scales QAT learns are the scales of the graph the exporter then builds (every learned
+    quantizer, to float precision), they only ever narrow, and range_lr 0 leaves the ranges as calibrated."""
+    import onnx
+
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.graph.qdq import constants
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
+    from edgekit.quant.graph_qat import train
+    from edgekit.quant.qgraph import QuantSetup, build
+
+    x = np.load(sensitive / "calib.npy")[:32]
+    prepared = prepare_for_quantization(sensitive / "m.onnx", tmp_path / "prepared.onnx")
+    cset = CalibrationSet(x, None, "t", {}, len(x), "all")
+    ranges = compute_ranges(prepared, cset, "minmax")
+    setup = QuantSetup("onnxruntime", prepared, ranges, X86, x[:8], np.zeros(1), None, tmp_path)
+    _, details, learned = train(setup, cset, tmp_path / "qat.onnx", {"epochs": 2, "range_lr": 0.05})
+    assert learned is not None and learned.method == "qat-learned"
+    info = details["activation_ranges"]
+    assert info["learned"] >= 5 and info["narrowed_over_5_percent"] >= 1 and info["smallest_factor"] < 0.95
+    for name, (lo, hi) in learned.tensors.items():
+        lo0, hi0 = ranges.tensors[name]
+        assert abs(lo) <= abs(lo0) + 1e-9 and abs(hi) <= abs(hi0) + 1e-9
+    # scale of each learned quantizer in the rebuilt graph = calibrated scale x learned factor
+    from dataclasses import replace
+
+    build(setup, [], tmp_path / "before.onnx")
+    build(replace(setup, prepared=tmp_path / "qat.onnx", ranges=learned), [], tmp_path / "after.onnx")
+    before, after = (onnx.load(str(tmp_path / f)) for f in ("before.onnx", "after.onnx"))
+    cb, ca = constants(before), constants(after)
+    changed = 0
+    for qb, qa in zip((n for n in before.graph.node if n.op_type == "QuantizeLinear"),
+                      (n for n in after.graph.node if n.op_type == "QuantizeLinear"), strict=True):
+        name = qb.input[0]
+        if name not in ranges.tensors:  # a quantizer the exporter adds of its own (not calibrated, not learned)
+            continue
+        lo0, hi0 = ranges.tensors[name]
+        lo, hi = learned.tensors[name]
+        factor = (hi - lo) / (hi0 - lo0)
+        assert np.allclose(np.asarray(ca[qa.input[1]]), np.asarray(cb[qb.input[1]]) * factor, rtol=1e-5)
+        assert np.array_equal(np.asarray(ca[qa.input[2]]), np.asarray(cb[qb.input[2]]))
+        changed += factor < 0.999
+    assert changed >= 1
+    _, details, kept = train(setup, cset, tmp_path / "qat0.onnx", {"epochs": 1, "range_lr": 0.0})
+    assert kept is None and details["activation_ranges"] == "kept as calibrated"

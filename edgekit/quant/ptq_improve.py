@@ -368,9 +368,11 @@ def apply(setup, techniques: Sequence[str], cal, method: str, method_opts: dict[
         elif tech == "qat":
             from edgekit.quant.graph_qat import train
 
-            # the ranges stay: the weights were trained against the quantized graph built with them
-            path, details = train(setup, cal, setup.workdir / "qat.onnx", qat_options, log=log)
-            setup = replace(setup, prepared=path)
+            # the activation ranges are trained too where edgekit's ranges reach the artifact; elsewhere they
+            # stay as calibrated, as the backend's own converter will calibrate
+            path, details, learned = train(setup, cal, setup.workdir / "qat.onnx", qat_options, log=log,
+                                           learn_ranges="ranges" in setup.spec.ptq_inputs)
+            setup = replace(setup, prepared=path, ranges=learned or setup.ranges)
         else:
             path, details = bias_correction(setup, cal, setup.workdir / "bias-corrected.onnx", log)
             ranges = setup.ranges
