@@ -136,3 +136,25 @@ def test_learned_activation_ranges_reach_the_rebuilt_graph(sensitive, tmp_path):
     assert changed >= 1
     _, details, kept = train(setup, cset, tmp_path / "qat0.onnx", {"epochs": 1, "range_lr": 0.0})
     assert kept is None and details["activation_ranges"] == "kept as calibrated"
+
+
+def test_int8_logits_stay_float(sensitive, tmp_path):
+    """The x86 int8 graph ends in the Gemm itself, not in an 8-bit rounding of the logits, says so in its
+    record, and its logits are not on any 8-bit grid."""
+    import onnx
+
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
+    from edgekit.quant.qgraph import QuantSetup, build, run_session, session
+
+    x = np.load(sensitive / "calib.npy")[:32]
+    prepared = prepare_for_quantization(sensitive / "m.onnx", tmp_path / "prepared.onnx")
+    ranges = compute_ranges(prepared, CalibrationSet(x, None, "t", {}, len(x), "all"), "minmax")
+    setup = QuantSetup("onnxruntime", prepared, ranges, X86, x[:8], np.zeros(1), None, tmp_path)
+    record = build(setup, [], tmp_path / "q.onnx")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    out = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if out in n.output)
+    assert producer.op_type == "Gemm" and record["float_outputs"] == [out]
+    got = run_session(session(tmp_path / "q.onnx", X86), x)[0]
+    assert len(np.unique(got)) > 255, len(np.unique(got))

@@ -83,6 +83,14 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
             nodes_to_exclude=nodes_to_exclude or [], extra_options=extra,
         )
+    import onnx
+
+    from edgekit.graph.qdq import float_graph_outputs
+
+    model = onnx.load(str(dest))
+    float_outputs = float_graph_outputs(model)
+    if float_outputs:
+        onnx.save(model, str(dest))
     return {
         "format": "QDQ",
         "activation_type": options.get("activation_type", "uint8"),
@@ -92,6 +100,7 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
         "per_channel": per_channel,
         "reduce_range": reduce_range,
         "nodes_kept_float": list(nodes_to_exclude or []),
+        **({"float_outputs": float_outputs} if float_outputs else {}),
         **({"quantizer_options": dict(extra_options)} if extra_options else {}),
     }
 
