@@ -100,7 +100,8 @@ def _eighth(teacher: nn.Module, vocab: str) -> str:
     shape reached 0.852 held out (p10 0.752, worst 0.395; everyday 0.325) where the 3000-token full table
     reached 0.817 (0.626, 0.184; everyday 0.190) (text_distill_rank64.json, text_distill.json). With all
     96,419 corpus sentences and 6,028 steps (4 epochs, 22 minutes on one thread) it reaches 0.906 (p10 0.843;
-    everyday 0.435; text_distill_rank64_long.json): the shape was limited by steps, not size. Narrower
+    everyday 0.435; with the hidden-state and attention terms 0.904; text_distill_rank64_long.json): the
+    shape was limited by steps, not size. Narrower
     widths are tried only for teachers too small for that."""
     cfg = teacher.config
     budget = sum(p.numel() for p in teacher.parameters()) // 8

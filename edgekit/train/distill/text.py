@@ -13,6 +13,12 @@ The loss, with α and the temperature following the same schedules as the CNN st
 
 With α going 0.7 -> 0.3 the student first copies the teacher's internals and then its output, the order
 TinyBERT found to work. `output_only=True` drops the layer terms: the baseline that shows what they bought.
+What they buy depends on the budget. The measurements are all-MiniLM-L6-v2 into the 1/8 preset, paired on
+300 held-out sentences, same seed and steps. On 1,500 sentences the layer terms gained +0.0047 cosine
+(95 % interval +0.0027 to +0.0068). On all 96,419 corpus sentences (6,028 steps) both students reached
+0.90, and the layer terms cost -0.0018 (-0.0032 to -0.0005). The teacher's internals guide a student that
+sees little data; with enough data the output alone is the better target. That is also why the stage
+drops the layer targets when they would not fit in memory.
 
 Why a loop of its own next to `Trainer`: the inputs are ragged token sequences (padded per batch, a mask
 everywhere), the teacher's targets are per-layer tensors of per-sample length, and the sampler reorders data
