@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cnn_int8 import X86  # this folder is on sys.path when run as a script
+
 RESULTS = Path(__file__).resolve().parent / "results"
-X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "per_channel": True,
-       "reduce_range": False, "graph_optimization_level": "all"}
 
 
 def main() -> int:

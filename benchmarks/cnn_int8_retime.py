@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "per_channel": True,
-       "reduce_range": False, "graph_optimization_level": "all"}
+from cnn_int8 import X86  # this folder is on sys.path when run as a script
+
 #: row name in the results -> graph file in WORK
 GRAPHS = {"ort_fp32": "fp32.onnx", "edgekit_int8_plain": "plain.onnx",
           "hand_quantize_static_minmax": "hand-minmax.onnx", "hand_quantize_static_percentile": "hand-percentile.onnx"}
