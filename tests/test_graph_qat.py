@@ -158,3 +158,12 @@ def test_int8_logits_stay_float(sensitive, tmp_path):
     assert producer.op_type == "Gemm" and record["float_outputs"] == [out]
     got = run_session(session(tmp_path / "q.onnx", X86), x)[0]
     assert len(np.unique(got)) > 255, len(np.unique(got))
+    # with a layer kept in float, the Gemm still reads int8 weights (ONNX Runtime fuses DQ -> Gemm -> float
+    # output into QGemm): its weights are not folded to float like those of layers that feed the kept one
+    kept = next(n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv")
+    record = build(setup, [kept], tmp_path / "kept.onnx")
+    model = onnx.load(str(tmp_path / "kept.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert producers[gemm.input[1]].op_type == "DequantizeLinear"
+    assert gemm.name not in record["kept_layers"].get("float_output_layers", {}).get("nodes", [])

@@ -83,7 +83,12 @@ def following_activation(node, consumers: dict[str, list[Any]], consts: dict[str
     return act.output[0], "Clip", (lo, hi)
 
 
-def float_graph_outputs(model, ops: tuple[str, ...] = ("Gemm", "MatMul")) -> list[str]:
+#: ops that write a graph output in float from int8 inputs in one fused ONNX Runtime kernel (QGemm,
+#: MatMulIntegerToFloat): float_graph_outputs leaves their graph outputs unquantized
+FLOAT_OUTPUT_OPS = ("Gemm", "MatMul")
+
+
+def float_graph_outputs(model, ops: tuple[str, ...] = FLOAT_OUTPUT_OPS) -> list[str]:
     """Remove the QuantizeLinear -> DequantizeLinear pair between an `ops` node and a graph output, in place, so
     the node writes the output in float; returns the outputs changed.
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.graph.qdq import WEIGHTED_OPS, attr, prune_initializers
+from edgekit.graph.qdq import FLOAT_OUTPUT_OPS, WEIGHTED_OPS, attr, consumers_of, prune_initializers
 
 __all__ = ["WEIGHTED_OPS", "attr", "dequantize", "drop_unread_qdq", "float_inputs", "fold_float_output_weights",
            "topological_sort", "with_outputs"]
@@ -131,10 +131,7 @@ def fold_float_output_weights(model) -> list[str]:
 
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(model)
     outputs = {o.name for o in model.graph.output}
     changed: list[str] = []
     for node in model.graph.node:
@@ -143,6 +140,10 @@ def fold_float_output_weights(model) -> list[str]:
         readers = consumers.get(node.output[0], [])
         if node.output[0] not in outputs and len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
             continue  # DQ -> op -> Q: ONNX Runtime fuses it into its int8 kernel
+        data = producers.get(node.input[0])
+        if node.output[0] in outputs and node.op_type in FLOAT_OUTPUT_OPS and data is not None \
+                and data.op_type == "DequantizeLinear":
+            continue  # DQ -> Gemm/MatMul -> float graph output (float_graph_outputs): fused into one kernel too
         done = False
         for idx, dq in constant_dequantized_inputs(node, producers, inits):
             value = dequantize(dq, inits)
