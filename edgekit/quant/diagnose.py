@@ -265,10 +265,9 @@ _TFLITE_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MA
 def _onnx_layer_taps(model) -> list[dict[str, Any]]:
     """Per weighted node of a Q/DQ graph: the tensor the next layer reads (the DequantizeLinear after the
     node's output quantizer, where there is one: that is the int8 value both backends pass on)."""
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    from edgekit.graph.qdq import consumers_of
+
+    consumers = consumers_of(model)
     taps = []
     names = set(layer_names_of(model))
     for node in model.graph.node:

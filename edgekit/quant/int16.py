@@ -96,11 +96,10 @@ def restore_activations(model, prepared, layers: Sequence[str]) -> list[str]:
     """
     from onnx import helper
 
+    from edgekit.graph.qdq import consumers_of
+
     wanted = set(layers)
-    consumers: dict[str, list] = {}
-    for n in prepared.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(prepared)
     prep_nodes = {n.name: n for n in prepared.graph.node}
     prep_inits = {t.name: t for t in prepared.graph.initializer}
     inits = {t.name for t in model.graph.initializer}

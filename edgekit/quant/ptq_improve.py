@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.graph.qdq import attr
+from edgekit.graph.qdq import attr, consumers_of
 
 TECHNIQUES = ("equalize", "range-choice", "range-mse", "adaround", "bias-correction", "qat")
 #: applied in this order whatever the order given: equalisation changes the graph the ranges are taken on,
@@ -86,10 +86,7 @@ def equalize(prepared: Path, dest: Path) -> tuple[Path, list[dict[str, Any]], li
 
     model = onnx.load(str(prepared))
     inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(model)
     pairs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for a in model.graph.node:
