@@ -204,13 +204,16 @@ class GraphModule:
             for p in self.log_scales.values():
                 p.clamp_(max=0.0)
 
+    def range_factors(self) -> dict[str, float]:
+        """Each learned tensor's scale as a fraction of its calibrated one (exp(p), at most 1)."""
+        return {name: float(np.exp(float(p.detach()))) for name, p in self.log_scales.items()}
+
     def learned_ranges(self, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
         """`ranges` with each learned tensor's (min, max) scaled by its learned factor: the quantizer computes
         scale from max - min and the zero point from min / scale, so the graph built from these ranges has
         the trained scales and the calibrated zero points."""
         out = dict(ranges)
-        for name, p in self.log_scales.items():
-            m = float(np.exp(float(p.detach())))
+        for name, m in self.range_factors().items():
             lo, hi = ranges[name]
             out[name] = (lo * m, hi * m)
         return out
@@ -479,7 +482,7 @@ def train(setup, cal, dest: Path, options: dict[str, Any] | None = None,
 
         ranges = replace(setup.ranges, method="qat-learned", tensors=net.learned_ranges(setup.ranges.tensors),
                          options={"from": setup.ranges.method, "range_lr": opts["range_lr"]})
-        factors = np.exp(np.array([float(p.detach()) for p in net.log_scales.values()]))
+        factors = np.array(list(net.range_factors().values()))
     first = float(np.mean(losses[: min(per_epoch, len(losses))]))
     last = float(np.mean(losses[-min(per_epoch, len(losses)):]))
     return dest, {"layers_trained": len(net.layers), "steps": steps, "batch_size": batch, "lr": opts["lr"],

@@ -42,7 +42,8 @@ ORDER = TECHNIQUES
 RANGE_CANDIDATES = ("minmax", "percentile", "entropy")
 #: what each technique changes, which must reach the artifact for it to apply (BackendSpec.ptq_inputs)
 CHANGES = {"equalize": "graph", "range-choice": "ranges", "range-mse": "ranges", "adaround": "weights",
-           "bias-correction": "biases", "qat": "weights"}  # qat: float weights (and biases) re-rounded on export
+           "bias-correction": "biases", "qat": "weights"}  # qat: weights and biases re-rounded on export; its
+#: learned activation scales are an extra that only backends taking "ranges" get (graph_qat.train)
 SAMPLES = 64
 #: images per run of the tapped graph in range choice (memory: every tapped tensor of them is held)
 CHOICE_BATCH = 8

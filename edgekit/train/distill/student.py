@@ -101,8 +101,7 @@ def _eighth(teacher: nn.Module, vocab: str) -> str:
     reached 0.817 (0.626, 0.184; everyday 0.190) (text_distill_rank64.json, text_distill.json). With all
     96,419 corpus sentences and 6,028 steps (4 epochs, 22 minutes on one thread) it reaches 0.906 (p10 0.843;
     everyday 0.435; with the hidden-state and attention terms 0.904; text_distill_rank64_long.json): the
-    shape was limited by steps, not size. Narrower
-    widths are tried only for teachers too small for that."""
+    shape was limited by steps, not size. Narrower widths are tried only for teachers too small for that."""
     cfg = teacher.config
     budget = sum(p.numel() for p in teacher.parameters()) // 8
     layers = min(2, cfg.num_hidden_layers)
