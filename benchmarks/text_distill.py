@@ -134,12 +134,12 @@ def main() -> None:
             t = time.perf_counter()
             student, report = run_stage(setup, train, corpus.heldout, config=configs[name], log=print,
                                         steps_per_epoch=steps)
-            report["everyday"] = _brief(evaluate(setup, student.model, everyday, cka=False))
+            scored = {"everyday": evaluate(setup, student.model, everyday, cka=False, per_sentence=True)}
+            report["everyday"] = _brief(scored["everyday"])
             report["wall_seconds"] = time.perf_counter() - t
             results["runs"][name] = report
-            per_sentence[name] = {which: evaluate(setup, student.model, texts, cka=False,
-                                                  per_sentence=True)["cosines"]
-                                  for which, texts in (("heldout", corpus.heldout), ("everyday", everyday))}
+            scored["heldout"] = evaluate(setup, student.model, corpus.heldout, cka=False, per_sentence=True)
+            per_sentence[name] = {which: r["cosines"] for which, r in scored.items()}
             if name != "full" and "full" in per_sentence:  # paired: the same sentences, seed, steps and start
                 results[f"full_minus_{name}"] = {
                     which: paired_bootstrap(np.array(per_sentence["full"][which]),
@@ -154,11 +154,11 @@ def main() -> None:
 def _pair(a: str, b: str, out: str) -> None:
     """Paired comparison of two recipe runs on the same held-out sentences (same corpus, seed and steps)."""
     runs = []
-    for path in (a, b):
+    for path, preferred in ((a, "recipe-full"), (b, "recipe")):
         rec = json.loads(Path(path).read_text())
-        name, run = next(iter(rec["runs"].items())) if len(rec["runs"]) == 1 else ("recipe-full",
-                                                                                   rec["runs"]["recipe-full"])
-        if "heldout_cosines" not in run:
+        name = preferred if preferred in rec["runs"] or len(rec["runs"]) != 1 else next(iter(rec["runs"]))
+        run = rec["runs"].get(name)
+        if run is None or "heldout_cosines" not in run:
             sys.exit(f"{path}: run {name} has no per-sentence held-out cosines (rerun it with this script)")
         runs.append((path, name, rec, run))
     (pa, na, ra, a_run), (pb, nb, rb, b_run) = runs
