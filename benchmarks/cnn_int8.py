@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the x86-server-cpu target's backend options (targets/x86-server-cpu.toml)
 X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "per_channel": True,
-       "reduce_range": False, "graph_optimization_level": "all"}
+       "reduce_range": False, "graph_optimization_level": "all", "pad_input_channels": 4}
 
 
 def hand_path(prepared: Path, dest: Path, cal: np.ndarray, method: str) -> None:
@@ -116,7 +117,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "cnn_int8.json")
     args = ap.parse_args()
 
-    from edgekit.backends.onnxruntime import quantize_static_qdq  # noqa: F401  (ORT import check)
+    from edgekit.backends.onnxruntime import finish_int8
     from edgekit.common.metrics import sqnr_db, top1_agreement, wilson
     from edgekit.data import photos, realcnn
     from edgekit.data.calibration import CalibrationSet
@@ -127,7 +128,13 @@ def main() -> int:
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.cost import compare_latency
     from edgekit.quant.int16 import weight_sqnr
-    from edgekit.quant.qgraph import QuantSetup, build, run_session, session
+    from edgekit.quant.qgraph import QuantSetup, run_session, session
+    from edgekit.quant.qgraph import build as build_graph
+
+    def build(setup: QuantSetup, kept: list[str], dest: Path, int16: list[str] = ()) -> None:
+        """The int8 graph as the x86-server-cpu exporter writes it: built, then finished for its kernels."""
+        build_graph(setup, kept, dest, int16)
+        finish_int8(dest, X86)
 
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="cnn-int8-"))

@@ -43,7 +43,11 @@ def _export(cli, root, out, *extra, target="x86-server-cpu", calib="calib_x.npy"
 def test_plain_minmax_ptq_is_below_95_percent(cli, sensitive, tmp_path):
     r = _export(cli, sensitive, tmp_path / "plain")
     assert r.rc == 0, r.err
-    assert _manifest(tmp_path / "plain")["verification"]["agreement"] < 0.95
+    m = _manifest(tmp_path / "plain")
+    assert m["verification"]["agreement"] < 0.95
+    # the x86 target pads the RGB stem to 4 channels for ONNX Runtime's int8 kernels (see test_graph_qat)
+    [pad] = m["backend_details"]["quantization"]["padded_input_channels"]
+    assert (pad["channels"], pad["padded_to"]) == (3, 4)
 
 
 def test_budgeted_onnxruntime_export_reaches_98_percent(cli, sensitive, tmp_path):
@@ -63,6 +67,7 @@ def test_budgeted_onnxruntime_export_reaches_98_percent(cli, sensitive, tmp_path
     [tried] = fb["int8_techniques"]
     assert tried["technique"] == "equalize" and tried["applied"] and tried["agreement"] >= 0.98
     assert fb["int8_techniques_applied"] == ["equalize"] and fb["kept_layers"] == []
+    assert m["backend_details"]["quantization"]["padded_input_channels"][0]["padded_to"] == 4  # budgeted path too
     assert fb["cost"]["macs_kept_fraction"] == 0 and fb["cost"]["speedup_vs_fp32"] > 1
     assert float_weights(onnx.load(str(out / "model.onnx"))) == []
     assert "tried equalize first" in r.out and "kept in fp32: none" in r.out
@@ -116,6 +121,19 @@ def test_techniques_are_switchable_and_reported(cli, sensitive, tmp_path):
     assert steps[1]["sqnr_change_db"] > 10
     assert _manifest(out)["verification"]["agreement"] >= 0.98
     assert "technique  equalize" in r.out
+
+
+def test_budget_does_not_equalise_over_an_applied_later_technique(cli, sensitive, tmp_path):
+    # bias correction comes after equalisation in ptq_improve.ORDER: equalising on top of it would rescale the
+    # weights its correction was measured on, so the budget skips equalisation and says why
+    out = tmp_path / "bc"
+    r = _export(cli, sensitive, out, "--bias-correction", "--min-agreement", "0.99", "--no-int16-rung",
+                "--keep-best-effort")
+    assert r.rc == 0, r.err
+    fb = _manifest(out)["fallback"]
+    [tried] = fb["int8_techniques"]
+    assert tried["technique"] == "equalize" and not tried["applied"] and "bias-correction" in tried["skipped"]
+    assert fb["int8_techniques_applied"] == [] and "budget     equalize not tried" in r.out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -138,6 +138,40 @@ def test_learned_activation_ranges_reach_the_rebuilt_graph(sensitive, tmp_path):
     assert kept is None and details["activation_ranges"] == "kept as calibrated"
 
 
+def test_rgb_stem_is_padded_to_four_channels_with_identical_outputs(sensitive, tmp_path):
+    """The x86 finish pads the 3-channel stem conv (input and int8 weight) to 4 channels: the graph holds the Pad
+    and 4-channel weights, the record says so, and ONNX Runtime's outputs do not change by a single bit."""
+    import shutil
+
+    import onnx
+
+    from edgekit.backends.onnxruntime import finish_int8
+    from edgekit.data.calibration import CalibrationSet
+    from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
+    from edgekit.quant.qgraph import QuantSetup, build, run_session, session
+
+    x = np.load(sensitive / "calib.npy")[:32]
+    prepared = prepare_for_quantization(sensitive / "m.onnx", tmp_path / "prepared.onnx")
+    ranges = compute_ranges(prepared, CalibrationSet(x, None, "t", {}, len(x), "all"), "minmax")
+    setup = QuantSetup("onnxruntime", prepared, ranges, X86, x[:8], np.zeros(1), None, tmp_path)
+    build(setup, [], tmp_path / "q.onnx")
+    shutil.copyfile(tmp_path / "q.onnx", tmp_path / "padded.onnx")
+    assert finish_int8(tmp_path / "padded.onnx", X86) == {}  # off unless the target asks
+    record = finish_int8(tmp_path / "padded.onnx", {**X86, "pad_input_channels": 4})
+    [pad] = record["padded_input_channels"]
+    assert (pad["channels"], pad["padded_to"]) == (3, 4)
+    model = onnx.load(str(tmp_path / "padded.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    stem = next(n for n in model.graph.node if n.name == pad["node"])
+    assert list(inits[producers[stem.input[1]].input[0]].dims)[1] == 4
+    quantize = producers[producers[stem.input[0]].input[0]]
+    assert quantize.op_type == "QuantizeLinear" and producers[quantize.input[0]].op_type == "Pad"
+    plain = run_session(session(tmp_path / "q.onnx", X86), x)[0]
+    padded = run_session(session(tmp_path / "padded.onnx", X86), x)[0]
+    assert np.array_equal(plain, padded)
+
+
 def test_int8_logits_stay_float(sensitive, tmp_path):
     """The x86 int8 graph ends in the Gemm itself, not in an 8-bit rounding of the logits, says so in its
     record, and its logits are not on any 8-bit grid."""

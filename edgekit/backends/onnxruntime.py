@@ -105,6 +105,27 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
     }
 
 
+def finish_int8(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The last rewrites of an int8 artifact, for the CPU it runs on (`pad_input_channels`); returns what the
+    quantization record adds (nothing when no rewrite applied).
+
+    Why here and not in `quantize_static_qdq`: the graphs edgekit's PTQ techniques and QAT read map each int8
+    weight to the float weight it came from, shape for shape; the padding is for the deployed kernel only."""
+    multiple = int(options.get("pad_input_channels") or 0)
+    if multiple <= 1:
+        return {}
+    import onnx
+
+    from edgekit.graph.qdq import pad_input_channels
+
+    model = onnx.load(str(path))
+    padded = pad_input_channels(model, multiple)
+    if not padded:
+        return {}
+    onnx.save(model, str(path))
+    return {"padded_input_channels": padded}
+
+
 def copy_prequantized(src: Path, dest: Path, how: str) -> dict[str, Any]:
     """A graph that already holds Q/DQ (QAT) is the int8 model: copied, with any float weight still behind a
     QuantizeLinear folded to an integer initializer. Returns what the manifest records (the formats read
@@ -239,10 +260,12 @@ class OrtExporter(Exporter):
         elif request.precision == "int8":
             if request.onnx.quantization is not None:  # QAT / the user's own Q/DQ: the graph is the int8 model
                 details["quantization"] = copy_prequantized(request.onnx.path, out, request.onnx.quantization)
+                details["quantization"].update(finish_int8(out, options))
             else:
                 if request.ranges is None or request.prepared is None:
                     raise EdgekitError("int8 needs calibration ranges: give calibration data (calib=, --calib)")
                 details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
+                details["quantization"].update(finish_int8(out, options))
         elif request.precision == "dynamic-int8":
             from onnxruntime.quantization import quantize_dynamic
 

@@ -29,6 +29,9 @@ _ORT_QUANT = (
     _b("per_channel", "weights quantized per output channel", True),
     _b("reduce_range", "7-bit weights for CPUs whose int8 kernels would overflow", False),
     OptionSpec("session_config", "table", "ONNX Runtime session config entries recorded in the manifest"),
+    OptionSpec("pad_input_channels", "int", "int8: pad the channels of a conv reading a graph input (an RGB stem) "
+               "to a multiple of this, with zeros, for CPU int8 kernels that need it (x86: 4); 0 leaves them",
+               0, lo=0, hi=64),
 )
 _ORT = (
     *_ORT_QUANT,

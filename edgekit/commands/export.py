@@ -74,6 +74,9 @@ def print_improvements(m: dict) -> None:
     fb = m.get("fallback")
     if fb:
         for t in fb.get("int8_techniques", []):
+            if t.get("skipped"):
+                print(f"budget     {t['technique']} {t['skipped']}")
+                continue
             print(f"budget     tried {t['technique']} first (all layers int8): agreement {t['agreement']:.4f}, "
                   f"SQNR {t['sqnr_db']:.1f} dB; {'applied' if t['applied'] else 'not applied'}")
         kept = ", ".join(fb["kept_layers"]) or "none"

@@ -117,6 +117,69 @@ def float_graph_outputs(model, ops: tuple[str, ...] = FLOAT_OUTPUT_OPS) -> list[
     return changed
 
 
+_INT8_TYPES = (2, 3)  # uint8, int8
+
+
+def pad_input_channels(model, multiple: int) -> list[dict[str, Any]]:
+    """Pad the input channels of each int8 Conv that reads a graph input through its own Q -> DQ to a multiple of
+    `multiple`, in place: a float Pad with zeros before the QuantizeLinear, and zero weights for the new channels
+    (the weight's zero point where it has one), so the output is unchanged. Returns one record per conv.
+
+    Why: ONNX Runtime's x86 int8 convolution (MLAS's symmetric kernels, AVX2 / AVX-512 VNNI) takes input
+    channels in groups of 4; an RGB stem has 3, so it falls back to a generic im2col path that runs slower than
+    the float convolution it replaces (EfficientNet-Lite1's stem: 0.73 ms int8 against 0.38 ms fp32, and
+    0.32 ms once padded to 4, with identical outputs). Only graph inputs are padded: inside the graph the
+    pad would need its own int8 kernel, and a network's inner channel counts are multiples of 8 anyway."""
+    import onnx
+    from onnx import numpy_helper
+
+    if multiple <= 1:
+        return []
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers = consumers_of(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    done: list[dict[str, Any]] = []
+    for name in graph_inputs:
+        for q in [n for n in readers.get(name, []) if n.op_type == "QuantizeLinear"]:
+            dqs = readers.get(q.output[0], [])
+            if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+                continue
+            convs = readers.get(dqs[0].output[0], [])
+            if len(convs) != 1 or convs[0].op_type != "Conv" or attr(convs[0], "group", 1) != 1:
+                continue
+            conv = convs[0]
+            wdq = producers.get(conv.input[1])
+            if wdq is None or wdq.op_type != "DequantizeLinear" or len(readers.get(conv.input[1], [])) != 1:
+                continue
+            w_init = inits.get(wdq.input[0])
+            if w_init is None or w_init.data_type not in _INT8_TYPES or len(readers.get(w_init.name, [])) != 1:
+                continue
+            w = numpy_helper.to_array(w_init)
+            channels = w.shape[1]
+            padded = -(-channels // multiple) * multiple
+            if channels == padded:
+                continue
+            zp = numpy_helper.to_array(inits[wdq.input[2]]) if len(wdq.input) > 2 and wdq.input[2] in inits \
+                else np.zeros((), w.dtype)
+            fill = np.broadcast_to(zp.reshape((-1,) + (1,) * (w.ndim - 1)) if zp.ndim else zp,
+                                   (w.shape[0], padded - channels, *w.shape[2:])).astype(w.dtype)
+            w_init.CopyFrom(numpy_helper.from_array(np.concatenate([w, fill], axis=1), w_init.name))
+            pads_name, out_name = f"{conv.name}_input_pads", f"{conv.name}_input_padded"
+            pads = np.zeros(2 * w.ndim, np.int64)
+            pads[w.ndim + 1] = padded - channels
+            model.graph.initializer.append(numpy_helper.from_array(pads, pads_name))
+            pad = onnx.helper.make_node("Pad", [name, pads_name], [out_name], name=f"{conv.name}_input_pad",
+                                        mode="constant")
+            model.graph.node.insert(list(model.graph.node).index(q), pad)
+            q.input[0] = out_name
+            stale = {q.output[0], dqs[0].output[0], wdq.output[0]}
+            for info in [v for v in model.graph.value_info if v.name in stale]:
+                model.graph.value_info.remove(info)
+            done.append({"node": conv.name, "input": name, "channels": int(channels), "padded_to": int(padded)})
+    return done
+
+
 def _const_types(model) -> dict[str, int]:
     out = {t.name: t.data_type for t in model.graph.initializer}
     for node in model.graph.node:

@@ -42,13 +42,14 @@ class _OrtBudgeted(_ort_base()):  # type: ignore[misc]
         import onnx
 
         from edgekit.backends.base import ExportResult
-        from edgekit.backends.onnxruntime import X64_POLICY, float_weights, session_config
+        from edgekit.backends.onnxruntime import X64_POLICY, finish_int8, float_weights, session_config
         from edgekit.graph.onnx_export import describe
 
         out = request.out_dir / "model.onnx"
         setup = replace(self.setup, prepared=request.prepared, ranges=request.ranges)
         record = build(setup, self.plan.kept, out, self.plan.int16)
         record["nodes_kept_float"] = list(self.plan.kept)
+        record.update(finish_int8(out, {**request.target.backend_options, **self.options}))
         config = session_config(request.target.backend_options)
         details: dict[str, Any] = {"precision": "int8", "session_config": config, "x64quantprecision": X64_POLICY,
                                    "quantization": record,

@@ -76,7 +76,9 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     """All-int8 techniques first, then the int16 rung, then layer fallback (`search`) if still needed.
 
     Each technique in `first_try` (default FIRST_TRY) not in `applied` is tried on the current graph while the
-    budget fails; it is kept when the budget then holds or the output SQNR rose, else dropped. Returns the
+    budget fails; it is kept when the budget then holds or the output SQNR rose, else dropped. One that comes
+    before an applied technique in ptq_improve.ORDER is skipped (recorded with `skipped`): applied after it,
+    it would undo what that technique fitted. Returns the
     setup the plan applies to (equalisation changes the graph and its ranges) and the plan, whose `techniques`
     records every try and whose `start` is the full-int8 graph before them.
     """
@@ -89,6 +91,14 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     current, tried = start, []
     for tech in FIRST_TRY if first_try is None else first_try:
         if tech in applied or budget.holds(current):
+            continue
+        later = [t for t in applied if t in ptq_improve.ORDER and tech in ptq_improve.ORDER
+                 and ptq_improve.ORDER.index(t) > ptq_improve.ORDER.index(tech)]
+        if later:  # e.g. equalisation rescales the weights and ranges that learned rounding or qat fitted
+            why = (f"not tried: it runs before {', '.join(later)} (already applied), and would change the weights "
+                   "and ranges they were fitted to")
+            tried.append({"technique": tech, "applied": False, "skipped": why})
+            log(f"budget: {tech} {why}")
             continue
         candidate, steps = ptq_improve.apply(setup, [tech], cal, method, method_opts, before=current)
         result = {k: v for k, v in steps[-1].items() if k != "technique"}
