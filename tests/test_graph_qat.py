@@ -165,8 +165,8 @@ def test_rgb_stem_is_padded_to_four_channels_with_identical_outputs(sensitive, t
     inits = {t.name: t for t in model.graph.initializer}
     stem = next(n for n in model.graph.node if n.name == pad["node"])
     assert list(inits[producers[stem.input[1]].input[0]].dims)[1] == 4
-    quantize = producers[producers[stem.input[0]].input[0]]
-    assert quantize.op_type == "QuantizeLinear" and producers[quantize.input[0]].op_type == "Pad"
+    pad_node = producers[producers[stem.input[0]].input[0]]  # input -> Q -> Pad (8-bit) -> DQ -> stem
+    assert pad_node.op_type == "Pad" and producers[pad_node.input[0]].op_type == "QuantizeLinear"
     plain = run_session(session(tmp_path / "q.onnx", X86), x)[0]
     padded = run_session(session(tmp_path / "padded.onnx", X86), x)[0]
     assert np.array_equal(plain, padded)
@@ -190,6 +190,8 @@ def test_int8_logits_stay_float(sensitive, tmp_path):
     out = model.graph.output[0].name
     producer = next(n for n in model.graph.node if out in n.output)
     assert producer.op_type == "Gemm" and record["float_outputs"] == [out]
+    read = {name for n in model.graph.node for name in n.input}
+    assert all(t.name in read for t in model.graph.initializer)  # the removed quantizer left no scale behind
     got = run_session(session(tmp_path / "q.onnx", X86), x)[0]
     assert len(np.unique(got)) > 255, len(np.unique(got))
     # with a layer kept in float, the Gemm still reads int8 weights (ONNX Runtime fuses DQ -> Gemm -> float

@@ -85,11 +85,12 @@ def quantize_static_qdq(prepared: Path, dest: Path, ranges, options: dict[str, A
         )
     import onnx
 
-    from edgekit.graph.qdq import float_graph_outputs
+    from edgekit.graph.qdq import float_graph_outputs, prune_initializers
 
     model = onnx.load(str(dest))
     float_outputs = float_graph_outputs(model)
     if float_outputs:
+        prune_initializers(model)  # the removed quantizer's scale and zero point
         onnx.save(model, str(dest))
     return {
         "format": "QDQ",
