@@ -103,13 +103,12 @@ def main() -> None:
         setup = prepare(teacher, tok, sentences, spec, config, seed=args.seed, log=print, cache_dir=args.cache)
         prep = time.perf_counter() - t
         init = _brief(evaluate(setup, setup.student.model, corpus.heldout, cka=False))
-        student, report = run_stage(setup, train, corpus.heldout, log=print)
+        # per held-out sentence, so two recipe runs (separate processes) can be compared paired: --pair
+        student, report = run_stage(setup, train, corpus.heldout, log=print, per_sentence=True)
+        report["heldout_cosines"] = report.pop("cosines")
         report.pop("cka", None)
         report.update(_common(setup, spec, tok, corpus.heldout, everyday, t_params, len(sentences)))
         report["everyday"] = _brief(evaluate(setup, student.model, everyday, cka=False))
-        # per held-out sentence, so two recipe runs (separate processes) can be compared paired: --pair
-        report["heldout_cosines"] = evaluate(setup, student.model, corpus.heldout, cka=False,
-                                             per_sentence=True)["cosines"]
         report.update(init=init, prepare_seconds=prep, wall_seconds=time.perf_counter() - t)
         results["runs"][recipe] = report
         print(recipe, json.dumps(_brief(report)), json.dumps(report["everyday"]), flush=True)

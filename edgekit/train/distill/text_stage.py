@@ -225,8 +225,9 @@ def evaluate(setup: TextSetup, model: nn.Module, sentences: Sequence[str], *, ck
 
 def run_stage(setup: TextSetup, train: TrainConfig, heldout: Sequence[str], *, config: TextDistillConfig | None = None,
               log: Callable[[str], None] | None = None, steps_per_epoch: int | None = None,
-              student: TextStudent | None = None) -> tuple[TextStudent, dict[str, Any]]:
-    """Train a copy of the setup's fresh student (or `student`) under `config` and measure it."""
+              student: TextStudent | None = None, per_sentence: bool = False) -> tuple[TextStudent, dict[str, Any]]:
+    """Train a copy of the setup's fresh student (or `student`) under `config` and measure it (`per_sentence`:
+    the report's `cosines` holds every held-out sentence's cosine, for paired comparisons)."""
     config = config or setup.config
     student = student or copy.deepcopy(setup.student)
     t_ids = encode(setup.tokenizer, heldout, config.max_length)
@@ -240,7 +241,7 @@ def run_stage(setup: TextSetup, train: TrainConfig, heldout: Sequence[str], *, c
     report = {"config": config.describe(), "history": result.history, "steps": result.steps,
               "seconds": result.seconds, "world_size": result.world_size,
               "resumed_from_epoch": result.resumed_from_epoch,
-              **evaluate(setup, student.model, heldout, teacher_embeddings=t_emb)}
+              **evaluate(setup, student.model, heldout, teacher_embeddings=t_emb, per_sentence=per_sentence)}
     return student, report
 
 
