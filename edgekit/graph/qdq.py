@@ -149,6 +149,10 @@ def pad_input_channels(model, multiple: int) -> list[dict[str, Any]]:
             if len(convs) != 1 or convs[0].op_type != "Conv" or attr(convs[0], "group", 1) != 1:
                 continue
             conv = convs[0]
+            q_zp = numpy_helper.to_array(inits[q.input[2]]) if len(q.input) > 2 and q.input[2] in inits else None
+            if q.input[1] not in inits or numpy_helper.to_array(inits[q.input[1]]).size != 1 or (
+                    q_zp is not None and q_zp.size != 1):
+                continue  # a per-axis input quantizer: not a pattern ONNX Runtime quantizes an image input with
             wdq = producers.get(conv.input[1])
             if wdq is None or wdq.op_type != "DequantizeLinear" or len(readers.get(conv.input[1], [])) != 1:
                 continue
@@ -171,7 +175,10 @@ def pad_input_channels(model, multiple: int) -> list[dict[str, Any]]:
             model.graph.initializer.append(numpy_helper.from_array(pads, pads_name))
             # padded after the QuantizeLinear, in 8 bits with the zero point (a quarter of the bytes of a float
             # pad); what the pad holds is multiplied by zero weights anyway
-            fill_value = [q.input[2]] if len(q.input) > 2 and q.input[2] else []
+            fill_value = []
+            if q_zp is not None:  # Pad's constant value must be a scalar; a zero point may be stored as [1]
+                fill_value = [f"{conv.name}_input_pad_value"]
+                model.graph.initializer.append(numpy_helper.from_array(q_zp.reshape(()), fill_value[0]))
             pad = onnx.helper.make_node("Pad", [q.output[0], pads_name, *fill_value], [out_name],
                                         name=f"{conv.name}_input_pad", mode="constant")
             model.graph.node.insert(list(model.graph.node).index(q) + 1, pad)
