@@ -261,12 +261,11 @@ class OrtExporter(Exporter):
         elif request.precision == "int8":
             if request.onnx.quantization is not None:  # QAT / the user's own Q/DQ: the graph is the int8 model
                 details["quantization"] = copy_prequantized(request.onnx.path, out, request.onnx.quantization)
-                details["quantization"].update(finish_int8(out, options))
             else:
                 if request.ranges is None or request.prepared is None:
                     raise EdgekitError("int8 needs calibration ranges: give calibration data (calib=, --calib)")
                 details["quantization"] = quantize_static_qdq(request.prepared, out, request.ranges, options)
-                details["quantization"].update(finish_int8(out, options))
+            details["quantization"].update(finish_int8(out, options))
         elif request.precision == "dynamic-int8":
             from onnxruntime.quantization import quantize_dynamic
 

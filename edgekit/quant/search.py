@@ -92,8 +92,8 @@ def budgeted_search(setup: QuantSetup, budget: Budget, cal, method: str, method_
     for tech in FIRST_TRY if first_try is None else first_try:
         if tech in applied or budget.holds(current):
             continue
-        later = [t for t in applied if t in ptq_improve.ORDER and tech in ptq_improve.ORDER
-                 and ptq_improve.ORDER.index(t) > ptq_improve.ORDER.index(tech)]
+        order = ptq_improve.ORDER
+        later = [t for t in applied if t in order and order.index(t) > order.index(tech)] if tech in order else []
         if later:  # e.g. equalisation rescales the weights and ranges that learned rounding or qat fitted
             why = (f"not tried: it runs before {', '.join(later)} (already applied), and would change the weights "
                    "and ranges they were fitted to")
